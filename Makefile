@@ -1,0 +1,32 @@
+# The two set-up commands of the README: `make serve` and `make test`. Both create the
+# virtual environment on first use. TORCH_SPEC picks the torch build: the default is the
+# CPU wheel these machines serve; a CUDA user can pass their own (e.g. TORCH_SPEC=torch).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: serve test lint fmt
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -c constraints.txt -e '.[serve,video,dev]'
+	touch $@
+
+serve: $(VENV)/.installed
+	$(VENV)/bin/vlmserve serve $(ARGS)
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
+
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+fmt: $(VENV)/.installed
+	$(PY) -m ruff check --fix src tests benchmarks
+	$(PY) -m ruff format src tests benchmarks

@@ -1,0 +1,111 @@
+"""Paged attention: the contract between the model runner and the decoder layers.
+
+The runner flattens a batch of sequences into T new tokens and describes it with
+`AttentionMetadata`; each decoder layer calls `paged_attention`, which writes the new keys
+and values into the layer's paged cache and attends over each sequence's whole context.
+
+Cache layout per layer: `[2, num_blocks, block_size, num_kv_heads, head_dim]` (0 = K, 1 = V).
+Block 0 is never handed to a sequence (the block manager reserves it), so padded block-table
+entries can point at it harmlessly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    """A flattened batch: sequence i contributes `query_lens[i]` new tokens, which are the
+    last tokens of its `context_lens[i]`-token context."""
+
+    query_lens: list[int]
+    context_lens: list[int]
+    slot_mapping: torch.Tensor  # [T] int64: block_id * block_size + offset of each new token
+    block_tables: torch.Tensor  # [B, max_blocks] int64, padded with 0
+    block_size: int
+
+    @property
+    def all_decode(self) -> bool:
+        return all(q == 1 for q in self.query_lens)
+
+
+def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+    flat = kv_cache.view(2, -1, kv_cache.shape[-2], kv_cache.shape[-1])
+    flat[0].index_copy_(0, slots, k.to(kv_cache.dtype))
+    flat[1].index_copy_(0, slots, v.to(kv_cache.dtype))
+
+
+def _gather_context(
+    kv_cache: torch.Tensor, block_table: torch.Tensor, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of one sequence's first `length` tokens: [length, Hkv, D] each."""
+    block_size = kv_cache.shape[2]
+    num_blocks = (length + block_size - 1) // block_size
+    blocks = kv_cache[:, block_table[:num_blocks]]  # [2, nb, bs, Hkv, D]
+    blocks = blocks.reshape(2, num_blocks * block_size, *kv_cache.shape[3:])[:, :length]
+    return blocks[0], blocks[1]
+
+
+def paged_attention(
+    q: torch.Tensor,  # [T, Hq, D]
+    k: torch.Tensor,  # [T, Hkv, D]
+    v: torch.Tensor,  # [T, Hkv, D]
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of the new tokens over their sequences' cached context: [T, Hq, D]."""
+    write_kv(kv_cache, k, v, meta.slot_mapping)
+    if meta.all_decode:
+        return _decode_attention(q, kv_cache, meta, scale)
+    outputs = []
+    start = 0
+    for i, (q_len, ctx_len) in enumerate(zip(meta.query_lens, meta.context_lens, strict=True)):
+        qi = q[start : start + q_len]
+        start += q_len
+        if q_len == ctx_len:
+            # Whole prompt in this step: the new keys are the context, no gather needed.
+            ki, vi = k[start - q_len : start], v[start - q_len : start]
+        else:
+            ki, vi = _gather_context(kv_cache, meta.block_tables[i], ctx_len)
+        outputs.append(_causal_sdpa(qi, ki.to(q.dtype), vi.to(q.dtype), scale))
+    return torch.cat(outputs, dim=0)
+
+
+def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """q: [Lq, Hq, D] are the last Lq positions of the Lk-long context k, v: [Lk, Hkv, D]."""
+    q_len, k_len = q.shape[0], k.shape[0]
+    qt, kt, vt = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+    if q_len == k_len:
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True)
+    else:
+        # Query row r sits at context position k_len - q_len + r and sees keys up to it.
+        rows = torch.arange(q_len, device=q.device).unsqueeze(1) + (k_len - q_len)
+        mask = torch.arange(k_len, device=q.device).unsqueeze(0) <= rows
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out.transpose(0, 1)
+
+
+def _decode_attention(
+    q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+) -> torch.Tensor:
+    """One new token per sequence: gather every context into one padded batch, one SDPA call."""
+    batch = len(meta.context_lens)
+    max_len = max(meta.context_lens)
+    block_size = kv_cache.shape[2]
+    num_blocks = (max_len + block_size - 1) // block_size
+    tables = meta.block_tables[:, :num_blocks]  # [B, nb]
+    ctx = kv_cache[:, tables]  # [2, B, nb, bs, Hkv, D]
+    ctx = ctx.reshape(2, batch, num_blocks * block_size, *kv_cache.shape[3:])[:, :, :max_len]
+    keys = ctx[0].transpose(1, 2).to(q.dtype)  # [B, Hkv, L, D]
+    values = ctx[1].transpose(1, 2).to(q.dtype)
+    lens = torch.tensor(meta.context_lens, device=q.device)
+    mask = (torch.arange(max_len, device=q.device).unsqueeze(0) < lens.unsqueeze(1))[:, None, None, :]
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(2), keys, values, attn_mask=mask, scale=scale, enable_gqa=True
+    )  # [B, Hq, 1, D]
+    return out.squeeze(2)
