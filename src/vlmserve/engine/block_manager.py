@@ -1,0 +1,138 @@
+"""Paged KV-cache bookkeeping: block allocation, reference counts and the prefix cache.
+
+A full block is named by a hash chained over its tokens, the tokens before it, and the
+multimodal items (by key) whose placeholders fall in it — the placeholder token ids alone
+are the same for every image, so without the item keys two different images would share
+cached blocks. Freed blocks keep their hash and stay reusable until they are reallocated,
+oldest-freed first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from vlmserve.engine.sequence import Sequence
+
+NULL_BLOCK = 0  # reserved: padded block-table entries point here
+
+
+def block_hash(parent: int | None, seq: Sequence, block_index: int, block_size: int) -> int:
+    start = block_index * block_size
+    end = start + block_size
+    items = tuple(
+        (item.key, item.offset - start)
+        for item in seq.request.mm_items
+        if item.overlaps(start, end)
+    )
+    return hash((parent, tuple(seq.token_ids[start:end]), items))
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool) -> None:
+        if num_blocks < 2:
+            raise ValueError(f"the KV cache needs at least 2 blocks, got {num_blocks}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.ref_counts = [0] * num_blocks
+        self.hashes: list[int | None] = [None] * num_blocks
+        self.cached: dict[int, int] = {}  # block hash -> block id
+        # Free blocks in reuse order; an OrderedDict lets a prefix hit take one from the middle.
+        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_blocks))
+        self.num_prefix_queries = 0
+        self.num_prefix_hits = 0
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free)
+
+    def usage(self) -> float:
+        return 1.0 - len(self.free) / (self.num_blocks - 1)
+
+    def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
+        return max(0, -(-num_tokens // self.block_size) - len(seq.block_table))
+
+    def can_allocate(self, seq: Sequence, num_tokens: int) -> bool:
+        return self.blocks_needed(seq, num_tokens) <= len(self.free)
+
+    def allocate_prefix(self, seq: Sequence) -> None:
+        """First admission: reuse cached blocks for the longest matching full-block prefix.
+
+        At least one prompt token is left uncached so the step computes the logits the next
+        token is sampled from.
+        """
+        assert not seq.block_table
+        self._extend_hashes(seq, seq.num_tokens)
+        if not self.enable_prefix_caching:
+            return
+        max_blocks = (seq.num_tokens - 1) // self.block_size
+        hits: list[int] = []
+        for h in seq.block_hashes[:max_blocks]:
+            block = self.cached.get(h)
+            if block is None:
+                break
+            hits.append(block)
+        self.num_prefix_queries += seq.num_tokens
+        self.num_prefix_hits += len(hits) * self.block_size
+        for block in hits:
+            if self.ref_counts[block] == 0:
+                del self.free[block]
+            self.ref_counts[block] += 1
+        seq.block_table = hits
+        seq.num_computed_tokens = len(hits) * self.block_size
+        seq.num_cached_tokens = max(seq.num_cached_tokens, seq.num_computed_tokens)
+
+    def allocate(self, seq: Sequence, num_tokens: int) -> bool:
+        """Make room for `num_tokens` tokens in total; False (and no change) if out of blocks."""
+        needed = self.blocks_needed(seq, num_tokens)
+        if needed > len(self.free):
+            return False
+        for _ in range(needed):
+            block, _ = self.free.popitem(last=False)
+            old = self.hashes[block]
+            if old is not None:
+                if self.cached.get(old) == block:
+                    del self.cached[old]
+                self.hashes[block] = None
+            self.ref_counts[block] = 1
+            seq.block_table.append(block)
+        return True
+
+    def commit(self, seq: Sequence) -> None:
+        """Register the blocks that became full and computed, so later requests can reuse them."""
+        if not self.enable_prefix_caching:
+            return
+        num_full = seq.num_computed_tokens // self.block_size
+        self._extend_hashes(seq, num_full * self.block_size)
+        for i in range(num_full):
+            block = seq.block_table[i]
+            if self.hashes[block] is not None:
+                continue
+            h = seq.block_hashes[i]
+            self.hashes[block] = h
+            self.cached.setdefault(h, block)
+
+    def free_sequence(self, seq: Sequence) -> None:
+        # Release tail first: the end of a sequence is the least likely to be shared again, so
+        # it should be the first to be reallocated.
+        for block in reversed(seq.block_table):
+            self.ref_counts[block] -= 1
+            if self.ref_counts[block] == 0:
+                if self.hashes[block] is None:
+                    self.free[block] = None
+                    self.free.move_to_end(block, last=False)
+                else:
+                    self.free[block] = None
+        seq.block_table = []
+
+    def _extend_hashes(self, seq: Sequence, num_tokens: int) -> None:
+        num_full = num_tokens // self.block_size
+        while len(seq.block_hashes) < num_full:
+            i = len(seq.block_hashes)
+            parent = seq.block_hashes[-1] if seq.block_hashes else None
+            seq.block_hashes.append(block_hash(parent, seq, i, self.block_size))
+
+    def slot(self, seq: Sequence, position: int) -> int:
+        return seq.block_table[position // self.block_size] * self.block_size + (
+            position % self.block_size
+        )

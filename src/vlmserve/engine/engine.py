@@ -1,0 +1,275 @@
+"""The engine: accepts requests and advances them one `step()` at a time.
+
+    step = schedule -> encode pending media -> run the model -> sample -> append and check stops
+
+Single-threaded by design: `AsyncEngine` runs it on one thread; `LLM` calls it in a loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from typing import Any
+
+import torch
+
+from vlmserve.config import EngineConfig
+from vlmserve.engine.block_manager import BlockManager
+from vlmserve.engine.detokenizer import IncrementalDetokenizer
+from vlmserve.engine.inputs import InputError, InputProcessor, ProcessedInput
+from vlmserve.engine.mm_cache import CachedItem, MultiModalCache
+from vlmserve.engine.outputs import make_request_output
+from vlmserve.engine.scheduler import ScheduledBatch, Scheduler
+from vlmserve.engine.sequence import Request, Sequence
+from vlmserve.engine.stopping import append_token
+from vlmserve.models.hf_tokenizer import load_tokenizer
+from vlmserve.models.loader import load_model, resolve_model_folder
+from vlmserve.multimodal.processor import load_image_processor_config
+from vlmserve.runner.model_runner import MMSlice, ModelRunner, SeqChunk, kv_block_bytes
+from vlmserve.runner.sampler import SamplingRow, sample
+from vlmserve.types import FinishReason, RequestOutput, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MODEL_LEN = 32768
+
+
+def resolve_device_dtype(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
+    device_name = config.device
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if config.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif config.dtype in names:
+        dtype = names[config.dtype]
+    else:
+        raise ValueError(f"dtype must be auto or one of {sorted(names)}, got {config.dtype!r}")
+    return device, dtype
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device, self.dtype = resolve_device_dtype(config)
+        folder = resolve_model_folder(config.model)
+        self.model, self.model_config = load_model(
+            str(folder), self.dtype, self.device, config.load_format, config.seed
+        )
+        self.tokenizer = load_tokenizer(config.tokenizer or folder)
+        self.max_model_len = min(
+            config.max_model_len or DEFAULT_MAX_MODEL_LEN, self.model_config.max_position_embeddings
+        )
+        if config.num_kv_blocks is not None:
+            num_blocks = config.num_kv_blocks
+        else:
+            per_block = kv_block_bytes(self.model, config.block_size, self.dtype)
+            num_blocks = max(2, config.kv_cache_memory_bytes // per_block)
+        self.block_manager = BlockManager(
+            num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            self.block_manager,
+            config.max_num_seqs,
+            config.max_num_batched_tokens,
+            config.enable_chunked_prefill,
+        )
+        self.runner = ModelRunner(
+            self.model, self.device, self.dtype, num_blocks, config.block_size
+        )
+        self.mm_cache = MultiModalCache(config.mm_cache_bytes)
+        self.inputs = InputProcessor(
+            self.tokenizer,
+            self.model_config,
+            load_image_processor_config(folder),
+            self.mm_cache,
+            config.limit_mm_per_prompt,
+            self.max_model_len,
+        )
+        self.requests: dict[str, Request] = {}
+        self._seq_ids = itertools.count()
+        self._seed_rng = torch.Generator().manual_seed(config.seed)
+        self.stop_ids = frozenset(self.model_config.eos_token_ids)
+
+    # -- requests ---------------------------------------------------------------------------
+    def process_input(self, prompt: str | dict[str, Any]) -> ProcessedInput:
+        return self.inputs.process(prompt)
+
+    def add_request(
+        self, request_id: str, prompt: str | dict[str, Any] | ProcessedInput, params: SamplingParams
+    ) -> Request:
+        if request_id in self.requests:
+            raise InputError(f"request id {request_id!r} is already in use", "request_id")
+        processed = prompt if isinstance(prompt, ProcessedInput) else self.process_input(prompt)
+        room = self.max_model_len - len(processed.token_ids)
+        if params.max_tokens is not None and params.max_tokens > room:
+            raise InputError(
+                f"max_tokens={params.max_tokens} does not fit: the prompt is "
+                f"{len(processed.token_ids)} tokens and the context is {self.max_model_len}, "
+                f"so at most {room} tokens can be generated",
+                "max_tokens",
+            )
+        max_out = params.max_tokens if params.max_tokens is not None else room
+        blocks = -(-(len(processed.token_ids) + max_out) // self.block_manager.block_size)
+        if blocks > self.block_manager.num_blocks - 1:
+            raise InputError(
+                f"the prompt plus max_tokens needs {blocks} KV-cache blocks; the cache has "
+                f"{self.block_manager.num_blocks - 1}",
+                "max_tokens",
+            )
+        request = Request(
+            request_id,
+            processed.prompt,
+            processed.token_ids,
+            processed.mm_items,
+            processed.mrope_positions,
+            processed.mrope_delta,
+            params,
+            max_out,
+        )
+        for index in range(params.n):
+            seq = Sequence(
+                next(self._seq_ids),
+                request,
+                index,
+                list(processed.token_ids),
+                IncrementalDetokenizer(
+                    self.tokenizer.tokenizer,
+                    params.stop,
+                    params.include_stop_str_in_output,
+                    params.skip_special_tokens,
+                ),
+                generator=self._generator(params, index),
+            )
+            request.sequences.append(seq)
+            self.scheduler.add(seq)
+        self.requests[request_id] = request
+        return request
+
+    def _generator(self, params: SamplingParams, index: int) -> torch.Generator | None:
+        if params.greedy:
+            return None
+        seed = (
+            params.seed + index
+            if params.seed is not None
+            else int(torch.randint(0, 2**62, (1,), generator=self._seed_rng))
+        )
+        return torch.Generator().manual_seed(seed)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return None
+        for seq in request.sequences:
+            if not seq.is_finished:
+                seq.finish_reason = FinishReason.ABORT
+            self.scheduler.finish(seq)
+        return make_request_output(request, finished=True)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if batch.empty:
+            return []
+        now = time.time()
+        for seq in batch.sequences:
+            if seq.request.metrics.first_scheduled_time is None:
+                seq.request.metrics.first_scheduled_time = now
+        self._encode_media(batch)
+        chunks = [self._chunk(seq, n) for seq, n in zip(batch.sequences, batch.num_tokens)]
+        logits = self.runner.execute(chunks)
+        sampling: list[Sequence] = []
+        for seq, chunk, n in zip(batch.sequences, chunks, batch.num_tokens):
+            seq.num_computed_tokens += n
+            self.block_manager.commit(seq)
+            if chunk.needs_logits:
+                sampling.append(seq)
+        touched: dict[str, Request] = {}
+        if sampling:
+            self._sample(sampling, logits)
+            for seq in sampling:
+                touched[seq.request.request_id] = seq.request
+        return self._collect(touched)
+
+    def _encode_media(self, batch: ScheduledBatch) -> None:
+        pending = []
+        for seq, n in zip(batch.sequences, batch.num_tokens):
+            start = seq.num_computed_tokens
+            for item in seq.request.mm_items:
+                if (
+                    item.embeddings is None
+                    and item.overlaps(start, start + n)
+                    and item not in pending
+                ):
+                    pending.append(item)
+        if not pending:
+            return
+        pixels = []
+        for item in pending:
+            # Items without embeddings always carry pixels: cache hits come with embeddings.
+            assert item.pixel_values is not None
+            pixels.append(item.pixel_values)
+        embeddings = self.runner.encode(pixels, [item.grid_thw for item in pending])
+        for item, emb in zip(pending, embeddings):
+            item.embeddings = emb
+            item.pixel_values = None
+            self.mm_cache.put(item.key, CachedItem(item.modality, item.grid_thw, emb))
+
+    def _chunk(self, seq: Sequence, n: int) -> SeqChunk:
+        start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
+        pieces = []
+        for item in seq.request.mm_items:
+            if item.overlaps(start, end):
+                lo, hi = max(start, item.offset), min(end, item.offset + item.length)
+                assert item.embeddings is not None
+                pieces.append(
+                    MMSlice(item.embeddings, lo - item.offset, hi - item.offset, lo - start)
+                )
+        return SeqChunk(
+            token_ids=seq.token_ids[start:end],
+            positions=seq.positions(start, end),
+            start=start,
+            block_table=seq.block_table,
+            needs_logits=end == seq.num_tokens,
+            mm=pieces,
+        )
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        rows = []
+        for seq in seqs:
+            p = seq.params
+            blocked: list[int] = []
+            if seq.num_output_tokens < p.min_tokens:
+                blocked = sorted(set(p.stop_token_ids) | (set() if p.ignore_eos else self.stop_ids))
+            rows.append(
+                SamplingRow(
+                    p, seq.request.prompt_token_ids, seq.output_token_ids, seq.generator, blocked
+                )
+            )
+        out = sample(logits, rows)
+        now = time.time()
+        for i, seq in enumerate(seqs):
+            metrics = seq.request.metrics
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            append_token(seq, out, i, self.tokenizer.tokenizer, self.stop_ids)
+            if seq.is_finished:
+                self.scheduler.finish(seq)
+
+    def _collect(self, touched: dict[str, Request]) -> list[RequestOutput]:
+        outputs = []
+        for request in touched.values():
+            finished = request.finished
+            if finished:
+                request.metrics.finished_time = time.time()
+                request.metrics.num_cached_tokens = max(
+                    s.num_cached_tokens for s in request.sequences
+                )
+                self.requests.pop(request.request_id, None)
+            outputs.append(make_request_output(request, finished))
+        return outputs

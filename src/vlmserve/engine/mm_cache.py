@@ -1,0 +1,62 @@
+"""Vision-embedding cache: processed media items by key (the caller's UUID or a content hash),
+bounded in bytes, least recently used evicted first. A hit skips both preprocessing and the
+vision tower; a request may name a cached item by UUID alone."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class CachedItem:
+    modality: str
+    grid_thw: tuple[int, int, int]
+    embeddings: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return self.embeddings.numel() * self.embeddings.element_size()
+
+
+class MultiModalCache:
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self._items: OrderedDict[str, CachedItem] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # input processing runs off the engine thread
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> CachedItem | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item
+
+    def put(self, key: str, item: CachedItem) -> None:
+        if item.nbytes > self.capacity_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._items[key] = item
+            self._bytes += item.nbytes
+            while self._bytes > self.capacity_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+    @property
+    def num_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,102 @@
+"""`LLM`: batch inference without a server, with vLLM's method names and semantics.
+
+llm = LLM(model="path/to/model")
+outs = llm.generate({"prompt": "...<|vision_start|><|image_pad|><|vision_end|>...",
+                     "multi_modal_data": {"image": [img]}}, SamplingParams(max_tokens=32))
+outs = llm.chat([{"role": "user", "content": [{"type": "image_url", ...}, {"type": "text", ...}]}])
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from vlmserve.config import EngineConfig
+from vlmserve.engine.engine import LLMEngine
+from vlmserve.engine.media import load_chat_media
+from vlmserve.multimodal.prompt import build_chat_prompt
+from vlmserve.types import RequestOutput, SamplingParams
+
+Prompt = str | dict[str, Any]
+Conversation = list[dict[str, Any]]
+
+
+class LLM:
+    def __init__(self, model: str, **engine_args: Any) -> None:
+        self.engine = LLMEngine(EngineConfig(model=model, **engine_args))
+        self._ids = itertools.count()
+
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion; outputs come back in the order of the prompts."""
+        batch = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
+        params = self._params(sampling_params, len(batch))
+        order = []
+        try:
+            for prompt, p in zip(batch, params, strict=True):
+                request_id = f"offline-{next(self._ids)}"
+                self.engine.add_request(request_id, prompt, p)
+                order.append(request_id)
+            return self._run(order)
+        except BaseException:
+            for request_id in order:
+                self.engine.abort(request_id)
+            raise
+
+    def chat(
+        self,
+        messages: Conversation | Sequence[Conversation],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """OpenAI-style messages (one conversation or a list of them) through the chat template;
+        images may be PIL images or `data:` / `file:` / `http(s):` URLs."""
+        conversations: list[Conversation]
+        if messages and isinstance(messages[0], dict):
+            conversations = [messages]  # type: ignore[list-item]
+        else:
+            conversations = list(messages)  # type: ignore[arg-type]
+        template = (
+            chat_template or self.engine.config.chat_template or self.engine.tokenizer.chat_template
+        )
+        if template is None:
+            raise ValueError("the model has no chat template; pass chat_template=")
+        prompts: list[Prompt] = []
+        for conversation in conversations:
+            chat = build_chat_prompt(
+                conversation, template, self.engine.tokenizer.special_tokens, add_generation_prompt
+            )
+            images, uuids = load_chat_media(chat.media)
+            prompts.append(
+                {
+                    "prompt": chat.text,
+                    "multi_modal_data": {"image": images} if images else {},
+                    "multi_modal_uuids": {"image": uuids} if images else {},
+                }
+            )
+        return self.generate(prompts, sampling_params)
+
+    def _params(
+        self, sampling_params: SamplingParams | Sequence[SamplingParams] | None, count: int
+    ) -> list[SamplingParams]:
+        if sampling_params is None:
+            return [SamplingParams() for _ in range(count)]
+        if isinstance(sampling_params, SamplingParams):
+            return [sampling_params] * count
+        params = list(sampling_params)
+        if len(params) != count:
+            raise ValueError(f"{len(params)} sampling params for {count} prompts")
+        return params
+
+    def _run(self, order: list[str]) -> list[RequestOutput]:
+        done: dict[str, RequestOutput] = {}
+        while len(done) < len(order):
+            for output in self.engine.step():
+                if output.finished:
+                    done[output.request_id] = output
+        return [done[request_id] for request_id in order]

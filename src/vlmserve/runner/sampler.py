@@ -1,0 +1,112 @@
+"""Turns a batch of logits into next tokens (and logprobs) under each row's parameters.
+
+Order of operations, per row: raw logprobs are taken first (what the model said, as vLLM
+reports them); then min_tokens blocks the stop tokens, penalties apply, the grammar mask
+applies, and finally greedy argmax or temperature / top-k / top-p / min-p sampling with the
+row's own generator (so a seeded request is reproducible whatever it is batched with).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlmserve.types import SamplingParams
+
+
+@dataclass
+class SamplingRow:
+    params: SamplingParams
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    generator: torch.Generator | None
+    blocked_token_ids: list[int]  # stop tokens while min_tokens is not reached
+    allowed: torch.Tensor | None = None  # [V] bool grammar mask, None when unconstrained
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[float]  # raw logprob of each sampled token
+    ranks: list[int]  # 1-based rank of each sampled token in the raw distribution
+    top_ids: list[list[int]]  # top-`logprobs` token ids per row (empty when not asked)
+    top_logprobs: list[list[float]]
+
+
+def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+    logits = logits.float()
+    raw_logprobs = torch.log_softmax(logits, dim=-1)
+    logits = logits.clone()
+    for i, row in enumerate(rows):
+        _apply_penalties(logits[i], row)
+        if row.blocked_token_ids:
+            logits[i, row.blocked_token_ids] = float("-inf")
+        if row.allowed is not None:
+            logits[i].masked_fill_(~row.allowed, float("-inf"))
+    token_ids = _choose(logits, rows)
+    chosen = torch.tensor(token_ids, dtype=torch.long, device=logits.device).unsqueeze(1)
+    chosen_lp = raw_logprobs.gather(1, chosen)
+    ranks = (raw_logprobs > chosen_lp).sum(dim=1) + 1
+    top_ids: list[list[int]] = []
+    top_lps: list[list[float]] = []
+    max_k = max((row.params.logprobs or 0 for row in rows), default=0)
+    if max_k > 0:
+        values, indices = raw_logprobs.topk(max_k, dim=-1)
+        values_l, indices_l = values.tolist(), indices.tolist()
+    for i, row in enumerate(rows):
+        k = row.params.logprobs or 0
+        top_ids.append(indices_l[i][:k] if k else [])
+        top_lps.append(values_l[i][:k] if k else [])
+    return SamplerOutput(token_ids, chosen_lp.squeeze(1).tolist(), ranks.tolist(), top_ids, top_lps)
+
+
+def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:
+    p = row.params
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(row.prompt_token_ids) | set(row.output_token_ids)))
+        seen = seen[seen < logits.shape[0]]
+        values = logits[seen]
+        logits[seen] = torch.where(
+            values > 0, values / p.repetition_penalty, values * p.repetition_penalty
+        )
+    if (p.presence_penalty or p.frequency_penalty) and row.output_token_ids:
+        counts = torch.bincount(torch.tensor(row.output_token_ids), minlength=logits.shape[0])[
+            : logits.shape[0]
+        ].to(logits.dtype)
+        logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+
+
+def _choose(logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
+    greedy = logits.argmax(dim=-1).tolist()
+    out = []
+    for i, row in enumerate(rows):
+        if row.params.greedy:
+            out.append(greedy[i])
+        else:
+            out.append(_sample_row(logits[i], row.params, row.generator))
+    return out
+
+
+def _sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
+    logits = logits / p.temperature
+    if p.top_k > 0 and p.top_k < logits.shape[0]:
+        kth = torch.topk(logits, p.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if p.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        cumulative = sorted_probs.cumsum(0)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop_sorted = (cumulative - sorted_probs) >= p.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+    if p.min_p > 0.0:
+        probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
+    if not torch.isfinite(probs).all() or probs.sum() <= 0:
+        # Everything masked out (cannot happen with a sound grammar); fall back to argmax.
+        return int(logits.argmax())
+    # Exponential-race sampling: argmax(p / E) with E ~ Exp(1) draws from p exactly and lets
+    # each row use its own generator.
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return int((probs / noise).argmax())
