@@ -75,7 +75,7 @@ def make_tiny_model(
     ids = {name: _token_id(tokenizer, f"<|{name}|>") for name in _TOKEN_NAMES}
     tokenizer.save(str(out / "tokenizer.json"))
 
-    config = _config_json(arch, preset, ids, tokenizer.get_vocab_size())
+    config = preset_config(arch, preset, ids, tokenizer.get_vocab_size())
     generation = {
         "bos_token_id": ids["endoftext"],
         "eos_token_id": [ids["im_end"], ids["endoftext"]],
@@ -111,9 +111,11 @@ def _token_id(tokenizer: Tokenizer, token: str) -> int:
     return token_id
 
 
-def _config_json(
+def preset_config(
     arch: Arch, preset: str, ids: dict[str, int], tokenizer_size: int
 ) -> dict[str, Any]:
+    """The config.json a preset writes, given the tokenizer's special-token ids by name
+    (`image_pad`, `im_end`, ...) and its size."""
     text = dict(_TEXT[preset])
     mrope_section = text.pop("mrope_section")
     # Pad the embedding to a multiple of 64 rows as the real checkpoints do.
