@@ -104,7 +104,7 @@ def test_missing_folder() -> None:
 
 
 def test_folder_without_config(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match=r"no config\.json"):
         load_model(str(tmp_path), torch.float32, CPU)
 
 
