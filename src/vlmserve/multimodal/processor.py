@@ -4,7 +4,8 @@ the rows the vision tower expects.
 
 The arithmetic follows transformers' `Qwen2VLImageProcessorPil` step by step (uint8
 resize, float64 rescale cast to float32, float32 normalize) so pixel values match it.
-Images must already be RGB; converting other modes is the caller's decision.
+Images must already be RGB: callers convert other modes first, with `to_rgb` to match
+the reference on transparent images.
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ def smart_resize(
         new_h = math.ceil(height * grow / factor) * factor
         new_w = math.ceil(width * grow / factor) * factor
     return new_h, new_w
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for any PIL mode; transparency is composited onto white, as transformers does
+    (a plain `convert("RGB")` would expose whatever colour transparent pixels hold)."""
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def process_image(image: Image.Image, config: ImageProcessorConfig) -> VisionInput:
