@@ -94,14 +94,17 @@ def load_file_url(url: str, item_index: int, kind: MediaKind, config: MediaConfi
         raise MediaError(
             MediaErrorCode.FETCH_FAILED, f"cannot open {requested!r}: {exc.strerror}", item_index
         ) from None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):  # FIFOs and devices could block or never end
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # directories, FIFOs and devices (never-ending)
             raise MediaError(
                 MediaErrorCode.FETCH_FAILED, f"{requested!r} is not a regular file", item_index
             )
         _check_item_size(info.st_size, item_index, config)
-        data = file.read(info.st_size)
+        with os.fdopen(os.dup(fd), "rb") as file:
+            data = file.read(info.st_size)
+    finally:
+        os.close(fd)
     require_allowed_format(data, kind, item_index, config)
     return data
 
