@@ -203,7 +203,12 @@ class RequestGrammar:
         if self._closing is not None:
             return self._closing
         hint = hint if hint is not None else self._hint
-        data = hint if hint is not None and self._completes(hint) else None
+        # The previous close usually still works: after free text (a string goes on) as is,
+        # after a token that replaced its first bytes (a date's digits) minus those bytes.
+        candidates = []
+        if hint is not None and self._history:
+            candidates = [hint[self._history[-1][0] :], hint]
+        data = next((c for c in candidates if self._completes(c)), None)
         if data is None:
             data = shortest_completion(self._bytes, self._nesting)
         if data is None:
