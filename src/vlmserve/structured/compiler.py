@@ -129,7 +129,8 @@ def structural_tag_grammar(value: dict[str, Any] | str, strict: bool) -> str:
     lines = [
         "start: (" + " | ".join(f"tag{i}" for i in range(len(used))) + ")* tail",
         r"TEXT: /(.|\n)*/",
-        f"tail: /(?s:.*)/ & ~/(?s:.*)({forbidden})(?s:.*)/",
+        "tail: TAIL",
+        f"TAIL: /(?s:.*)/ & ~/(?s:.*)({forbidden})(?s:.*)/",
     ]
     for index, trigger in enumerate(used):
         lines.append(f"head{index}[lazy]: TEXT {json.dumps(trigger)}")
@@ -169,7 +170,10 @@ def build_grammar(params: StructuredOutputsParams) -> str:
         return json_schema_grammar({"type": "object"}, False, _param("json_object"))
     if kind == "regex":
         assert params.regex is not None
-        return llguidance.LLMatcher.grammar_from_regex(params.regex)
+        # JavaScript/JSON Schema classes: \d is [0-9] and \w is [0-9A-Za-z_], not every
+        # Unicode digit (Rust's tables are newer than most clients' regex engines).
+        ascii_regex = llguidance.regex_to_lark(params.regex, "dw")
+        return llguidance.LLMatcher.grammar_from_lark(f"start: /{ascii_regex}/")
     if kind == "choice":
         choices = params.choice
         if not choices or not all(isinstance(c, str) for c in choices):
