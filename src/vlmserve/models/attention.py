@@ -81,12 +81,16 @@ def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
     q_len, k_len = q.shape[0], k.shape[0]
     qt, kt, vt = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
     if q_len == k_len:
-        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True)
+        out = F.scaled_dot_product_attention(
+            qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True
+        )
     else:
         # Query row r sits at context position k_len - q_len + r and sees keys up to it.
         rows = torch.arange(q_len, device=q.device).unsqueeze(1) + (k_len - q_len)
         mask = torch.arange(k_len, device=q.device).unsqueeze(0) <= rows
-        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=True)
+        out = F.scaled_dot_product_attention(
+            qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=True
+        )
     return out.transpose(0, 1)
 
 
@@ -104,7 +108,9 @@ def _decode_attention(
     keys = ctx[0].transpose(1, 2).to(q.dtype)  # [B, Hkv, L, D]
     values = ctx[1].transpose(1, 2).to(q.dtype)
     lens = torch.tensor(meta.context_lens, device=q.device)
-    mask = (torch.arange(max_len, device=q.device).unsqueeze(0) < lens.unsqueeze(1))[:, None, None, :]
+    mask = (torch.arange(max_len, device=q.device).unsqueeze(0) < lens.unsqueeze(1))[
+        :, None, None, :
+    ]
     out = F.scaled_dot_product_attention(
         q.unsqueeze(2), keys, values, attn_mask=mask, scale=scale, enable_gqa=True
     )  # [B, Hq, 1, D]

@@ -17,7 +17,9 @@ from vlmserve.models.config import ModelConfig
 class VLModel(Protocol):
     config: ModelConfig
 
-    def embed_multimodal(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:
+    def embed_multimodal(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+    ) -> list[torch.Tensor]:
         """Run the vision tower on the patches of N items (images or videos) concatenated in
         order; `grid_thw` is [N, 3]. Returns one [num_tokens_i, hidden_size] tensor per item,
         num_tokens_i = t * h * w / spatial_merge_size**2."""

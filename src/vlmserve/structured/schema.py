@@ -51,7 +51,7 @@ def load_schema(value: dict[str, Any] | str, param: str) -> dict[str, Any]:
     if "x-guidance" in value:
         # Those options (lenient, separators, whitespace) would override our enforcement.
         raise StructuredOutputError(
-            f"{param}: the 'x-guidance' keyword is not accepted",
+            f"{param}: the 'x-guidance' keyword at '/x-guidance' is not accepted",
             param=param,
             keyword="x-guidance",
             path="/x-guidance",
@@ -125,7 +125,10 @@ def apply_strict(schema: dict[str, Any]) -> dict[str, Any]:
     for path, node in iter_subschemas(strict):
         if _under(path, merged) or not _is_object_schema(node):
             continue
-        if not any(key in node for key in open_keys):
+        declared = node.get("properties") or {}
+        # A required key missing from `properties` is meant to come in as an extra key.
+        undeclared = any(name not in declared for name in node.get("required") or [])
+        if not undeclared and not any(key in node for key in open_keys):
             node["additionalProperties"] = False
     return strict
 
@@ -149,12 +152,13 @@ def check_enforceable(schema: dict[str, Any], param: str) -> None:
         )
         if isinstance(minimum, int) and minimum > len(required) and extra_keys:
             # Extra keys are not forced unique, and a repeated key collapses when parsed.
+            where = _pointer(path, "minProperties")
             raise StructuredOutputError(
                 f"{param}: 'minProperties' beyond the required keys cannot be enforced "
-                f"(extra keys may repeat) at '{path or '/'}'",
+                f"(extra keys may repeat) at '{where}'",
                 param=param,
                 keyword="minProperties",
-                path=path or "/",
+                path=where,
             )
 
 
@@ -167,6 +171,7 @@ def _find_keyword(schema: dict[str, Any], keyword: str, value: Any = None) -> st
 
 _LLG_PATTERNS: list[tuple[re.Pattern[str], str | None]] = [
     (re.compile(r"Unimplemented keys: \[\"([^\"]+)\""), None),
+    (re.compile(r"Unsatisfiable schema: (\w+)"), None),
     (re.compile(r"Unknown format: (\S+)"), "format"),
     (re.compile(r"oneOf constraints are not supported"), "oneOf"),
     (re.compile(r"Pointer .* does not exist|external|remote", re.I), "$ref"),
