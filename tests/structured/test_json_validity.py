@@ -9,9 +9,8 @@ import pytest
 import tokenizers
 
 from tests.structured.schemas import SCHEMAS
-from tests.structured.validation import validate
 from vlmserve.structured import StructuredBackend
-from vlmserve.structured.testing import QWEN_SPECIAL_TOKENS, adversarial_logits, decode
+from vlmserve.structured.testing import QWEN_SPECIAL_TOKENS, adversarial_logits, decode, validate
 from vlmserve.types import StructuredOutputsParams
 
 SEEDS = (0, 1, 2)

@@ -8,9 +8,8 @@ import re
 import pytest
 import tokenizers
 
-from tests.structured.validation import validate
 from vlmserve.structured import StructuredBackend
-from vlmserve.structured.testing import QWEN_SPECIAL_TOKENS, adversarial_logits, decode
+from vlmserve.structured.testing import QWEN_SPECIAL_TOKENS, adversarial_logits, decode, validate
 from vlmserve.types import StructuredOutputsParams
 
 SEEDS = range(6)

@@ -21,7 +21,7 @@ import tokenizers
 from vlmserve.structured.closer import Nesting, byte_tokenizer, shortest_completion
 from vlmserve.structured.compiler import build_grammar
 from vlmserve.structured.errors import StructuredOutputError
-from vlmserve.structured.request import RequestGrammar, TokenView
+from vlmserve.structured.request import SEARCH_NODES, RequestGrammar, TokenView
 from vlmserve.types import StructuredOutputsParams
 
 
@@ -141,11 +141,12 @@ class StructuredBackend:
         for m in (matcher, byte_matcher):
             if m.is_error():
                 raise StructuredOutputError(f"{param} is invalid: {m.get_error()}", param=param)
-        shortest = shortest_completion(byte_matcher, Nesting())
+        shortest = shortest_completion(byte_matcher, Nesting(), SEARCH_NODES)
         if shortest is None:
             raise StructuredOutputError(
-                f"{param}: no valid output found for budget-aware closing; the constraint "
-                "is unsatisfiable or too complex",
+                f"{param}: no valid output found in {SEARCH_NODES} search steps (needed for "
+                "budget-aware closing): the constraint is unsatisfiable, or too complex for "
+                "llguidance's lexer limits or for the closer's search",
                 param=param,
             )
         request = RequestGrammar(matcher.deep_copy(), byte_matcher.deep_copy(), self.tokens, None)

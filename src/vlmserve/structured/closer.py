@@ -29,7 +29,7 @@ BYTE_EOS = 256
 _CHOSEN_BYTE_COST = 4
 _FORCED_BYTE_COST = 1
 _CLOSER_COST = 12
-DEFAULT_MAX_EXPANSIONS = 2_000
+ASTAR_MAX_NODES = 2_000
 DEFAULT_MAX_LEVELS = 1_024
 _BEAM_WIDTH = 4
 _BEAM_CLOSER_COST = 4
@@ -112,7 +112,7 @@ def _candidate_bytes(matcher: llguidance.LLMatcher, one_per_class: bool) -> list
 def shortest_completion(
     matcher: llguidance.LLMatcher,
     nesting: Nesting,
-    max_expansions: int = DEFAULT_MAX_EXPANSIONS,
+    max_nodes: int,
     max_levels: int = DEFAULT_MAX_LEVELS,
 ) -> bytes | None:
     """Bytes that take a byte-vocabulary matcher from its state to an accepting one.
@@ -122,14 +122,17 @@ def shortest_completion(
     expansions (long required content, many optional branches), a beam search that appends
     one chosen byte per level and keeps the states that made the most forced progress: it
     cannot stall, so it finds a completion needing at most `max_levels` chosen bytes. The
-    matcher is not modified. None only when the beam runs past `max_levels`.
+    matcher is not modified. None when the search visits `max_nodes` matcher states (a
+    count, not a clock: results must not depend on machine load), the beam runs past
+    `max_levels`, or every path hits a matcher error (llguidance's lexer limits).
     """
-    found = _search(matcher, nesting, max_expansions, one_per_class=True)
-    return found if found is not None else _beam(matcher, nesting, max_levels)
+    budget = [max_nodes]
+    found = _search(matcher, nesting, min(ASTAR_MAX_NODES, max_nodes), budget)
+    return found if found is not None else _beam(matcher, nesting, max_levels, budget)
 
 
 def _search(
-    matcher: llguidance.LLMatcher, nesting: Nesting, max_expansions: int, one_per_class: bool
+    matcher: llguidance.LLMatcher, nesting: Nesting, max_expansions: int, budget: list[int]
 ) -> bytes | None:
     if matcher.is_accepting():
         return b""
@@ -147,6 +150,7 @@ def _search(
     for _ in range(max_expansions):
         if not heap:
             return None
+        budget[0] -= 1
         _, neg_cost, _, parent, byte, path, run, state = heapq.heappop(heap)
         cost = -neg_cost
         node = parent.deep_copy()
@@ -167,7 +171,7 @@ def _search(
         if key in seen or node.is_error():
             continue
         seen.add(key)
-        for child in _candidate_bytes(node, one_per_class):
+        for child in _candidate_bytes(node, one_per_class=True):
             child_cost = cost + _CHOSEN_BYTE_COST
             priority = child_cost + _CLOSER_COST * state.scan(bytes([child])).closers_needed
             entry = (priority, -child_cost, next(order), node, child, path, run + 1, state)
@@ -175,7 +179,9 @@ def _search(
     return None
 
 
-def _beam(matcher: llguidance.LLMatcher, nesting: Nesting, max_levels: int) -> bytes | None:
+def _beam(
+    matcher: llguidance.LLMatcher, nesting: Nesting, max_levels: int, budget: list[int]
+) -> bytes | None:
     # Entries: (rank, node, path, forced bytes so far, run, nesting); lower rank is better.
     beam = [(0, matcher, b"", 0, 0, nesting)]
     for _ in range(max_levels):
@@ -184,10 +190,15 @@ def _beam(matcher: llguidance.LLMatcher, nesting: Nesting, max_levels: int) -> b
         ] = {}
         for _, parent, path, forced_total, run, state in beam:
             for byte in _candidate_bytes(parent, one_per_class=False):
+                budget[0] -= 1
+                if budget[0] < 0:
+                    return None
                 node = parent.deep_copy()
                 node.consume_token(byte)
                 forced = node.compute_ff_bytes()
                 node.consume_tokens(list(forced))
+                if node.is_error():
+                    continue
                 step = bytes([byte]) + forced
                 if node.is_accepting():
                     return path + step

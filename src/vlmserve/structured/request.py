@@ -22,6 +22,13 @@ import torch
 
 from vlmserve.structured.closer import BYTE_EOS, Nesting, shortest_completion, split_into_tokens
 
+# Limits (matcher states visited, ~5 us each) for the closer's search. From the current state
+# (compile, after a rollback) a failure is an error, so it may search long (~1 s); when
+# vetting a sampled token in steer() a failure only means "take the known close instead", so
+# it must be quick (~10 ms).
+SEARCH_NODES = 200_000
+STEER_SEARCH_NODES = 2_000
+
 
 @dataclass(frozen=True)
 class TokenView:
@@ -149,10 +156,10 @@ class RequestGrammar:
         fallback = closing.tokens[0] if closing.tokens else min(self._tokens.eos_token_ids)
         if self._remaining <= len(closing.tokens) or not self._advance(token_id):
             return fallback
-        after = self._closing_for_state(hint=closing.data)
+        after = self._find_closing(closing.data, STEER_SEARCH_NODES)
         self.rollback(1)
         self._closing = closing
-        if len(after.tokens) <= self._remaining - 1:
+        if after is not None and len(after.tokens) <= self._remaining - 1:
             self._memo = (token_id, after)
             return token_id
         return fallback
@@ -188,6 +195,10 @@ class RequestGrammar:
         ):
             return False
         if self._matcher.try_consume_tokens([token_id]) != 1:
+            if self._matcher.is_error():
+                # A resource limit (lexer states, fuel), not a rejected token: the output can
+                # no longer be guaranteed, so the request must fail rather than go on.
+                raise RuntimeError(f"grammar matcher failed: {self._matcher.get_error()[:200]}")
             return False
         data = self._last_bytes(token_id)
         consumed = list(data) if token_id not in self._tokens.eos_token_ids else [BYTE_EOS]
@@ -199,10 +210,14 @@ class RequestGrammar:
         self._closing = self._hint = self._memo = None
         return True
 
-    def _closing_for_state(self, hint: bytes | None = None) -> _Closing:
-        if self._closing is not None:
-            return self._closing
-        hint = hint if hint is not None else self._hint
+    def _closing_for_state(self) -> _Closing:
+        if self._closing is None:
+            self._closing = self._find_closing(self._hint, SEARCH_NODES)
+        if self._closing is None:
+            raise RuntimeError("budget-aware closing found no completion from this state")
+        return self._closing
+
+    def _find_closing(self, hint: bytes | None, max_nodes: int) -> _Closing | None:
         # The previous close usually still works: after free text (a string goes on) as is,
         # after a token that replaced its first bytes (a date's digits) minus those bytes.
         candidates = []
@@ -210,11 +225,8 @@ class RequestGrammar:
             candidates = [hint[self._history[-1][0] :], hint]
         data = next((c for c in candidates if self._completes(c)), None)
         if data is None:
-            data = shortest_completion(self._bytes, self._nesting)
-        if data is None:
-            raise RuntimeError("budget-aware closing found no completion from this state")
-        self._closing = _Closing(data, self.tokens_for(data))
-        return self._closing
+            data = shortest_completion(self._bytes, self._nesting, max_nodes)
+        return None if data is None else _Closing(data, self.tokens_for(data))
 
     def _completes(self, data: bytes) -> bool:
         probe = self._bytes.deep_copy()
