@@ -18,7 +18,12 @@ import llguidance
 import numpy as np
 import tokenizers
 
-from vlmserve.structured.closer import Nesting, byte_tokenizer, shortest_completion
+from vlmserve.structured.closer import (
+    Nesting,
+    byte_tokenizer,
+    new_byte_matcher,
+    shortest_completion,
+)
 from vlmserve.structured.compiler import build_grammar
 from vlmserve.structured.errors import StructuredOutputError
 from vlmserve.structured.request import SEARCH_NODES, RequestGrammar, TokenView
@@ -137,7 +142,7 @@ class StructuredBackend:
                     f"{param} is invalid: {messages[0].strip()}", param=param
                 )
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
-        byte_matcher = llguidance.LLMatcher(byte_tokenizer(), grammar, log_level=0)
+        byte_matcher = new_byte_matcher(grammar)
         for m in (matcher, byte_matcher):
             if m.is_error():
                 raise StructuredOutputError(f"{param} is invalid: {m.get_error()}", param=param)
@@ -149,7 +154,9 @@ class StructuredBackend:
                 "llguidance's lexer limits or for the closer's search",
                 param=param,
             )
-        request = RequestGrammar(matcher.deep_copy(), byte_matcher.deep_copy(), self.tokens, None)
+        request = RequestGrammar(
+            matcher.deep_copy(), byte_matcher.deep_copy(), grammar, self.tokens, None
+        )
         closing = request.tokens_for(shortest)
         return CompiledGrammar(
             key=key,
@@ -182,5 +189,9 @@ class StructuredBackend:
         if max_tokens is not None:
             self.check_budget(compiled, max_tokens)
         return RequestGrammar(
-            compiled.matcher.deep_copy(), compiled.byte_matcher.deep_copy(), self.tokens, max_tokens
+            compiled.matcher.deep_copy(),
+            compiled.byte_matcher.deep_copy(),
+            compiled.grammar,
+            self.tokens,
+            max_tokens,
         )

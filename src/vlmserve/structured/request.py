@@ -20,7 +20,13 @@ import llguidance
 import numpy as np
 import torch
 
-from vlmserve.structured.closer import BYTE_EOS, Nesting, shortest_completion, split_into_tokens
+from vlmserve.structured.closer import (
+    BYTE_EOS,
+    Nesting,
+    new_byte_matcher,
+    shortest_completion,
+    split_into_tokens,
+)
 
 # Limits (matcher states visited, ~5 us each) for the closer's search. From the current state
 # (compile, after a rollback) a failure is an error, so it may search long (~1 s); when
@@ -52,11 +58,14 @@ class RequestGrammar:
         self,
         matcher: llguidance.LLMatcher,
         byte_matcher: llguidance.LLMatcher,
+        grammar: str,
         tokens: TokenView,
         max_tokens: int | None,
     ) -> None:
         self._matcher = matcher
         self._bytes = byte_matcher
+        self._grammar = grammar
+        self._byte_log: list[int] = []  # what the byte matcher consumed, to rebuild it
         self._tokens = tokens
         self._remaining = max_tokens
         self._nesting = Nesting()
@@ -101,8 +110,13 @@ class RequestGrammar:
             self._closing = _Closing(
                 closing.data[len(self._last_bytes(token_id)) :], closing.tokens[1:]
             )
-        else:
-            self._hint = closing.data if closing is not None else None
+        elif closing is not None:
+            self._hint = closing.data
+            if self._remaining is not None:
+                # Under a budget, find the next close now, while the previous one can seed
+                # it: a chain of closes never needs a search from scratch (which may fail
+                # on grammars too hard for it).
+                self._closing_for_state()
         return True
 
     def rollback(self, num_tokens: int) -> None:
@@ -116,7 +130,9 @@ class RequestGrammar:
         self._matcher.rollback(num_tokens)
         undone = self._history[-num_tokens:]
         del self._history[-num_tokens:]
-        self._bytes.rollback(sum(count for count, _ in undone))
+        undone_bytes = sum(count for count, _ in undone)
+        self._bytes.rollback(undone_bytes)
+        del self._byte_log[len(self._byte_log) - undone_bytes :]
         self._nesting = undone[0][1]
         if self._remaining is not None:
             self._remaining += num_tokens
@@ -202,7 +218,9 @@ class RequestGrammar:
             return False
         data = self._last_bytes(token_id)
         consumed = list(data) if token_id not in self._tokens.eos_token_ids else [BYTE_EOS]
-        self._bytes.consume_tokens(consumed)
+        self._byte_log += consumed
+        if not self._bytes.consume_tokens(consumed):
+            self._rebuild_byte_matcher()
         self._history.append((len(consumed), self._nesting))
         self._nesting = self._nesting.scan(data)
         if self._remaining is not None:
@@ -226,7 +244,21 @@ class RequestGrammar:
         data = next((c for c in candidates if self._completes(c)), None)
         if data is None:
             data = shortest_completion(self._bytes, self._nesting, max_nodes)
+        if data is None and max_nodes >= SEARCH_NODES:
+            self._rebuild_byte_matcher()
+            data = shortest_completion(self._bytes, self._nesting, max_nodes)
         return None if data is None else _Closing(data, self.tokens_for(data))
+
+    def _rebuild_byte_matcher(self) -> None:
+        """A private byte matcher replaying this request's bytes.
+
+        Deep copies share llguidance's lexer cache and its size limit; the closer's searches
+        can exhaust it ("too many expressions"), after which valid bytes fail. A new matcher
+        has a cache of its own.
+        """
+        self._bytes = new_byte_matcher(self._grammar)
+        if not self._bytes.consume_tokens(self._byte_log):
+            raise RuntimeError(f"byte matcher diverged: {self._bytes.get_error()[:200]}")
 
     def _completes(self, data: bytes) -> bool:
         probe = self._bytes.deep_copy()
