@@ -30,6 +30,14 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 BUDGET_SLACK = (0, 16, 64)  # extra tokens over the shortest valid output, per sample
 
 
+def _reason(error: StructuredOutputError) -> str:
+    if error.keyword:
+        return error.keyword
+    if "budget-aware closing" in error.message:
+        return "no completion found"
+    return error.message.split(":", 2)[-1].strip()[:40]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -63,7 +71,7 @@ def main() -> int:
                 compiled = backend.compile(StructuredOutputsParams(json=schema))
             except StructuredOutputError as error:
                 row["rejected"] += 1
-                reasons[error.keyword or error.message.split(":", 2)[-1].strip()[:40]] += 1
+                reasons[_reason(error)] += 1
                 continue
             row["compiled"] += 1
             deadline = time.monotonic() + args.seconds_per_schema

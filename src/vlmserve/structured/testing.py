@@ -33,8 +33,19 @@ LogitsFn = Callable[[list[int]], torch.Tensor]
 
 
 def stdlib_sources(limit: int) -> list[str]:
-    """Python standard-library sources: always present, plenty of text to train on."""
-    return sorted(glob.glob(f"{sysconfig.get_paths()['stdlib']}/**/*.py", recursive=True))[:limit]
+    """Python standard-library sources: always present, plenty of text to train on (the few
+    test files that are not UTF-8 are skipped: the trainer rejects them)."""
+    sources: list[str] = []
+    for path in sorted(glob.glob(f"{sysconfig.get_paths()['stdlib']}/**/*.py", recursive=True)):
+        if len(sources) == limit:
+            break
+        try:
+            with open(path, encoding="utf-8") as file:
+                file.read()
+        except (UnicodeDecodeError, OSError):
+            continue
+        sources.append(path)
+    return sources
 
 
 def train_byte_level_bpe(vocab_size: int, files: list[str]) -> tokenizers.Tokenizer:
