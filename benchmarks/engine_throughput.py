@@ -69,8 +69,11 @@ def run_vlmserve(model: str, imgs: list[Image.Image], args: argparse.Namespace) 
 
 
 def run_transformers(model: str, imgs: list[Image.Image], args: argparse.Namespace) -> float:
-    from transformers import AutoModelForImageTextToText, Qwen2VLImageProcessorPil
-    from transformers import PreTrainedTokenizerFast
+    from transformers import (
+        AutoModelForImageTextToText,
+        PreTrainedTokenizerFast,
+        Qwen2VLImageProcessorPil,
+    )
 
     hf = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32).eval()
     processor = Qwen2VLImageProcessorPil.from_pretrained(model)
@@ -83,7 +86,9 @@ def run_transformers(model: str, imgs: list[Image.Image], args: argparse.Namespa
         merge = processor.merge_size**2
         rows = []
         for (i, _), grid in zip(batch, vision["image_grid_thw"].tolist()):
-            text = prompt_text(i).replace("<|image_pad|>", "<|image_pad|>" * (np.prod(grid) // merge))
+            text = prompt_text(i).replace(
+                "<|image_pad|>", "<|image_pad|>" * (np.prod(grid) // merge)
+            )
             rows.append(tokenizer(text)["input_ids"])
         width = max(len(r) for r in rows)
         ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])  # left padding
@@ -131,14 +136,20 @@ def main() -> None:
     torch.manual_seed(0)
     imgs = images(args.requests, args.image_size)
     tokens = args.requests * args.max_tokens
-    print(f"model={model} requests={args.requests} max_tokens={args.max_tokens} "
-          f"batch={args.batch} image={args.image_size}px threads={torch.get_num_threads()}")
+    print(
+        f"model={model} requests={args.requests} max_tokens={args.max_tokens} "
+        f"batch={args.batch} image={args.image_size}px threads={torch.get_num_threads()}"
+    )
     ours = run_vlmserve(model, imgs, args)
-    print(f"vlmserve      {args.requests / ours:7.2f} req/s  {tokens / ours:8.1f} tok/s  ({ours:.1f} s)")
+    print(
+        f"vlmserve      {args.requests / ours:7.2f} req/s  {tokens / ours:8.1f} tok/s  ({ours:.1f} s)"
+    )
     if args.skip_transformers:
         return
     ref = run_transformers(model, imgs, args)
-    print(f"transformers  {args.requests / ref:7.2f} req/s  {tokens / ref:8.1f} tok/s  ({ref:.1f} s)")
+    print(
+        f"transformers  {args.requests / ref:7.2f} req/s  {tokens / ref:8.1f} tok/s  ({ref:.1f} s)"
+    )
     print(f"ratio vlmserve/transformers: {ref / ours:.2f}x")
 
 

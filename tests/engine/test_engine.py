@@ -184,3 +184,13 @@ def test_dummy_load_format_needs_no_weights(tiny_qwen2_vl: Path, tmp_path: Path)
         )
         == 3
     )
+
+
+def test_bfloat16_on_cpu_tracks_float32(tiny_qwen2_vl: Path, llm: LLM) -> None:
+    params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=5)
+    expected = llm.generate(PROMPT, params)[0].outputs[0]
+    bf16 = LLM(str(tiny_qwen2_vl), dtype="bfloat16").generate(PROMPT, params)[0].outputs[0]
+    assert bf16.token_ids[0] in expected.logprobs[0]  # near-ties may flip in bf16
+    token = expected.token_ids[0]
+    if token in bf16.logprobs[0]:
+        assert abs(bf16.logprobs[0][token].logprob - expected.logprobs[0][token].logprob) < 0.05

@@ -14,9 +14,7 @@ def row(
     params: SamplingParams, output: list[int] | None = None, gen: int | None = None, **kw
 ) -> SamplingRow:
     generator = torch.Generator().manual_seed(gen) if gen is not None else None
-    return SamplingRow(
-        params, [0], output or [], generator, kw.get("blocked", []), kw.get("allowed")
-    )
+    return SamplingRow(params, [0], output or [], generator, kw.get("blocked", []))
 
 
 def test_greedy_picks_argmax_and_reports_raw_logprob_and_rank() -> None:
@@ -30,8 +28,8 @@ def test_greedy_picks_argmax_and_reports_raw_logprob_and_rank() -> None:
 
 def test_blocked_tokens_and_grammar_mask_remove_candidates() -> None:
     logits = torch.tensor([[5.0, 4.0, 3.0, 2.0]])
-    allowed = torch.tensor([False, True, True, True])
-    out = sample(logits, [row(SamplingParams(temperature=0.0), blocked=[1], allowed=allowed)])
+    bitmask = torch.tensor([[0b1110]], dtype=torch.int32)  # tokens 1, 2, 3 allowed
+    out = sample(logits, [row(SamplingParams(temperature=0.0), blocked=[1])], bitmask, [0])
     assert out.token_ids == [2]
     # The reported logprob is the model's own, before masking: token 2 ranks third.
     assert out.ranks == [3]

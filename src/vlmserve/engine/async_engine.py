@@ -41,6 +41,14 @@ class _Add:
     loop: asyncio.AbstractEventLoop
     outputs: asyncio.Queue[RequestOutput | BaseException]
 
+    def post(self, item: RequestOutput | BaseException) -> bool:
+        """Hand an item to the caller's loop; False when that loop is gone (closed)."""
+        try:
+            self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
+        except RuntimeError:
+            return False
+        return True
+
 
 @dataclass
 class EngineStats:
@@ -85,7 +93,7 @@ class AsyncEngine:
             processed = (
                 prompt
                 if isinstance(prompt, ProcessedInput)
-                else await asyncio.to_thread(self.engine.process_input, prompt)
+                else await asyncio.to_thread(self.engine.prepare, prompt, params)
             )
             outputs: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
             self._commands.put(
@@ -148,7 +156,7 @@ class AsyncEngine:
         try:
             self.engine.add_request(command.request_id, command.processed, command.params)
         except (InputError, ValueError) as exc:
-            command.loop.call_soon_threadsafe(command.outputs.put_nowait, exc)
+            command.post(exc)
             return
         self._streams[command.request_id] = command
 
@@ -161,8 +169,9 @@ class AsyncEngine:
                 self.engine.abort(request_id)
                 stream = self._streams.pop(request_id, None)
                 if stream is not None:
-                    error = RuntimeError(f"the engine failed while running this request: {exc}")
-                    stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, error)
+                    stream.post(
+                        RuntimeError(f"the engine failed while running this request: {exc}")
+                    )
             return
         for output in outputs:
             stream = self._streams.get(output.request_id)
@@ -170,4 +179,7 @@ class AsyncEngine:
                 continue
             if output.finished:
                 del self._streams[output.request_id]
-            stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, output)
+            if not stream.post(output) and not output.finished:
+                # Nobody can read this request any more: stop spending steps on it.
+                self.engine.abort(output.request_id)
+                del self._streams[output.request_id]

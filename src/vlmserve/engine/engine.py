@@ -17,12 +17,13 @@ import torch
 from vlmserve.config import EngineConfig
 from vlmserve.engine.block_manager import BlockManager
 from vlmserve.engine.detokenizer import IncrementalDetokenizer
+from vlmserve.engine.guided import GuidedDecoding
 from vlmserve.engine.inputs import InputError, InputProcessor, ProcessedInput
 from vlmserve.engine.mm_cache import CachedItem, MultiModalCache
 from vlmserve.engine.outputs import make_request_output
 from vlmserve.engine.scheduler import ScheduledBatch, Scheduler
 from vlmserve.engine.sequence import Request, Sequence
-from vlmserve.engine.stopping import append_token
+from vlmserve.engine.stopping import append_token, check_stop
 from vlmserve.models.hf_tokenizer import load_tokenizer
 from vlmserve.models.loader import load_model, resolve_model_folder
 from vlmserve.multimodal.processor import load_image_processor_config
@@ -91,6 +92,11 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._seed_rng = torch.Generator().manual_seed(config.seed)
         self.stop_ids = frozenset(self.model_config.eos_token_ids)
+        self.guided = GuidedDecoding(
+            self.tokenizer.tokenizer,
+            self.model_config.vocab_size,
+            list(self.model_config.eos_token_ids),
+        )
 
     def _auto_kv_blocks(self) -> int:
         per_block = kv_block_bytes(self.model, self.config.block_size, self.dtype)
@@ -104,12 +110,21 @@ class LLMEngine:
     def process_input(self, prompt: str | dict[str, Any]) -> ProcessedInput:
         return self.inputs.process(prompt)
 
+    def prepare(self, prompt: str | dict[str, Any], params: SamplingParams) -> ProcessedInput:
+        """Everything about a request that can run off the engine thread: tokenizing,
+        media preprocessing, grammar compilation. Raises InputError."""
+        processed = self.process_input(prompt)
+        processed.grammar = self.guided.compile(params)
+        return processed
+
     def add_request(
         self, request_id: str, prompt: str | dict[str, Any] | ProcessedInput, params: SamplingParams
     ) -> Request:
         if request_id in self.requests:
             raise InputError(f"request id {request_id!r} is already in use", "request_id")
-        processed = prompt if isinstance(prompt, ProcessedInput) else self.process_input(prompt)
+        processed = prompt if isinstance(prompt, ProcessedInput) else self.prepare(prompt, params)
+        if processed.grammar is None and params.structured_outputs is not None:
+            processed.grammar = self.guided.compile(params)
         room = self.max_model_len - len(processed.token_ids)
         if params.max_tokens is not None and params.max_tokens > room:
             raise InputError(
@@ -151,6 +166,11 @@ class LLMEngine:
                 generator=self._generator(params, index),
             )
             request.sequences.append(seq)
+        if processed.grammar is not None:
+            for seq in request.sequences:
+                self.guided.attach(seq, processed.grammar, max_out)  # may raise InputError
+        for seq in request.sequences:
+            self._append_forced(seq)  # a grammar may force the first tokens
             self.scheduler.add(seq)
         self.requests[request_id] = request
         return request
@@ -172,7 +192,7 @@ class LLMEngine:
         for seq in request.sequences:
             if not seq.is_finished:
                 seq.finish_reason = FinishReason.ABORT
-            self.scheduler.finish(seq)
+            self._release(seq)
         return make_request_output(request, finished=True)
 
     def has_unfinished(self) -> bool:
@@ -246,6 +266,29 @@ class LLMEngine:
             mm=pieces,
         )
 
+    def _release(self, seq: Sequence) -> None:
+        self.guided.detach(seq)
+        self.scheduler.finish(seq)
+
+    def _append_forced(self, seq: Sequence) -> None:
+        """Jump-ahead: tokens the grammar forces go in without sampling; their keys and
+        values are computed in the next step together with the next sampled position."""
+        for token in self.guided.forced(seq):
+            seq.token_ids.append(token)
+            seq.num_forced_tokens += 1
+            check_stop(seq, token, self.stop_ids)
+            if seq.is_finished:
+                break
+        self.guided.finish_if_complete(seq)
+
+    def _fail(self, seq: Sequence, error: Exception) -> None:
+        logger.error("request %s failed: %s", seq.request.request_id, error)
+        for sibling in seq.request.sequences:
+            if not sibling.is_finished:
+                sibling.finish_reason = FinishReason.ERROR
+            self._release(sibling)
+        seq.request.error = str(error)
+
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         rows = []
         for seq in seqs:
@@ -258,15 +301,25 @@ class LLMEngine:
                     p, seq.request.prompt_token_ids, seq.output_token_ids, seq.generator, blocked
                 )
             )
-        out = sample(logits, rows)
+        bitmask, constrained = self.guided.masks(seqs)
+        out = sample(logits, rows, bitmask, constrained)
         now = time.time()
         for i, seq in enumerate(seqs):
+            if seq.is_finished:  # a sibling failed this step
+                continue
             metrics = seq.request.metrics
             if metrics.first_token_time is None:
                 metrics.first_token_time = now
-            append_token(seq, out, i, self.tokenizer.tokenizer, self.stop_ids)
+            try:
+                token = self.guided.steer(seq, out.token_ids[i])
+                self.guided.accept(seq, token)
+                append_token(seq, out, i, token, self.tokenizer.tokenizer, self.stop_ids)
+                if not seq.is_finished:
+                    self._append_forced(seq)
+            except RuntimeError as exc:  # a grammar engine limit: never emit unchecked output
+                self._fail(seq, exc)
             if seq.is_finished:
-                self.scheduler.finish(seq)
+                self._release(seq)
 
     def _collect(self, touched: dict[str, Request]) -> list[RequestOutput]:
         outputs = []

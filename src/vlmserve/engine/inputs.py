@@ -22,6 +22,7 @@ from vlmserve.models.config import ModelConfig
 from vlmserve.models.hf_tokenizer import TokenizerBundle
 from vlmserve.models.rope import mrope_positions
 from vlmserve.multimodal.processor import ImageProcessorConfig, process_image, to_rgb
+from vlmserve.structured import CompiledGrammar
 
 MODALITIES = ("image",)
 
@@ -42,6 +43,7 @@ class ProcessedInput:
     mm_items: list[MultiModalItem]
     mrope_positions: torch.Tensor
     mrope_delta: int
+    grammar: CompiledGrammar | None = None  # compiled with the request's sampling params
 
 
 def content_hash(image: Image.Image) -> str:

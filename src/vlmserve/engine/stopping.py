@@ -10,11 +10,9 @@ from vlmserve.types import FinishReason, Logprob
 
 
 def _logprob_entry(
-    out: SamplerOutput, row: int, token: int, tokenizer: Tokenizer
+    out: SamplerOutput, row: int, token: int, logprob: float, rank: int, tokenizer: Tokenizer
 ) -> dict[int, Logprob]:
-    entry = {
-        token: Logprob(out.logprobs[row], out.ranks[row], tokenizer.id_to_token(token)),
-    }
+    entry = {token: Logprob(logprob, rank, tokenizer.id_to_token(token))}
     for rank, (tid, lp) in enumerate(zip(out.top_ids[row], out.top_logprobs[row]), start=1):
         if tid not in entry:
             entry[tid] = Logprob(lp, rank, tokenizer.id_to_token(tid))
@@ -22,13 +20,23 @@ def _logprob_entry(
 
 
 def append_token(
-    seq: Sequence, out: SamplerOutput, row: int, tokenizer: Tokenizer, eos_ids: frozenset[int]
+    seq: Sequence,
+    out: SamplerOutput,
+    row: int,
+    token: int,
+    tokenizer: Tokenizer,
+    eos_ids: frozenset[int],
 ) -> None:
-    token = out.token_ids[row]
+    """Append `token` for sampler row `row`: the sampled token, or the one a grammar steered
+    to (whose logprob is then looked up, so reported logprobs match the emitted tokens)."""
+    if token == out.token_ids[row]:
+        logprob, rank = out.logprobs[row], out.ranks[row]
+    else:
+        logprob, rank = out.logprob_of(row, token)
     seq.token_ids.append(token)
-    seq.cumulative_logprob += out.logprobs[row]
+    seq.cumulative_logprob += logprob
     if seq.params.logprobs is not None:
-        seq.output_logprobs.append(_logprob_entry(out, row, token, tokenizer))
+        seq.output_logprobs.append(_logprob_entry(out, row, token, logprob, rank, tokenizer))
     check_stop(seq, token, eos_ids)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vlmserve.structured import apply_token_bitmask
 from vlmserve.types import SamplingParams
 
 
@@ -22,7 +23,6 @@ class SamplingRow:
     output_token_ids: list[int]
     generator: torch.Generator | None
     blocked_token_ids: list[int]  # stop tokens while min_tokens is not reached
-    allowed: torch.Tensor | None = None  # [V] bool grammar mask, None when unconstrained
 
 
 @dataclass
@@ -32,9 +32,23 @@ class SamplerOutput:
     ranks: list[int]  # 1-based rank of each sampled token in the raw distribution
     top_ids: list[list[int]]  # top-`logprobs` token ids per row (empty when not asked)
     top_logprobs: list[list[float]]
+    raw_logprobs: torch.Tensor  # [B, V]: for tokens appended instead of the sampled ones
+
+    def logprob_of(self, row: int, token: int) -> tuple[float, int]:
+        """Raw logprob and 1-based rank of any token of `row`."""
+        values = self.raw_logprobs[row]
+        value = values[token]
+        return float(value), int((values > value).sum()) + 1
 
 
-def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+def sample(
+    logits: torch.Tensor,
+    rows: list[SamplingRow],
+    bitmask: torch.Tensor | None = None,
+    constrained: list[int] | None = None,
+) -> SamplerOutput:
+    """`bitmask` [B, W] int32 (llguidance layout) holds the grammar masks of the rows listed in
+    `constrained`; the other rows are unconstrained."""
     logits = logits.float()
     raw_logprobs = torch.log_softmax(logits, dim=-1)
     logits = logits.clone()
@@ -42,8 +56,8 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         _apply_penalties(logits[i], row)
         if row.blocked_token_ids:
             logits[i, row.blocked_token_ids] = float("-inf")
-        if row.allowed is not None:
-            logits[i].masked_fill_(~row.allowed, float("-inf"))
+    if bitmask is not None and constrained:
+        apply_token_bitmask(logits, bitmask, constrained)
     token_ids = _choose(logits, rows)
     chosen = torch.tensor(token_ids, dtype=torch.long, device=logits.device).unsqueeze(1)
     chosen_lp = raw_logprobs.gather(1, chosen)
@@ -58,7 +72,9 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         k = row.params.logprobs or 0
         top_ids.append(indices_l[i][:k] if k else [])
         top_lps.append(values_l[i][:k] if k else [])
-    return SamplerOutput(token_ids, chosen_lp.squeeze(1).tolist(), ranks.tolist(), top_ids, top_lps)
+    return SamplerOutput(
+        token_ids, chosen_lp.squeeze(1).tolist(), ranks.tolist(), top_ids, top_lps, raw_logprobs
+    )
 
 
 def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:

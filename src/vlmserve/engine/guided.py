@@ -1,0 +1,109 @@
+"""Structured outputs in the engine loop: per-sequence grammars, their masks, the token
+actually appended for a sampled one, and jump-ahead.
+
+Per sequence and step: the grammar fills its mask row -> the sampler draws within it ->
+`steer` may swap the token so that a valid close still fits the budget -> the grammar
+accepts it -> forced tokens (jump-ahead, or the whole close when the budget is tight) are
+appended without sampling. A complete grammar ends the sequence at once: only EOS could
+follow, so ending here equals sampling it in one more step.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from tokenizers import Tokenizer
+
+from vlmserve.engine.inputs import InputError
+from vlmserve.engine.sequence import Sequence
+from vlmserve.structured import (
+    CompiledGrammar,
+    RequestGrammar,
+    StructuredBackend,
+    StructuredOutputError,
+    allocate_bitmask,
+)
+from vlmserve.types import FinishReason, SamplingParams
+
+
+class GuidedDecoding:
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_token_ids: list[int]) -> None:
+        self._tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.eos_token_ids = eos_token_ids
+        self._backend: StructuredBackend | None = None
+        self._lock = threading.Lock()
+        self.grammars: dict[int, RequestGrammar] = {}  # by seq_id
+
+    @property
+    def backend(self) -> StructuredBackend:
+        # Built on first use: its tokenizer tables cost ~1 s at a 152k vocabulary.
+        with self._lock:
+            if self._backend is None:
+                self._backend = StructuredBackend(
+                    self._tokenizer, self.vocab_size, self.eos_token_ids
+                )
+            return self._backend
+
+    def compile(self, params: SamplingParams) -> CompiledGrammar | None:
+        if params.structured_outputs is None:
+            return None
+        try:
+            return self.backend.compile(params.structured_outputs)
+        except StructuredOutputError as exc:
+            raise InputError(str(exc), exc.param or "structured_outputs") from exc
+
+    def attach(self, seq: Sequence, compiled: CompiledGrammar, max_tokens: int) -> None:
+        try:
+            grammar = self.backend.new_request(compiled, max_tokens)
+        except StructuredOutputError as exc:
+            raise InputError(str(exc), exc.param or "max_tokens") from exc
+        self.grammars[seq.seq_id] = grammar
+
+    def detach(self, seq: Sequence) -> None:
+        self.grammars.pop(seq.seq_id, None)
+
+    def masks(self, seqs: list[Sequence]) -> tuple[torch.Tensor | None, list[int]]:
+        """The step's bitmask [B, W] and the rows that carry a grammar."""
+        constrained = [i for i, seq in enumerate(seqs) if seq.seq_id in self.grammars]
+        if not constrained:
+            return None, []
+        bitmask = allocate_bitmask(len(seqs), self.vocab_size)
+        for i in constrained:
+            self.grammars[seqs[i].seq_id].fill_bitmask(bitmask[i])
+        return bitmask, constrained
+
+    def steer(self, seq: Sequence, token: int) -> int:
+        grammar = self.grammars.get(seq.seq_id)
+        return token if grammar is None else grammar.steer(token)
+
+    def accept(self, seq: Sequence, token: int) -> None:
+        grammar = self.grammars.get(seq.seq_id)
+        if grammar is not None and not grammar.accept_token(token):
+            raise RuntimeError(f"the grammar rejected token {token}, which its own mask allowed")
+
+    def forced(self, seq: Sequence) -> list[int]:
+        """Tokens to append without sampling, accepted by the grammar already. Requests that
+        want logprobs go step by step (the mask then allows just the forced token): forced
+        tokens have no computed distribution to report."""
+        grammar = self.grammars.get(seq.seq_id)
+        if grammar is None or grammar.is_terminated() or seq.params.logprobs is not None:
+            return []
+        tokens = grammar.forced_tokens()
+        for token in tokens:
+            if not grammar.accept_token(token):
+                raise RuntimeError(f"the grammar rejected its own forced token {token}")
+        return tokens
+
+    def finish_if_complete(self, seq: Sequence) -> None:
+        """A complete grammar admits only EOS next: end the sequence now instead of spending
+        a step on it (the EOS itself is not appended)."""
+        grammar = self.grammars.get(seq.seq_id)
+        if grammar is None or seq.is_finished or not grammar.is_terminated():
+            return
+        if seq.num_output_tokens < seq.request.max_output_tokens:
+            seq.finish_reason = FinishReason.STOP
+        else:
+            seq.finish_reason = FinishReason.LENGTH
+        seq.detokenizer.flush()
