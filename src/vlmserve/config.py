@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -26,3 +28,10 @@ class EngineConfig:
     mm_cache_bytes: int = 256 * 1024 * 1024  # vision-embedding cache (LRU by bytes)
     limit_mm_per_prompt: dict[str, int] = field(default_factory=lambda: {"image": 16, "video": 2})
     chat_template: str | None = None  # a Jinja template overriding the tokenizer's
+
+
+def cache_dir() -> Path:
+    """Where generated artefacts (the default tiny model) live: $VLMSERVE_CACHE or
+    ~/.cache/vlmserve."""
+    root = os.environ.get("VLMSERVE_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "vlmserve"
