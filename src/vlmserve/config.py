@@ -30,6 +30,84 @@ class EngineConfig:
     chat_template: str | None = None  # a Jinja template overriding the tokenizer's
 
 
+@dataclass(frozen=True)
+class MediaFetchTimeout:
+    """Seconds allowed for fetching one media URL (see docs/media.md)."""
+
+    connect: float = 5.0  # TCP (+TLS) connect to one resolved address
+    read: float = 10.0  # longest silence between two body chunks
+    total: float = 30.0  # wall-clock deadline: DNS, redirects and slow-drip bodies included
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """How media URLs in requests are fetched and decoded. Safe by default: see docs/media.md."""
+
+    # Exact hosts ("img.example.com") or suffix patterns ("*.example.com"); empty: any host.
+    allowed_media_domains: tuple[str, ...] = ()
+    # Lifts the block on loopback/private/link-local/metadata addresses (trusted networks only).
+    allow_private_media_addresses: bool = False
+    allowed_media_ports: tuple[int, ...] = (80, 443)
+    media_max_redirects: int = 0  # 0: a 3xx answer is an error; N: follow N hops, each re-checked
+    media_fetch_timeout: MediaFetchTimeout = field(default_factory=MediaFetchTimeout)
+    max_bytes_per_item: int = 20 * 1024 * 1024
+    max_bytes_per_request: int = 64 * 1024 * 1024
+    max_concurrent_fetches: int = 16  # network fetches in flight per connector (server-wide)
+    allowed_local_media_path: str | None = None  # file: URLs are refused unless this is set
+    max_data_url_size: int = 8 * 1024 * 1024  # characters of a data: URL, checked before decoding
+    # Decompression-bomb guard, read from the image header before any pixel is decoded.
+    max_image_pixels: int = 40_000_000
+    allowed_image_formats: tuple[str, ...] = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
+    rgba_background_color: tuple[int, int, int] = (255, 255, 255)
+    video_fps: float = 2.0  # frames sampled per second of video
+    video_max_frames: int = 32
+
+    def __post_init__(self) -> None:
+        timeout = self.media_fetch_timeout
+        checks: list[tuple[bool, str]] = [
+            (
+                all(
+                    p.removeprefix("*.") and "*" not in p.removeprefix("*.")
+                    for p in self.allowed_media_domains
+                ),
+                "allowed_media_domains entries must be a host or '*.suffix', "
+                f"got {list(self.allowed_media_domains)}",
+            ),
+            (
+                all(0 < p < 65536 for p in self.allowed_media_ports),
+                f"allowed_media_ports must be in 1..65535, got {list(self.allowed_media_ports)}",
+            ),
+            (self.media_max_redirects >= 0, "media_max_redirects must be >= 0"),
+            (
+                min(timeout.connect, timeout.read, timeout.total) > 0,
+                f"media_fetch_timeout values must be > 0, got {timeout}",
+            ),
+            (
+                min(self.max_bytes_per_item, self.max_bytes_per_request, self.max_data_url_size)
+                > 0,
+                "media byte limits must be > 0",
+            ),
+            (self.max_concurrent_fetches >= 1, "max_concurrent_fetches must be >= 1"),
+            (self.max_image_pixels >= 1, "max_image_pixels must be >= 1"),
+            (
+                self.allowed_local_media_path is None
+                or self.allowed_local_media_path.startswith("/"),
+                "allowed_local_media_path must be an absolute path",
+            ),
+            (
+                len(self.rgba_background_color) == 3
+                and all(0 <= c <= 255 for c in self.rgba_background_color),
+                "rgba_background_color must be 3 values in 0..255, "
+                f"got {self.rgba_background_color}",
+            ),
+            (self.video_fps > 0, "video_fps must be > 0"),
+            (self.video_max_frames >= 1, "video_max_frames must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
 def cache_dir() -> Path:
     """Where generated artefacts (the default tiny model) live: $VLMSERVE_CACHE or
     ~/.cache/vlmserve."""

@@ -1,0 +1,110 @@
+"""Building blocks shared by the decoder and the vision towers: RMSNorm, the gated MLP,
+activations and rotary embeddings (1-D inverse frequencies, M-RoPE, 2-D vision RoPE).
+
+Numerics follow transformers' Qwen-VL code where it matters for parity: norms compute in
+float32 and cast back before the weight; decoder cos/sin are cast to the activation dtype;
+vision RoPE is applied in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "quick_gelu": quick_gelu,
+    "gelu": F.gelu,
+}
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)): the decoder MLP (no bias) and Qwen2.5-VL's vision MLP
+    (with bias)."""
+
+    def __init__(self, dim: int, hidden: int, act: str, bias: bool) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+def inverse_frequencies(dim: int, theta: float, device: torch.device) -> torch.Tensor:
+    """[dim/2] float32 inverse frequencies of standard RoPE over `dim` rotated channels."""
+    exponents = torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim
+    return 1.0 / (theta**exponents)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [T, H, D]; cos/sin: [T, D] (broadcast over heads)."""
+    return x * cos[:, None, :] + rotate_half(x) * sin[:, None, :]
+
+
+def mrope_cos_sin(
+    positions: torch.Tensor,
+    head_dim: int,
+    theta: float,
+    section: tuple[int, int, int],
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multimodal RoPE: positions [3, T] (temporal, height, width) -> cos, sin [T, head_dim].
+
+    The head_dim/2 frequencies are split into chunks of `section` sizes, and chunk i rotates
+    by the position of axis i; both halves of the head use the same angles.
+    """
+    inv_freq = inverse_frequencies(head_dim, theta, positions.device)
+    freqs = positions.float()[..., None] * inv_freq  # [3, T, head_dim/2]
+    chunks = freqs.split(list(section), dim=-1)
+    angles = torch.cat([chunk[axis] for axis, chunk in enumerate(chunks)], dim=-1)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def vision_cos_sin(
+    hw_positions: torch.Tensor, head_dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D RoPE of the vision tower: hw_positions [N, 2] -> float32 cos, sin [N, head_dim].
+
+    Half of the head rotates by the row index and half by the column index, each with
+    head_dim/4 frequencies; the pair is then repeated over both rotate_half halves.
+    """
+    inv_freq = inverse_frequencies(head_dim // 2, theta, hw_positions.device)
+    freqs = hw_positions.float()[..., None] * inv_freq  # [N, 2, head_dim/4]
+    angles = freqs.flatten(1)  # [N, head_dim/2]: row frequencies, then column ones
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
