@@ -105,6 +105,23 @@ class ChatMessage(StrictModel):
     content: MessageContent
 
 
+def _json_kind_tag(value: Any) -> str | None:
+    for kind in (str, dict, list):
+        if isinstance(value, kind):
+            return f"#{kind.__name__}"
+    return None
+
+
+SchemaOrText = Annotated[
+    Annotated[dict[str, Any], Tag("#dict")] | Annotated[str, Tag("#str")],
+    Discriminator(
+        _json_kind_tag,
+        custom_error_type="object_or_string",
+        custom_error_message="must be a JSON object or a string",
+    ),
+]
+
+
 # -- structured outputs -----------------------------------------------------------------------
 class JSONSchemaSpec(StrictModel):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
@@ -153,12 +170,12 @@ ResponseFormat = Annotated[
 class StructuredOutputs(StrictModel):
     """vLLM's `structured_outputs` extension; exactly one constraint must be set."""
 
-    json_spec: dict[str, Any] | str | None = Field(None, alias="json")
+    json_spec: SchemaOrText | None = Field(None, alias="json")
     regex: str | None = None
     choice: list[str] | None = Field(None, min_length=1)
     grammar: str | None = None
     json_object: bool | None = None
-    structural_tag: dict[str, Any] | str | None = None
+    structural_tag: SchemaOrText | None = None
 
 
 class StreamOptions(StrictModel):
@@ -166,9 +183,19 @@ class StreamOptions(StrictModel):
 
 
 # -- shared sampling fields -------------------------------------------------------------------
-Stop = (
-    str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_SEQUENCES)]
-)
+Stop = Annotated[
+    Annotated[str, Tag("#str")]
+    | Annotated[
+        list[Annotated[str, Field(min_length=1)]],
+        Field(max_length=MAX_STOP_SEQUENCES),
+        Tag("#list"),
+    ],
+    Discriminator(
+        _json_kind_tag,
+        custom_error_type="stop_type",
+        custom_error_message="stop must be a string or a list of strings",
+    ),
+]
 
 
 class SamplingFields(StrictModel):
