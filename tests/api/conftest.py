@@ -7,6 +7,7 @@ import base64
 import io
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from PIL import Image
 from vlmserve.api.app import create_app
 from vlmserve.api.server_config import ServerConfig
 from vlmserve.api.state import ModelInfo
-from vlmserve.config import EngineConfig
+from vlmserve.config import EngineConfig, MediaConfig
 from vlmserve.engine.async_engine import AsyncEngine
 from vlmserve.engine.engine import LLMEngine
 
@@ -44,9 +45,11 @@ def async_engine(llm_engine: LLMEngine) -> Iterator[AsyncEngine]:
     engine.shutdown()
 
 
-def make_app(engine: AsyncEngine, **config: object) -> FastAPI:
+def make_app(
+    engine: AsyncEngine, media_config: MediaConfig | None = None, **config: Any
+) -> FastAPI:
     model = ModelInfo.from_engine(engine.engine, MODEL)
-    return create_app(engine, model, ServerConfig(**config))  # type: ignore[arg-type]
+    return create_app(engine, model, ServerConfig(**config), media_config)
 
 
 @pytest.fixture

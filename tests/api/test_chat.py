@@ -30,7 +30,9 @@ async def test_basic_shape(client: httpx.AsyncClient) -> None:
     assert isinstance(body["created"], int) and body["model"] == MODEL
     (choice,) = body["choices"]
     assert choice["index"] == 0 and choice["logprobs"] is None
-    assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
+    assert choice["message"]["role"] == "assistant" and isinstance(
+        choice["message"]["content"], str
+    )
     assert choice["finish_reason"] in ("stop", "length")
     usage = body["usage"]
     assert usage["prompt_tokens"] > 0 and 1 <= usage["completion_tokens"] <= 8
@@ -57,8 +59,16 @@ async def test_images_in_order_and_uuid_reuse(client: httpx.AsyncClient) -> None
 
 async def test_n_seed_and_sampling_fields(client: httpx.AsyncClient) -> None:
     body = chat_body(
-        n=2, temperature=1.0, top_p=0.9, top_k=50, min_p=0.01, seed=1234,
-        presence_penalty=0.1, frequency_penalty=0.1, repetition_penalty=1.05, user="u-1",
+        n=2,
+        temperature=1.0,
+        top_p=0.9,
+        top_k=50,
+        min_p=0.01,
+        seed=1234,
+        presence_penalty=0.1,
+        frequency_penalty=0.1,
+        repetition_penalty=1.05,
+        user="u-1",
     )
     first = (await client.post("/v1/chat/completions", json=body)).json()
     second = (await client.post("/v1/chat/completions", json=body)).json()
@@ -115,8 +125,12 @@ async def test_stream_matches_non_stream(client: httpx.AsyncClient) -> None:
 
 async def test_stream_usage_n_and_logprobs(client: httpx.AsyncClient) -> None:
     body = chat_body(
-        n=2, temperature=0, stream=True, stream_options={"include_usage": True},
-        logprobs=True, top_logprobs=2,
+        n=2,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        logprobs=True,
+        top_logprobs=2,
     )
     events = sse_events((await client.post("/v1/chat/completions", json=body)).text)
     assert events[-1] == "[DONE]"
@@ -128,8 +142,9 @@ async def test_stream_usage_n_and_logprobs(client: httpx.AsyncClient) -> None:
         assert sum(ch["finish_reason"] is not None for ch in mine) == 1
         tokens = [e for ch in mine if ch["logprobs"] for e in ch["logprobs"]["content"]]
         assert all(len(e["top_logprobs"]) == 2 for e in tokens)
-    total = sum(len(ch["logprobs"]["content"]) for c in chunks for ch in c["choices"]
-                if ch["logprobs"])
+    total = sum(
+        len(ch["logprobs"]["content"]) for c in chunks for ch in c["choices"] if ch["logprobs"]
+    )
     assert total == usage_chunk["usage"]["completion_tokens"]
 
 
@@ -148,22 +163,38 @@ def _normalized(events: list[Any]) -> list[Any]:
 
 
 async def test_sse_framing_snapshot(client: httpx.AsyncClient) -> None:
-    body = chat_body(temperature=0, max_tokens=2, stream=True, stream_options={"include_usage": True})
+    body = chat_body(
+        temperature=0, max_tokens=2, stream=True, stream_options={"include_usage": True}
+    )
     response = await client.post("/v1/chat/completions", json=body)
     raw = response.text
     assert raw.startswith('data: {"id":"chatcmpl-') and raw.endswith("\n\ndata: [DONE]\n\n")
     events = _normalized(sse_events(raw))
     usage = events[-2]["usage"]
     expected_first = {
-        "id": "ID", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
-        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                     "logprobs": None, "finish_reason": None}],
-        "usage": None, "system_fingerprint": None,
+        "id": "ID",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+        ],
+        "usage": None,
+        "system_fingerprint": None,
     }
     assert events[0] == expected_first
     assert events[-2] == {**expected_first, "choices": [], "usage": usage}
-    assert set(usage) == {"prompt_tokens", "completion_tokens", "total_tokens",
-                          "prompt_tokens_details"}
+    assert set(usage) == {
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "prompt_tokens_details",
+    }
     last_choice = events[-3]["choices"][0]
     assert last_choice["finish_reason"] in ("stop", "length")
     assert set(last_choice) == {"index", "delta", "logprobs", "finish_reason"}

@@ -8,7 +8,15 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.api.conftest import MAX_IMAGES, assert_error, chat_body, client_for, make_app, png_data_url
+from tests.api.conftest import (
+    MAX_IMAGES,
+    assert_error,
+    chat_body,
+    client_for,
+    make_app,
+    png_data_url,
+)
+from vlmserve.config import MediaConfig
 from vlmserve.engine.async_engine import AsyncEngine
 
 CHAT = "/v1/chat/completions"
@@ -39,14 +47,18 @@ async def test_invalid_json_and_non_object(client: httpx.AsyncClient) -> None:
         ({"messages": []}, "messages"),
         ({"stop": ["a"] * 17}, "stop"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
-         "response_format.json_schema.schema"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format.json_schema.schema",
+        ),
         ({"response_format": {"type": "structural_tag", "format": None}}, "response_format"),
         ({"structured_outputs": {"structural_tag": None}}, "structured_outputs"),
         ({"model": 5}, "model"),
     ],
 )
-async def test_field_rejections(client: httpx.AsyncClient, fields: dict[str, Any], param: str) -> None:
+async def test_field_rejections(
+    client: httpx.AsyncClient, fields: dict[str, Any], param: str
+) -> None:
     assert_error(await client.post(CHAT, json=chat_body(**fields)), 400, param)
 
 
@@ -54,14 +66,26 @@ async def test_field_rejections(client: httpx.AsyncClient, fields: dict[str, Any
     ("content", "param", "needle"),
     [
         ([{"type": "hologram"}], "messages[0].content[0].type", "hologram"),
-        ([{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}],
-         "messages[0].content[0].type", "not supported by this model"),
-        ([{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}}],
-         "messages[0].content[0]", "video"),
-        ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,!!!"}}],
-         "messages[0].content[0]", "base64"),
-        ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}],
-         "messages[0].content[0]", "cannot be decoded"),
+        (
+            [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}],
+            "messages[0].content[0].type",
+            "not supported by this model",
+        ),
+        (
+            [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}}],
+            "messages[0].content[0]",
+            "video",
+        ),
+        (
+            [{"type": "image_url", "image_url": {"url": "data:image/png;base64,!!!"}}],
+            "messages[0].content[0]",
+            "base64",
+        ),
+        (
+            [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}],
+            "messages[0].content[0]",
+            "not an allowed image format",
+        ),
         ([{"type": "image_url", "image_url": {"uuid": "never-seen"}}], None, "uuid"),
         ("look: <|image_pad|>", "messages[0].content", "reserved token"),
         ([{"type": "text", "text": "<|vision_start|>"}], "messages[0].content[0].text", "reserved"),
@@ -135,7 +159,9 @@ async def test_overload_is_429_with_retry_after(
 
 
 async def test_unexpected_error_is_a_logged_500_in_openai_shape(
-    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def broken(*_: Any) -> Any:
@@ -160,3 +186,30 @@ async def test_completions_rejections(client: httpx.AsyncClient) -> None:
     assert_error(await client.post(url, json=body(echo=True)), 400, "echo")
     assert_error(await client.post(url, json=body(logprobs=21)), 400, "logprobs")
     assert_error(await client.post(url, json=body(max_tokens=10**6)), 400, "max_tokens")
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "code"),
+    [
+        ("http://127.0.0.1/cat.png", 400, "blocked_address"),
+        ("http://169.254.169.254/latest/meta-data", 400, "blocked_address"),
+        ("file:///etc/passwd", 400, "scheme_not_allowed"),
+        ("gopher://example.com/x", 400, "scheme_not_allowed"),
+    ],
+)
+async def test_media_policy_errors(
+    client: httpx.AsyncClient, url: str, status: int, code: str
+) -> None:
+    content = [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": url}}]
+    response = await client.post(CHAT, json=chat_body(content))
+    assert_error(response, status, "messages[0].content[1]")
+    assert response.json()["error"]["code"] == code
+
+
+async def test_media_too_large_is_413(async_engine: AsyncEngine) -> None:
+    app = make_app(async_engine, media_config=MediaConfig(max_bytes_per_item=100))
+    async with client_for(app) as client:
+        content = [{"type": "image_url", "image_url": {"url": png_data_url((300, 300))}}]
+        response = await client.post(CHAT, json=chat_body(content))
+        assert_error(response, 413, "messages[0].content[0]")
+        assert response.json()["error"]["code"] == "too_large"

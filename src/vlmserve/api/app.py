@@ -16,26 +16,32 @@ import vlmserve
 from vlmserve.api import chat, completions, errors, routes
 from vlmserve.api.body_limit import BodySizeLimitMiddleware
 from vlmserve.api.errors import CatchAllMiddleware
-from vlmserve.api.media import MediaLoader
+from vlmserve.api.media import MediaLoader, MeteredConnector
 from vlmserve.api.metrics import Metrics, RequestCountMiddleware
 from vlmserve.api.server_config import ServerConfig
 from vlmserve.api.state import ModelInfo, ServingState
+from vlmserve.config import MediaConfig
 
 if TYPE_CHECKING:
     from vlmserve.engine.async_engine import AsyncEngine
 
 
 def create_app(
-    engine: AsyncEngine, model: ModelInfo, config: ServerConfig | None = None
+    engine: AsyncEngine,
+    model: ModelInfo,
+    config: ServerConfig | None = None,
+    media_config: MediaConfig | None = None,
 ) -> FastAPI:
     config = config or ServerConfig()
+    media_config = media_config or MediaConfig()
     app = FastAPI(
         title="vlmserve",
         version=vlmserve.__version__,
         description="OpenAI-compatible serving of vision-language models. See docs/api.md.",
     )
     metrics = Metrics(engine.stats)
-    app.state.vlm = ServingState(engine, model, config, MediaLoader(metrics), metrics)
+    media = MediaLoader(MeteredConnector(media_config, metrics))
+    app.state.vlm = ServingState(engine, model, config, media, metrics)
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(routes.router)

@@ -1,72 +1,78 @@
 """Media references from chat messages -> decoded images for the engine's prompt dict.
 
-Decoding runs in a worker thread so a large image never stalls the event loop. Every
-failure is a 4xx naming the content part it came from.
+Fetching and decoding belong to the media connector (`vlmserve.multimodal`: SSRF-safe
+fetch, format sniffing, decompression-bomb guard); this adapter only maps chat parts to its
+items and back, and turns its `MediaError` into a 4xx naming the content part.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import io
 import time
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from vlmserve.api.errors import APIError
 from vlmserve.api.metrics import Metrics
+from vlmserve.config import MediaConfig
+from vlmserve.multimodal.budget import ByteBudget
+from vlmserve.multimodal.errors import MediaError
+from vlmserve.multimodal.fetch import MediaConnector
+from vlmserve.multimodal.formats import MediaKind
+from vlmserve.multimodal.loader import MediaRef as LoadRef
+from vlmserve.multimodal.loader import load_request_media
 from vlmserve.multimodal.prompt import MediaRef
 
-MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard, checked from the header
 
+class MeteredConnector(MediaConnector):
+    """The connector, reporting each fetch's time and size to the metrics."""
 
-def _decode_data_url(url: str, param: str) -> tuple[Image.Image, int]:
-    header, sep, payload = url.partition(",")
-    if not sep or not header.startswith("data:image/") or not header.endswith(";base64"):
-        raise APIError(400, f"{param}: expected a base64 'data:image/...' URL", param)
-    try:
-        raw = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise APIError(400, f"{param}: the data URL is not valid base64", param) from exc
-    try:
-        image = Image.open(io.BytesIO(raw))
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-            raise APIError(
-                400, f"{param}: the image has more than {MAX_IMAGE_PIXELS} pixels", param
-            )
-        image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise APIError(400, f"{param}: the image data cannot be decoded ({exc})", param) from exc
-    return image, len(raw)
+    def __init__(self, config: MediaConfig, metrics: Metrics) -> None:
+        super().__init__(config)
+        self.metrics = metrics
+
+    async def fetch(
+        self,
+        url: str,
+        item_index: int,
+        *,
+        kind: MediaKind = MediaKind.IMAGE,
+        budget: ByteBudget | None = None,
+    ) -> bytes:
+        start = time.monotonic()
+        data = await super().fetch(url, item_index, kind=kind, budget=budget)
+        self.metrics.observe_media(time.monotonic() - start, len(data))
+        return data
 
 
 class MediaLoader:
-    """Handles `data:` URLs and cache references by uuid; http(s) and file URLs come with
-    the SSRF-safe media connector."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+    def __init__(self, connector: MediaConnector) -> None:
+        self.connector = connector
 
     async def load_images(
         self, refs: list[MediaRef]
     ) -> tuple[list[Image.Image | None], list[str | None]]:
-        images: list[Image.Image | None] = []
+        """One entry per ref, in order: the decoded image, or None for a uuid-only ref
+        (the engine's media cache holds it; a miss there is the engine's 400)."""
         for ref in refs:
             if ref.modality != "image":
-                raise APIError(400, f"{ref.param}: video input is not supported", ref.param)
-            if ref.source is None:  # a uuid-only reference: the engine's media cache has it
-                images.append(None)
-                continue
-            assert isinstance(ref.source, str)  # the HTTP protocol only carries URLs
-            if not ref.source.startswith("data:"):
+                # The engine takes images only; fetching a video to drop it would waste work.
                 raise APIError(
-                    400,
-                    f"{ref.param}: only data: URLs are accepted for images",
-                    f"{ref.param}.image_url.url",
+                    400, f"{ref.param}: video input is not supported by this server", ref.param
                 )
-            start = time.monotonic()
-            image, num_bytes = await asyncio.to_thread(_decode_data_url, ref.source, ref.param)
-            self.metrics.observe_media(time.monotonic() - start, num_bytes)
-            images.append(image)
+        fetched = [i for i, ref in enumerate(refs) if ref.source is not None]
+        loads = []
+        for i in fetched:
+            source = refs[i].source
+            assert isinstance(source, str)  # the HTTP protocol only carries URLs
+            loads.append(LoadRef(MediaKind.IMAGE, source))
+        try:
+            loaded = await load_request_media(loads, self.connector)
+        except MediaError as exc:
+            index = exc.item_index if exc.item_index is not None else 0
+            param = refs[fetched[index]].param
+            raise APIError(exc.status, f"{param}: {exc.message}", param, str(exc.code)) from exc
+        images: list[Image.Image | None] = [None] * len(refs)
+        for i, item in zip(fetched, loaded, strict=True):
+            assert isinstance(item, Image.Image)
+            images[i] = item
         return images, [ref.uuid for ref in refs]
