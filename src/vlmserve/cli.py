@@ -8,9 +8,9 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-TINY_ARCH = "qwen2_vl"
+TINY_ARCH: Final = "qwen2_vl"
 
 
 def _make_tiny_model(args: argparse.Namespace) -> int:
@@ -72,24 +72,51 @@ def _serve_parser(sub: Any) -> argparse.ArgumentParser:
     serve.add_argument("--max-request-body-bytes", type=int, default=32 * 1024 * 1024)
     serve.add_argument("--max-waiting", type=int, default=1024, help="in flight before 429")
     serve.add_argument("--seed", type=int, default=0)
+    media = serve.add_argument_group("media fetching (see docs/media.md)")
+    media.add_argument("--allowed-media-domains", nargs="*", default=[], help="hosts or *.suffix")
+    media.add_argument("--allow-private-media-addresses", action="store_true", default=False)
+    media.add_argument("--allowed-media-ports", nargs="*", type=int, default=[80, 443])
+    media.add_argument("--media-max-redirects", type=int, default=0)
+    media.add_argument(
+        "--media-fetch-timeout", type=float, default=30.0, help="seconds for one fetch in all"
+    )
+    media.add_argument("--allowed-local-media-path", help="folder file: URLs may read from")
+    media.add_argument(
+        "--media-io-kwargs",
+        type=_json_object,
+        default={},
+        help='JSON, e.g. \'{"video": {"fps": 2, "num_frames": 32}}\'',
+    )
     serve.set_defaults(func=_serve)
     return serve
 
 
-def _file_value(action: argparse.Action, key: str, value: Any) -> Any:
-    """A config-file value checked like the flag's: strings go through the flag's parser."""
+def _file_scalar(action: argparse.Action, key: str, value: Any) -> Any:
     if isinstance(value, str) and callable(action.type):
-        return action.type(value)
-    expected = action.type if isinstance(action.type, type) else None
+        return action.type(value)  # the same parsing (and errors) as on the command line
     if action.type is _json_object:
-        expected = dict
-    if expected is None and action.type is None and action.default is not None:
+        expected: type = dict
+    elif isinstance(action.type, type):
+        expected = action.type
+    elif action.default is not None and not isinstance(action.default, list):
         expected = type(action.default)
-    if expected is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+    else:
+        expected = str
+    ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)
+    if not ok:
         raise ValueError(f"config key {key!r} must be {expected.__name__}, got {value!r}")
-    if expected is None and not isinstance(value, str):
-        raise ValueError(f"config key {key!r} must be a string, got {value!r}")
     return value
+
+
+def _file_value(action: argparse.Action, key: str, value: Any) -> Any:
+    """A config-file value checked like the flag's value would be."""
+    if action.nargs in ("*", "+"):
+        if not isinstance(value, list):
+            raise ValueError(f"config key {key!r} must be a list, got {value!r}")
+        return [_file_scalar(action, key, item) for item in value]
+    return _file_scalar(action, key, value)
 
 
 def _apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
@@ -104,17 +131,59 @@ def _apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
     parser.set_defaults(**{k: _file_value(actions[k], k, v) for k, v in values.items()})
 
 
+def _media_config(args: argparse.Namespace) -> Any:
+    from vlmserve.config import MediaConfig, MediaFetchTimeout
+
+    video_kwargs: dict[str, Any] = {}
+    for modality, kwargs in args.media_io_kwargs.items():
+        known = {"video": {"fps": "video_fps", "num_frames": "video_max_frames"}}.get(modality)
+        if known is None or not isinstance(kwargs, dict) or set(kwargs) - set(known):
+            raise ValueError(
+                f"--media-io-kwargs: unsupported entry {modality!r}: {kwargs!r}; supported: "
+                '{"video": {"fps": float, "num_frames": int}}'
+            )
+        video_kwargs.update({known[k]: v for k, v in kwargs.items()})
+    timeout = args.media_fetch_timeout
+    return MediaConfig(
+        allowed_media_domains=tuple(args.allowed_media_domains),
+        allow_private_media_addresses=args.allow_private_media_addresses,
+        allowed_media_ports=tuple(args.allowed_media_ports),
+        media_max_redirects=args.media_max_redirects,
+        # One number bounds the whole fetch; connect and read may not exceed it.
+        media_fetch_timeout=MediaFetchTimeout(
+            connect=min(MediaFetchTimeout.connect, timeout),
+            read=min(MediaFetchTimeout.read, timeout),
+            total=timeout,
+        ),
+        allowed_local_media_path=args.allowed_local_media_path,
+        **video_kwargs,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from vlmserve.api.server import run_server
-    from vlmserve.api.server_config import ServerConfig
-    from vlmserve.config import EngineConfig
 
     model = args.model
     name = args.served_model_name
     if model is None:
         model = str(default_tiny_model())
         name = name or f"tiny-{TINY_ARCH}"
-    template = Path(args.chat_template).read_text() if args.chat_template else None
+    try:
+        template = Path(args.chat_template).read_text() if args.chat_template else None
+        configs = _configs(args, model, name, template)
+    except (OSError, ValueError) as exc:
+        print(f"vlmserve serve: error: {exc}", file=sys.stderr)
+        return 2
+    run_server(*configs)
+    return 0
+
+
+def _configs(
+    args: argparse.Namespace, model: str, name: str | None, template: str | None
+) -> tuple[Any, Any, Any]:
+    from vlmserve.api.server_config import ServerConfig
+    from vlmserve.config import EngineConfig
+
     engine_config = EngineConfig(
         model=model,
         max_model_len=args.max_model_len,
@@ -132,8 +201,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_request_body_bytes=args.max_request_body_bytes,
         max_waiting=args.max_waiting,
     )
-    run_server(engine_config, server_config)
-    return 0
+    return engine_config, server_config, _media_config(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,13 +42,13 @@ def create_app(
     metrics = Metrics(engine.stats)
     media = MediaLoader(MeteredConnector(media_config, metrics))
     app.state.vlm = ServingState(engine, model, config, media, metrics)
-    app.include_router(chat.router)
-    app.include_router(completions.router)
-    app.include_router(routes.router)
+    known: list[Route] = []
+    for router in (chat.router, completions.router, routes.router):
+        app.include_router(router)
+        known.extend(r for r in router.routes if isinstance(r, Route))
     errors.install(app)
-    paths = {r.path for r in app.routes if isinstance(r, Route)}
     # add_middleware wraps the current stack, so the last one added is the outermost.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_request_body_bytes)
-    app.add_middleware(RequestCountMiddleware, metrics=metrics, routes=lambda: paths)
+    app.add_middleware(RequestCountMiddleware, metrics=metrics, routes=known)
     app.add_middleware(CatchAllMiddleware)
     return app

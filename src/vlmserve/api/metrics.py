@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlmserve.engine.async_engine import EngineStats
@@ -147,20 +148,24 @@ class RequestTimer:
 
 
 class RequestCountMiddleware:
-    """Counts responses by route and status. Unknown paths share one label so a scanner
-    cannot blow up the label set."""
+    """Counts responses by route template and status. Paths no route matches share one
+    label, so a scanner cannot blow up the label set."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Callable[[], set[str]]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[Route]) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = routes
+
+    def _label(self, scope: Scope) -> str:
+        for route in self.routes:
+            if route.matches(scope)[0] is not Match.NONE:
+                return route.path
+        return "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        route = path if path in self.routes() else "other"
         status: dict[str, Any] = {"code": 500}
 
         async def counting_send(message: Message) -> None:
@@ -171,4 +176,4 @@ class RequestCountMiddleware:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            self.metrics.requests.labels(route, str(status["code"])).inc()
+            self.metrics.requests.labels(self._label(scope), str(status["code"])).inc()
