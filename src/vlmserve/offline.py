@@ -8,14 +8,16 @@ outs = llm.chat([{"role": "user", "content": [{"type": "image_url", ...}, {"type
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from vlmserve.config import EngineConfig
+from vlmserve.config import EngineConfig, MediaConfig
 from vlmserve.engine.engine import LLMEngine
-from vlmserve.engine.media import load_chat_media
-from vlmserve.multimodal.prompt import build_chat_prompt
+from vlmserve.multimodal.chat_media import LoadedChatMedia, load_chat_media
+from vlmserve.multimodal.fetch import MediaConnector
+from vlmserve.multimodal.prompt import ChatMedia, build_chat_prompt
 from vlmserve.types import RequestOutput, SamplingParams
 
 Prompt = str | dict[str, Any]
@@ -23,8 +25,13 @@ Conversation = list[dict[str, Any]]
 
 
 class LLM:
-    def __init__(self, model: str, **engine_args: Any) -> None:
+    def __init__(
+        self, model: str, media_config: MediaConfig | None = None, **engine_args: Any
+    ) -> None:
         self.engine = LLMEngine(EngineConfig(model=model, **engine_args))
+        # Offline callers trust their own inputs less than one might think: the same safe
+        # media policy as the server applies unless they pass their own.
+        self.media_config = media_config or MediaConfig()
         self._ids = itertools.count()
 
     def generate(
@@ -56,11 +63,8 @@ class LLM:
     ) -> list[RequestOutput]:
         """OpenAI-style messages (one conversation or a list of them) through the chat template;
         images may be PIL images or `data:` / `file:` / `http(s):` URLs."""
-        conversations: list[Conversation]
-        if messages and isinstance(messages[0], dict):
-            conversations = [messages]  # type: ignore[list-item]
-        else:
-            conversations = list(messages)  # type: ignore[arg-type]
+        single = bool(messages) and isinstance(messages[0], dict)
+        conversations: list[Conversation] = [messages] if single else list(messages)  # type: ignore[list-item, arg-type]
         template = (
             chat_template or self.engine.config.chat_template or self.engine.tokenizer.chat_template
         )
@@ -71,15 +75,13 @@ class LLM:
             chat = build_chat_prompt(
                 conversation, template, self.engine.tokenizer.special_tokens, add_generation_prompt
             )
-            images, uuids = load_chat_media(chat.media)
-            prompts.append(
-                {
-                    "prompt": chat.text,
-                    "multi_modal_data": {"image": images} if images else {},
-                    "multi_modal_uuids": {"image": uuids} if images else {},
-                }
-            )
+            media = asyncio.run(self._load_media(chat.media))
+            prompts.append(media.as_prompt(chat.text))
         return self.generate(prompts, sampling_params)
+
+    async def _load_media(self, media: list[ChatMedia]) -> LoadedChatMedia:
+        # A connector per call: its semaphore belongs to the event loop asyncio.run creates.
+        return await load_chat_media(media, MediaConnector(self.media_config))
 
     def _params(
         self, sampling_params: SamplingParams | Sequence[SamplingParams] | None, count: int

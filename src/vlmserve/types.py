@@ -13,14 +13,11 @@ from typing import Any
 MAX_TOP_LOGPROBS = 20
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(enum.StrEnum):
     STOP = "stop"  # EOS, a stop token id or a stop string
     LENGTH = "length"  # max_tokens or the context ran out
     ABORT = "abort"  # cancelled by the caller (client disconnect, abort())
     ERROR = "error"  # the request failed inside the engine; other requests go on
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass

@@ -54,7 +54,7 @@ class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.device, self.dtype = resolve_device_dtype(config)
-        folder = resolve_model_folder(config.model)
+        folder = resolve_model_folder(config.model, weights=config.load_format == "auto")
         self.model, self.model_config = load_model(
             str(folder), self.dtype, self.device, config.load_format, config.seed
         )

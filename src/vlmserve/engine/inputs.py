@@ -21,7 +21,7 @@ from vlmserve.engine.sequence import MultiModalItem
 from vlmserve.models.config import ModelConfig
 from vlmserve.models.hf_tokenizer import TokenizerBundle
 from vlmserve.models.rope import mrope_positions
-from vlmserve.multimodal.processor import ImageProcessorConfig, process_image
+from vlmserve.multimodal.processor import ImageProcessorConfig, process_image, to_rgb
 
 MODALITIES = ("image",)
 
@@ -175,7 +175,7 @@ class InputProcessor:
             return MultiModalItem("image", uuid, 0, 0, cached.grid_thw, None, cached.embeddings)
         if not isinstance(image, Image.Image):
             raise InputError(f"{param} must be a PIL image, got {type(image).__name__}", param)
-        image = image if image.mode == "RGB" else image.convert("RGB")
+        image = to_rgb(image)  # transparency onto white, as transformers does
         key = uuid or content_hash(image)
         cached = self.mm_cache.get(key)
         if cached is not None:

@@ -18,10 +18,9 @@ from vlmserve.types import FinishReason, Logprob, RequestMetrics, SamplingParams
 
 if TYPE_CHECKING:
     from vlmserve.engine.detokenizer import IncrementalDetokenizer
-    from vlmserve.structured import RequestGrammar
 
 
-@dataclass
+@dataclass(eq=False)
 class MultiModalItem:
     """One image or video in a prompt, occupying `length` placeholder tokens at `offset`."""
 
@@ -70,7 +69,6 @@ class Sequence:
     token_ids: list[int]
     detokenizer: IncrementalDetokenizer
     generator: torch.Generator | None = None
-    grammar: RequestGrammar | None = None
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0  # tokens whose keys and values are in the cache
     block_table: list[int] = field(default_factory=list)

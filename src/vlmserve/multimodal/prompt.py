@@ -30,7 +30,7 @@ class PromptError(ValueError):
 
 
 @dataclass
-class MediaRef:
+class ChatMedia:
     modality: str  # "image" | "video"
     source: Any  # a URL string, a PIL image, or None (served from the cache by uuid)
     uuid: str | None
@@ -40,7 +40,7 @@ class MediaRef:
 @dataclass
 class ChatPrompt:
     text: str
-    media: list[MediaRef]
+    media: list[ChatMedia]
 
 
 _ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
@@ -58,13 +58,13 @@ def _check_text(text: Any, param: str, reserved: frozenset[str]) -> str:
     return text
 
 
-def _media_part(part: dict[str, Any], kind: str, param: str) -> MediaRef:
+def _media_part(part: dict[str, Any], kind: str, param: str) -> ChatMedia:
     modality = "image" if kind in IMAGE_PARTS else "video"
     if kind in ("image", "image_pil", "video") and not isinstance(part.get(kind), (str, dict)):
-        return MediaRef(modality, part.get(kind), part.get("uuid"), param)
+        return ChatMedia(modality, part.get(kind), part.get("uuid"), param)
     body = part.get(kind)
     if isinstance(body, str):
-        return MediaRef(modality, body, part.get("uuid"), param)
+        return ChatMedia(modality, body, part.get("uuid"), param)
     if not isinstance(body, dict):
         raise PromptError(f"{param}.{kind} must be an object with a 'url'", f"{param}.{kind}")
     url = body.get("url")
@@ -73,16 +73,16 @@ def _media_part(part: dict[str, Any], kind: str, param: str) -> MediaRef:
         raise PromptError(f"{param}.{kind} needs a 'url' or a 'uuid'", f"{param}.{kind}.url")
     if url is not None and not isinstance(url, str):
         raise PromptError(f"{param}.{kind}.url must be a string", f"{param}.{kind}.url")
-    return MediaRef(modality, url, uuid, param)
+    return ChatMedia(modality, url, uuid, param)
 
 
 def normalize_messages(
     messages: list[dict[str, Any]], reserved: frozenset[str]
-) -> tuple[list[dict[str, Any]], list[MediaRef]]:
+) -> tuple[list[dict[str, Any]], list[ChatMedia]]:
     if not isinstance(messages, list) or not messages:
         raise PromptError("messages must be a non-empty list", "messages")
     out: list[dict[str, Any]] = []
-    media: list[MediaRef] = []
+    media: list[ChatMedia] = []
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(message, dict):
