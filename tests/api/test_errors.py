@@ -167,7 +167,7 @@ async def test_unexpected_error_is_a_logged_500_in_openai_shape(
     async def broken(*_: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(app.state.vlm.media, "load_images", broken)
+    monkeypatch.setattr(app.state.vlm.media, "prompt", broken)
     response = await client.post(CHAT, json=chat_body())
     assert_error(response, 500)
     assert response.json()["error"]["type"] == "server_error"

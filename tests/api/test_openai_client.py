@@ -128,7 +128,7 @@ async def test_auth_and_server_errors(
     async def broken(*_: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(app.state.vlm.media, "load_images", broken)
+    monkeypatch.setattr(app.state.vlm.media, "prompt", broken)
     async with openai_client(app) as client:
         with pytest.raises(openai.InternalServerError):
             await client.chat.completions.create(model=MODEL, messages=USER)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from vlmserve.api.auth import require_api_key
-from vlmserve.api.errors import ERROR_RESPONSES, APIError, error_body
+from vlmserve.api.errors import APIError, error_body
 from vlmserve.api.generation import Generation
 from vlmserve.api.logprobs import chat_logprobs
 from vlmserve.api.protocol import ChatCompletionRequest
@@ -25,7 +25,7 @@ from vlmserve.api.responses import (
     ChoiceLogprobs,
 )
 from vlmserve.api.sampling import chat_sampling_params
-from vlmserve.api.sse import DONE, sse_event, sse_response
+from vlmserve.api.sse import DONE, STREAM_RESPONSES, sse_event, sse_response
 from vlmserve.api.state import ServingState, get_state
 from vlmserve.api.usage import check_model, usage
 from vlmserve.multimodal.prompt import PromptError, build_chat_prompt
@@ -55,12 +55,7 @@ async def _prompt(state: ServingState, body: ChatCompletionRequest) -> dict[str,
             f"{state.model.max_images} (--limit-mm-per-prompt)",
             "messages",
         )
-    images, uuids = await state.media.load_images(chat.media)
-    prompt: dict[str, Any] = {"prompt": chat.text}
-    if images:
-        prompt["multi_modal_data"] = {"image": images}
-        prompt["multi_modal_uuids"] = {"image": uuids}
-    return prompt
+    return await state.media.prompt(chat)
 
 
 def _logprobs(state: ServingState, k: int | None, token_ids: list[int], output: Any) -> Any:
@@ -69,7 +64,7 @@ def _logprobs(state: ServingState, k: int | None, token_ids: list[int], output: 
     return ChoiceLogprobs(content=chat_logprobs(token_ids, output.logprobs, k, state.model.decode))
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERROR_RESPONSES)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAM_RESPONSES)
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request
 ) -> ChatCompletion | StreamingResponse:
@@ -144,7 +139,9 @@ async def _stream(
                     continue
                 new_text = c.text[sent_text[c.index] :]
                 new_ids = c.token_ids[sent_tokens[c.index] :]
-                if not new_text and not new_ids and c.finish_reason is None:
+                # Tokens whose text is held back (a possible stop string, a split UTF-8
+                # character) only make a chunk when their logprobs were asked for.
+                if not new_text and c.finish_reason is None and (k is None or not new_ids):
                     continue
                 reported[c.index] = c.finish_reason is not None
                 lps = None

@@ -10,13 +10,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from vlmserve.api.auth import require_api_key
-from vlmserve.api.errors import ERROR_RESPONSES, APIError, error_body
+from vlmserve.api.errors import APIError, error_body
 from vlmserve.api.generation import Generation
 from vlmserve.api.logprobs import completion_logprobs
 from vlmserve.api.protocol import CompletionRequest
 from vlmserve.api.responses import Completion, CompletionChoice, CompletionLogprobs
 from vlmserve.api.sampling import completion_sampling_params
-from vlmserve.api.sse import DONE, sse_event, sse_response
+from vlmserve.api.sse import DONE, STREAM_RESPONSES, sse_event, sse_response
 from vlmserve.api.state import ServingState, get_state
 from vlmserve.api.usage import check_model, usage
 from vlmserve.types import CompletionOutput, RequestOutput
@@ -34,7 +34,7 @@ def _logprobs(
     )
 
 
-@router.post("/v1/completions", response_model=Completion, responses=ERROR_RESPONSES)
+@router.post("/v1/completions", response_model=Completion, responses=STREAM_RESPONSES)
 async def create_completion(
     body: CompletionRequest, request: Request
 ) -> Completion | StreamingResponse:
@@ -103,7 +103,9 @@ async def _stream(
                 if reported[c.index]:
                     continue
                 new_text = c.text[sent_text[c.index] :]
-                if not new_text and len(c.token_ids) == sent_tokens[c.index] and not c.finished():
+                new_ids = len(c.token_ids) > sent_tokens[c.index]
+                # Tokens whose text is held back only make a chunk when logprobs were asked for.
+                if not new_text and not c.finished() and (k is None or not new_ids):
                     continue
                 reported[c.index] = c.finished()
                 lps = _logprobs(state, k, c, sent_tokens[c.index], sent_text[c.index])

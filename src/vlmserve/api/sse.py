@@ -10,7 +10,15 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from vlmserve.api.errors import ERROR_RESPONSES
+
 DONE = b"data: [DONE]\n\n"
+
+# For the OpenAPI document: with "stream": true the 200 answer is an event stream.
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    **ERROR_RESPONSES,
+}
 
 
 def sse_event(payload: BaseModel | dict[str, Any], exclude: set[str] | None = None) -> bytes:
