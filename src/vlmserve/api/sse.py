@@ -14,9 +14,15 @@ from vlmserve.api.errors import ERROR_RESPONSES
 
 DONE = b"data: [DONE]\n\n"
 
-# For the OpenAPI document: with "stream": true the 200 answer is an event stream.
+# For the OpenAPI document: with "stream": true the 200 answer is an event stream; the
+# schema describes one event, whose data is a JSON chunk or "[DONE]".
+_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}},
+}
 STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    200: {"content": {"text/event-stream": {"schema": _EVENT_SCHEMA}}},
     **ERROR_RESPONSES,
 }
 
