@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from vlmserve.api.usage import check_model, usage
 from vlmserve.multimodal.prompt import PromptError, build_chat_prompt
 from vlmserve.types import RequestOutput, SamplingParams
 
+logger = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
@@ -73,6 +75,8 @@ async def create_chat_completion(
     params = chat_sampling_params(body)
     prompt = await _prompt(state, body)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    if body.user is not None:  # OpenAI's end-user id: for tracing abuse back, so it is logged
+        logger.info("%s from user %r", request_id, body.user)
     generation = Generation(state, prompt, params, request_id)
     await generation.start()
     if body.stream:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from vlmserve.api.state import ServingState, get_state
 from vlmserve.api.usage import check_model, usage
 from vlmserve.types import CompletionOutput, RequestOutput
 
+logger = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
@@ -45,6 +47,8 @@ async def create_completion(
         # Raw prompts may not forge image placeholders: no image data can come with them.
         raise APIError(400, "the prompt contains a reserved special token", "prompt")
     request_id = f"cmpl-{uuid.uuid4().hex}"
+    if body.user is not None:  # OpenAI's end-user id: for tracing abuse back, so it is logged
+        logger.info("%s from user %r", request_id, body.user)
     generation = Generation(state, body.prompt, params, request_id)
     await generation.start()
     if body.stream:
