@@ -25,7 +25,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 fmt: $(VENV)/.installed
 	$(PY) -m ruff check --fix src tests benchmarks

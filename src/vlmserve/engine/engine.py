@@ -33,6 +33,8 @@ from vlmserve.types import FinishReason, RequestOutput, SamplingParams
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MODEL_LEN = 32768
+AUTO_KV_TOKENS_PER_SEQ = 4096
+AUTO_KV_MAX_BYTES = 512 * 1024 * 1024
 
 
 def resolve_device_dtype(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
@@ -62,11 +64,8 @@ class LLMEngine:
         self.max_model_len = min(
             config.max_model_len or DEFAULT_MAX_MODEL_LEN, self.model_config.max_position_embeddings
         )
-        if config.num_kv_blocks is not None:
-            num_blocks = config.num_kv_blocks
-        else:
-            per_block = kv_block_bytes(self.model, config.block_size, self.dtype)
-            num_blocks = max(2, config.kv_cache_memory_bytes // per_block)
+        self.num_kv_blocks = config.num_kv_blocks or self._auto_kv_blocks()
+        num_blocks = self.num_kv_blocks
         self.block_manager = BlockManager(
             num_blocks, config.block_size, config.enable_prefix_caching
         )
@@ -92,6 +91,14 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._seed_rng = torch.Generator().manual_seed(config.seed)
         self.stop_ids = frozenset(self.model_config.eos_token_ids)
+
+    def _auto_kv_blocks(self) -> int:
+        per_block = kv_block_bytes(self.model, self.config.block_size, self.dtype)
+        budget = self.config.kv_cache_memory_bytes
+        if budget is None:
+            tokens = self.config.max_num_seqs * min(self.max_model_len, AUTO_KV_TOKENS_PER_SEQ)
+            budget = min(AUTO_KV_MAX_BYTES, tokens // self.config.block_size * per_block)
+        return max(2, budget // per_block)
 
     # -- requests ---------------------------------------------------------------------------
     def process_input(self, prompt: str | dict[str, Any]) -> ProcessedInput:

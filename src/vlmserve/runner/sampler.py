@@ -64,7 +64,9 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
 def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:
     p = row.params
     if p.repetition_penalty != 1.0:
-        seen = torch.tensor(sorted(set(row.prompt_token_ids) | set(row.output_token_ids)))
+        seen = torch.tensor(
+            sorted(set(row.prompt_token_ids) | set(row.output_token_ids)), device=logits.device
+        )
         seen = seen[seen < logits.shape[0]]
         values = logits[seen]
         logits[seen] = torch.where(
@@ -84,7 +86,9 @@ def _choose(logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
         if row.params.greedy:
             out.append(greedy[i])
         else:
-            out.append(_sample_row(logits[i], row.params, row.generator))
+            # Per-request generators live on the CPU, so a sampled row is drawn there: the
+            # same seed gives the same tokens on every device.
+            out.append(_sample_row(logits[i].cpu(), row.params, row.generator))
     return out
 
 
