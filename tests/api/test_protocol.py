@@ -9,7 +9,11 @@ from pydantic import ValidationError
 
 from vlmserve.api.errors import APIError, format_loc, validation_error
 from vlmserve.api.protocol import ChatCompletionRequest, CompletionRequest
-from vlmserve.api.sampling import chat_sampling_params, completion_sampling_params
+from vlmserve.api.sampling import (
+    chat_sampling_params,
+    client_param,
+    completion_sampling_params,
+)
 
 
 def chat(**fields: Any) -> dict[str, Any]:
@@ -220,3 +224,17 @@ def test_completion_request() -> None:
         "not supported"
         in rejection({"model": "m", "prompt": "a", "suffix": "b"}, CompletionRequest).message
     )
+
+
+def test_structured_errors_name_the_field_the_client_sent() -> None:
+    schema_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}
+    via_format = ChatCompletionRequest.model_validate(chat(response_format=schema_format))
+    assert (
+        client_param(via_format, "structured_outputs.json") == "response_format.json_schema.schema"
+    )
+    tag = {"type": "structural_tag", "format": {"type": "x"}}
+    via_tag = ChatCompletionRequest.model_validate(chat(response_format=tag))
+    assert client_param(via_tag, "structured_outputs.structural_tag") == "response_format"
+    via_ext = ChatCompletionRequest.model_validate(chat(structured_outputs={"regex": "("}))
+    assert client_param(via_ext, "structured_outputs.regex") == "structured_outputs.regex"
+    assert client_param(via_format, "max_tokens") == "max_tokens"

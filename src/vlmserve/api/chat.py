@@ -25,7 +25,7 @@ from vlmserve.api.responses import (
     ChatMessageOut,
     ChoiceLogprobs,
 )
-from vlmserve.api.sampling import chat_sampling_params
+from vlmserve.api.sampling import chat_sampling_params, client_param
 from vlmserve.api.sse import DONE, STREAM_RESPONSES, sse_event, sse_response
 from vlmserve.api.state import ServingState, get_state
 from vlmserve.api.usage import check_model, usage
@@ -78,7 +78,11 @@ async def create_chat_completion(
     if body.user is not None:  # OpenAI's end-user id: for tracing abuse back, so it is logged
         logger.info("%s from user %r", request_id, body.user)
     generation = Generation(state, prompt, params, request_id)
-    await generation.start()
+    try:
+        await generation.start()
+    except APIError as exc:
+        exc.param = client_param(body, exc.param)
+        raise
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(_stream(state, body, params, generation, request_id, include_usage))

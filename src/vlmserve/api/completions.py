@@ -16,7 +16,7 @@ from vlmserve.api.generation import Generation
 from vlmserve.api.logprobs import completion_logprobs
 from vlmserve.api.protocol import CompletionRequest
 from vlmserve.api.responses import Completion, CompletionChoice, CompletionLogprobs
-from vlmserve.api.sampling import completion_sampling_params
+from vlmserve.api.sampling import client_param, completion_sampling_params
 from vlmserve.api.sse import DONE, STREAM_RESPONSES, sse_event, sse_response
 from vlmserve.api.state import ServingState, get_state
 from vlmserve.api.usage import check_model, usage
@@ -50,7 +50,11 @@ async def create_completion(
     if body.user is not None:  # OpenAI's end-user id: for tracing abuse back, so it is logged
         logger.info("%s from user %r", request_id, body.user)
     generation = Generation(state, body.prompt, params, request_id)
-    await generation.start()
+    try:
+        await generation.start()
+    except APIError as exc:
+        exc.param = client_param(body, exc.param)
+        raise
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(

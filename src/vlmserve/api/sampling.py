@@ -69,6 +69,19 @@ def _structured(request: SamplingFields) -> StructuredOutputsParams | None:
     return StructuredOutputsParams(structural_tag=fmt.model_dump(by_alias=True, exclude_none=True))
 
 
+def client_param(request: SamplingFields, param: str | None) -> str | None:
+    """The engine names structured-output problems after `structured_outputs.<kind>`; a
+    client that used `response_format` should see the field it actually sent."""
+    if param is None or request.response_format is None or request.structured_outputs:
+        return param
+    head, _, rest = param.partition(".")
+    if head != "structured_outputs":
+        return param
+    kind, _, tail = rest.partition(".")
+    field = "response_format.json_schema.schema" if kind == "json" else "response_format"
+    return f"{field}.{tail}" if tail and kind == "json" else field
+
+
 def _common(request: SamplingFields) -> dict[str, Any]:
     if request.stream_options is not None and not request.stream:
         raise APIError(400, "stream_options is only allowed when stream is true", "stream_options")
