@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -213,3 +214,27 @@ async def test_media_too_large_is_413(async_engine: AsyncEngine) -> None:
         response = await client.post(CHAT, json=chat_body(content))
         assert_error(response, 413, "messages[0].content[0]")
         assert response.json()["error"]["code"] == "too_large"
+
+
+async def test_engine_failure_mid_request(
+    client: httpx.AsyncClient, async_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = async_engine.generate
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        stream = real(*args, **kwargs)
+        try:
+            yield await anext(stream)
+        finally:
+            await stream.aclose()
+        raise RuntimeError("the engine failed while running this request: step broke")
+
+    monkeypatch.setattr(async_engine, "generate", failing)
+    body = chat_body(temperature=0, max_tokens=50)
+    assert "step broke" in assert_error(await client.post(CHAT, json=body), 500)
+    response = await client.post(CHAT, json={**body, "stream": True})
+    assert response.status_code == 200  # the status line went out with the first chunk
+    events = response.text.strip().split("\n\n")
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and "step broke" in error["message"]

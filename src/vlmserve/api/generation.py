@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
@@ -19,6 +20,8 @@ from vlmserve.api.state import ServingState
 from vlmserve.engine.async_engine import EngineDead, EngineOverloaded
 from vlmserve.engine.inputs import InputError
 from vlmserve.types import RequestOutput, SamplingParams
+
+logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.2
 RETRY_AFTER_S = 1
@@ -94,7 +97,13 @@ class Generation:
                 try:
                     output = await anext(self._stream)
                 except Exception as exc:
-                    raise engine_error(exc) or exc from exc
+                    mapped = engine_error(exc)
+                    if mapped is None:
+                        # The engine failed this request mid-way (its step raised): a server
+                        # fault, reported in the API's shape so a stream can say so in-band.
+                        logger.error("request failed in the engine: %r", exc)
+                        mapped = APIError(500, f"the engine failed on this request: {exc}")
+                    raise mapped from exc
 
     async def final(self, request: Request) -> RequestOutput:
         """The finished output; if the client disconnects first, abort and raise."""
