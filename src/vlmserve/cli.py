@@ -93,7 +93,10 @@ def _serve_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _file_scalar(action: argparse.Action, key: str, value: Any) -> Any:
     if isinstance(value, str) and callable(action.type):
-        return action.type(value)  # the same parsing (and errors) as on the command line
+        try:  # the same parsing as on the command line
+            return action.type(value)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise ValueError(f"config key {key!r}: {exc}") from exc
     if action.type is _json_object:
         expected: type = dict
     elif isinstance(action.type, type):
