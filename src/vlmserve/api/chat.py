@@ -30,7 +30,7 @@ from vlmserve.api.sse import DONE, STREAM_RESPONSES, sse_event, sse_response
 from vlmserve.api.state import ServingState, get_state
 from vlmserve.api.usage import check_model, usage
 from vlmserve.multimodal.prompt import PromptError, build_chat_prompt
-from vlmserve.types import RequestOutput, SamplingParams
+from vlmserve.types import CompletionOutput, RequestOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -60,10 +60,10 @@ async def _prompt(state: ServingState, body: ChatCompletionRequest) -> dict[str,
     return await state.media.prompt(chat)
 
 
-def _logprobs(state: ServingState, k: int | None, token_ids: list[int], output: Any) -> Any:
-    if k is None or output.logprobs is None:
+def _logprobs(state: ServingState, k: int | None, c: CompletionOutput) -> ChoiceLogprobs | None:
+    if k is None or c.logprobs is None:
         return None
-    return ChoiceLogprobs(content=chat_logprobs(token_ids, output.logprobs, k, state.model.decode))
+    return ChoiceLogprobs(content=chat_logprobs(c.token_ids, c.logprobs, k, state.model.decode))
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAM_RESPONSES)
@@ -91,7 +91,7 @@ async def create_chat_completion(
         ChatChoice(
             index=c.index,
             message=ChatMessageOut(content=c.text),
-            logprobs=_logprobs(state, params.logprobs, c.token_ids, c),
+            logprobs=_logprobs(state, params.logprobs, c),
             finish_reason=c.finish_reason,
         )
         for c in final.outputs
