@@ -107,3 +107,11 @@ async def test_64_concurrent_streams(client: httpx.AsyncClient, async_engine: As
         assert events[-1] == "[DONE]"
         assert events[-2]["usage"]["completion_tokens"] >= 1
     await wait_for_free_blocks(async_engine, initial)
+
+
+async def test_disconnect_before_the_stream_starts_frees_blocks(
+    app: FastAPI, async_engine: AsyncEngine
+) -> None:
+    initial = async_engine.engine.block_manager.num_free_blocks
+    await call_and_disconnect(app, chat_body(stream=True, **LONG), after_s=0.0)
+    await wait_for_free_blocks(async_engine, initial, timeout=2)
