@@ -1,0 +1,197 @@
+"""The engine-level grammar backend: one per model, owns the tokenizer view and the cache.
+
+`compile()` turns a request's constraint into a `CompiledGrammar` (llguidance grammar, two
+validated template matchers and the shortest valid output) and caches it by constraint.
+`new_request()` copies the templates into a `RequestGrammar`, which is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import llguidance
+import numpy as np
+import tokenizers
+
+from vlmserve.structured.closer import (
+    Nesting,
+    byte_tokenizer,
+    new_byte_matcher,
+    shortest_completion,
+)
+from vlmserve.structured.compiler import build_grammar
+from vlmserve.structured.errors import StructuredOutputError
+from vlmserve.structured.request import SEARCH_NODES, RequestGrammar, TokenView
+from vlmserve.types import StructuredOutputsParams
+
+
+@dataclass
+class CompileStats:
+    """Counters for metrics: cache hits/misses and seconds spent compiling misses."""
+
+    hits: int = 0
+    misses: int = 0
+    compile_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class CompiledGrammar:
+    key: str
+    kind: str
+    grammar: str  # llguidance's serialized grammar
+    matcher: llguidance.LLMatcher  # template over the model vocabulary, never advanced
+    byte_matcher: llguidance.LLMatcher  # template over bytes, for the closer
+    min_output_tokens: int  # tokens in the shortest valid output found
+    compile_seconds: float
+
+
+def _cache_key(params: StructuredOutputsParams) -> str:
+    kind = params.kind()
+    value = getattr(params, kind)
+    if kind in ("json", "structural_tag") and isinstance(value, str):
+        # Invalid JSON is reported by the compile; the raw text is a fine key meanwhile.
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(value)
+    # No sort_keys: property order is part of the constraint (it fixes the output order).
+    return json.dumps([kind, value, params.strict if kind in ("json", "structural_tag") else None])
+
+
+class StructuredBackend:
+    def __init__(
+        self,
+        tokenizer: tokenizers.Tokenizer,
+        vocab_size: int,
+        eos_token_ids: list[int],
+        cache_size: int = 256,
+    ) -> None:
+        if not eos_token_ids:
+            raise ValueError("eos_token_ids must not be empty")
+        self.vocab_size = vocab_size
+        self.eos_token_ids = list(eos_token_ids)
+        self.tokenizer = llguidance.LLTokenizer(
+            tokenizer.to_str(), n_vocab=vocab_size, eos_token=self.eos_token_ids
+        )
+        self.tokens = self._token_view(tokenizer)
+        self.stats = CompileStats()
+        self._cache: OrderedDict[str, CompiledGrammar] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def _token_view(self, tokenizer: tokenizers.Tokenizer) -> TokenView:
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        special = {i for i in range(size) if self.tokenizer.is_special_token(i)}
+        token_bytes = [
+            b"" if i in special else self.tokenizer.decode_bytes([i]) for i in range(size)
+        ]
+        # Safety net ANDed into every mask: only ordinary tokens and EOS ids, never a special
+        # token (<|im_start|>, <|image_pad|>) nor an id past the tokenizer (logits padding).
+        allowed = np.zeros(32 * ((self.vocab_size + 31) // 32), dtype=bool)
+        allowed[[i for i in range(min(size, self.vocab_size)) if i not in special]] = True
+        allowed[[e for e in self.eos_token_ids if e < self.vocab_size]] = True
+        words = np.packbits(allowed, bitorder="little").view(np.int32)
+        vocab: dict[bytes, int] = {}
+        for token_id, data in enumerate(token_bytes):
+            if data:
+                vocab.setdefault(data, token_id)
+        return TokenView(
+            token_bytes=token_bytes,
+            vocab=vocab,
+            max_token_bytes=max(len(b) for b in token_bytes),
+            allowed_words=words,
+            eos_token_ids=frozenset(self.eos_token_ids),
+        )
+
+    def compile(self, params: StructuredOutputsParams) -> CompiledGrammar:
+        """Compile (or fetch from the cache) a constraint. Raises StructuredOutputError."""
+        try:
+            key = _cache_key(params)
+        except ValueError as exc:
+            raise StructuredOutputError(str(exc), param="structured_outputs") from exc
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                self.stats.hits += 1
+                return cached
+        compiled = self._compile_uncached(params, key)
+        with self._lock:
+            self.stats.misses += 1
+            self.stats.compile_seconds += compiled.compile_seconds
+            self._cache[key] = compiled
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def _compile_uncached(self, params: StructuredOutputsParams, key: str) -> CompiledGrammar:
+        start = time.perf_counter()
+        kind = params.kind()
+        param = f"structured_outputs.{kind}"
+        grammar = build_grammar(params)
+        for tokenizer in (self.tokenizer, byte_tokenizer()):
+            # The byte vocabulary has no special tokens: a grammar naming one fails here.
+            is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+                grammar, tokenizer
+            )
+            if is_error:
+                raise StructuredOutputError(
+                    f"{param} is invalid: {messages[0].strip()}", param=param
+                )
+        matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
+        byte_matcher = new_byte_matcher(grammar)
+        for m in (matcher, byte_matcher):
+            if m.is_error():
+                raise StructuredOutputError(f"{param} is invalid: {m.get_error()}", param=param)
+        shortest = shortest_completion(byte_matcher, Nesting(), SEARCH_NODES)
+        if shortest is None:
+            raise StructuredOutputError(
+                f"{param}: no valid output found in {SEARCH_NODES} search steps (needed for "
+                "budget-aware closing): the constraint is unsatisfiable, or too complex for "
+                "llguidance's lexer limits or for the closer's search",
+                param=param,
+            )
+        request = RequestGrammar(
+            matcher.deep_copy(), byte_matcher.deep_copy(), grammar, self.tokens, None
+        )
+        closing = request.tokens_for(shortest)
+        return CompiledGrammar(
+            key=key,
+            kind=kind,
+            grammar=grammar,
+            matcher=matcher,
+            byte_matcher=byte_matcher,
+            min_output_tokens=len(closing),
+            compile_seconds=time.perf_counter() - start,
+        )
+
+    def min_output_tokens(self, compiled: CompiledGrammar) -> int:
+        return compiled.min_output_tokens
+
+    def check_budget(self, compiled: CompiledGrammar, max_tokens: int) -> None:
+        """Reject up front a request whose budget cannot hold even the shortest output."""
+        if max_tokens < compiled.min_output_tokens:
+            raise StructuredOutputError(
+                f"max_tokens={max_tokens} cannot hold a valid output for this "
+                f"{compiled.kind} constraint: the shortest needs {compiled.min_output_tokens} "
+                "tokens",
+                param="max_tokens",
+            )
+
+    def new_request(
+        self, compiled: CompiledGrammar, max_tokens: int | None = None
+    ) -> RequestGrammar:
+        """Per-request state. `max_tokens`: the output budget (the smaller of max_tokens and
+        the context left); with it the grammar steers to a valid close before it runs out."""
+        if max_tokens is not None:
+            self.check_budget(compiled, max_tokens)
+        return RequestGrammar(
+            compiled.matcher.deep_copy(),
+            compiled.byte_matcher.deep_copy(),
+            compiled.grammar,
+            self.tokens,
+            max_tokens,
+        )

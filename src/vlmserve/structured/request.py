@@ -1,0 +1,265 @@
+"""Per-request grammar state: mask, accept, jump-ahead, rollback and budget-aware closing.
+
+The engine's loop for one constrained request, per step (see `testing.decode`):
+
+    forced = g.forced_tokens()                 # append them all, no sampling
+    ... or: g.fill_bitmask(row); sample t; t = g.steer(t)
+    g.accept_token(t)                          # False: t was outside the mask (an engine bug)
+
+With a budget (`max_tokens` at `new_request`) the invariant is: a valid completion of at most
+`remaining` tokens is known from the current state. `steer` keeps it by swapping a sampled
+token for the next closing token when the token would leave no room to close; once the
+budget equals the closing length, `forced_tokens` returns the whole close.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llguidance
+import numpy as np
+import torch
+
+from vlmserve.structured.closer import (
+    BYTE_EOS,
+    Nesting,
+    new_byte_matcher,
+    shortest_completion,
+    split_into_tokens,
+)
+
+# Limits (matcher states visited, ~5 us each) for the closer's search. From the current state
+# (compile, after a rollback) a failure is an error, so it may search long (~1 s); when
+# vetting a sampled token in steer() a failure only means "take the known close instead", so
+# it must be quick (~10 ms).
+SEARCH_NODES = 200_000
+STEER_SEARCH_NODES = 2_000
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """What a request needs to know about the model vocabulary (shared, read-only)."""
+
+    token_bytes: list[bytes]  # b"" for special tokens
+    vocab: dict[bytes, int]  # bytes -> lowest ordinary token id with those bytes
+    max_token_bytes: int
+    allowed_words: np.ndarray  # int32 bitmask words: ordinary tokens and EOS ids
+    eos_token_ids: frozenset[int]
+
+
+@dataclass
+class _Closing:
+    data: bytes
+    tokens: list[int]
+
+
+class RequestGrammar:
+    def __init__(
+        self,
+        matcher: llguidance.LLMatcher,
+        byte_matcher: llguidance.LLMatcher,
+        grammar: str,
+        tokens: TokenView,
+        max_tokens: int | None,
+    ) -> None:
+        self._matcher = matcher
+        self._bytes = byte_matcher
+        self._grammar = grammar
+        self._byte_log: list[int] = []  # what the byte matcher consumed, to rebuild it
+        self._tokens = tokens
+        self._remaining = max_tokens
+        self._nesting = Nesting()
+        self._history: list[tuple[int, Nesting]] = []  # per token: bytes consumed, nesting before
+        self._closing: _Closing | None = None
+        self._hint: bytes | None = None  # previous close, tried before searching again
+        self._memo: tuple[int, _Closing] | None = None  # steer()'s look at one token
+
+    @property
+    def remaining(self) -> int | None:
+        return self._remaining
+
+    def is_terminated(self) -> bool:
+        """True once nothing but EOS may follow (also right after a JSON's final `}`)."""
+        return bool(self._matcher.is_stopped())
+
+    def fill_bitmask(self, row: torch.Tensor | np.ndarray) -> None:
+        """Write the allowed-token mask into one int32 row (llguidance layout, 1 bit/token)."""
+        words = row.numpy() if isinstance(row, torch.Tensor) else row
+        if words.dtype != np.int32 or not words.flags["C_CONTIGUOUS"]:
+            raise ValueError("bitmask row must be a contiguous int32 array")
+        if self._is_tight():
+            words[:] = 0
+            tokens = self.closing_tokens()[:1] or sorted(self._tokens.eos_token_ids)
+            bits = words.view(np.uint32)
+            for token in tokens:
+                bits[token // 32] |= np.uint32(1 << (token % 32))
+            return
+        self._matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
+        words &= self._tokens.allowed_words[: words.shape[0]]
+
+    def accept_token(self, token_id: int) -> bool:
+        """Advance by one token. False leaves the state unchanged: the token is not allowed
+        here (outside the mask, a special token or past the vocabulary), which means the
+        caller sampled without the mask; the engine should fail that request."""
+        memo, closing = self._memo, self._closing
+        if not self._advance(token_id):
+            return False
+        if memo is not None and memo[0] == token_id:
+            self._closing = memo[1]
+        elif closing is not None and closing.tokens[:1] == [token_id]:
+            self._closing = _Closing(
+                closing.data[len(self._last_bytes(token_id)) :], closing.tokens[1:]
+            )
+        elif closing is not None:
+            self._hint = closing.data
+            if self._remaining is not None:
+                # Under a budget, find the next close now, while the previous one can seed
+                # it: a chain of closes never needs a search from scratch (which may fail
+                # on grammars too hard for it).
+                self._closing_for_state()
+        return True
+
+    def rollback(self, num_tokens: int) -> None:
+        """Undo the last `num_tokens` accepted tokens (speculative decoding, stop strings)."""
+        if num_tokens <= 0:
+            return
+        if num_tokens > len(self._history):
+            raise ValueError(
+                f"cannot roll back {num_tokens} tokens, only {len(self._history)} accepted"
+            )
+        self._matcher.rollback(num_tokens)
+        undone = self._history[-num_tokens:]
+        del self._history[-num_tokens:]
+        undone_bytes = sum(count for count, _ in undone)
+        self._bytes.rollback(undone_bytes)
+        del self._byte_log[len(self._byte_log) - undone_bytes :]
+        self._nesting = undone[0][1]
+        if self._remaining is not None:
+            self._remaining += num_tokens
+        self._closing = self._hint = self._memo = None
+
+    def forced_tokens(self) -> list[int]:
+        """Tokens to append without sampling. Jump-ahead: llguidance's fast-forward tokens,
+        which are the only tokens the mask allows at those positions, so the result equals
+        step-by-step constrained decoding. When the budget is down to the closing length:
+        the whole close."""
+        if self.is_terminated():
+            return []
+        if self._is_tight():
+            return self.closing_tokens()
+        forced = list(self._matcher.compute_ff_tokens())
+        if not forced or self._remaining is None:
+            return forced
+        # Forced bytes start every completion, so the close continues after them.
+        closing = self._closing_for_state()
+        data = b"".join(self._tokens.token_bytes[t] for t in forced)
+        if not closing.data.startswith(data):
+            return []
+        if self._matcher.try_consume_tokens(forced) != len(forced):
+            return []
+        after = self.tokens_for(closing.data[len(data) :])
+        self._matcher.rollback(len(forced))
+        return forced if len(forced) + len(after) <= self._remaining else []
+
+    def steer(self, token_id: int) -> int:
+        """The token to append for a sampled one: itself if a valid completion still fits the
+        budget after it, else the next token of the close (EOS when already complete)."""
+        if self._remaining is None:
+            return token_id
+        closing = self._closing_for_state()
+        if closing.tokens[:1] == [token_id]:
+            return token_id
+        fallback = closing.tokens[0] if closing.tokens else min(self._tokens.eos_token_ids)
+        if self._remaining <= len(closing.tokens) or not self._advance(token_id):
+            return fallback
+        after = self._find_closing(closing.data, STEER_SEARCH_NODES)
+        self.rollback(1)
+        self._closing = closing
+        if after is not None and len(after.tokens) <= self._remaining - 1:
+            self._memo = (token_id, after)
+            return token_id
+        return fallback
+
+    def min_tokens_to_finish(self) -> int:
+        """Tokens in the shortest valid completion found from here (0 when complete)."""
+        return len(self._closing_for_state().tokens)
+
+    def closing_tokens(self) -> list[int]:
+        """One short valid completion from here, as model tokens."""
+        return list(self._closing_for_state().tokens)
+
+    def tokens_for(self, data: bytes) -> list[int]:
+        """Model tokens spelling `data` from the current state, each checked by the matcher."""
+        tokens = split_into_tokens(
+            self._matcher, data, self._tokens.vocab, self._tokens.max_token_bytes
+        )
+        if tokens is None:
+            raise RuntimeError(f"no token sequence spells the completion {data!r}")
+        return tokens
+
+    def _is_tight(self) -> bool:
+        return self._remaining is not None and self._remaining <= self.min_tokens_to_finish()
+
+    def _last_bytes(self, token_id: int) -> bytes:
+        return b"" if token_id in self._tokens.eos_token_ids else self._tokens.token_bytes[token_id]
+
+    def _advance(self, token_id: int) -> bool:
+        word = self._tokens.allowed_words
+        if (
+            not (0 <= token_id < 32 * word.shape[0])
+            or not (int(word[token_id // 32]) >> (token_id % 32)) & 1
+        ):
+            return False
+        if self._matcher.try_consume_tokens([token_id]) != 1:
+            if self._matcher.is_error():
+                # A resource limit (lexer states, fuel), not a rejected token: the output can
+                # no longer be guaranteed, so the request must fail rather than go on.
+                raise RuntimeError(f"grammar matcher failed: {self._matcher.get_error()[:200]}")
+            return False
+        data = self._last_bytes(token_id)
+        consumed = list(data) if token_id not in self._tokens.eos_token_ids else [BYTE_EOS]
+        self._byte_log += consumed
+        if not self._bytes.consume_tokens(consumed):
+            self._rebuild_byte_matcher()
+        self._history.append((len(consumed), self._nesting))
+        self._nesting = self._nesting.scan(data)
+        if self._remaining is not None:
+            self._remaining -= 1
+        self._closing = self._hint = self._memo = None
+        return True
+
+    def _closing_for_state(self) -> _Closing:
+        if self._closing is None:
+            self._closing = self._find_closing(self._hint, SEARCH_NODES)
+        if self._closing is None:
+            raise RuntimeError("budget-aware closing found no completion from this state")
+        return self._closing
+
+    def _find_closing(self, hint: bytes | None, max_nodes: int) -> _Closing | None:
+        # The previous close usually still works: after free text (a string goes on) as is,
+        # after a token that replaced its first bytes (a date's digits) minus those bytes.
+        candidates = []
+        if hint is not None and self._history:
+            candidates = [hint[self._history[-1][0] :], hint]
+        data = next((c for c in candidates if self._completes(c)), None)
+        if data is None:
+            data = shortest_completion(self._bytes, self._nesting, max_nodes)
+        if data is None and max_nodes >= SEARCH_NODES:
+            self._rebuild_byte_matcher()
+            data = shortest_completion(self._bytes, self._nesting, max_nodes)
+        return None if data is None else _Closing(data, self.tokens_for(data))
+
+    def _rebuild_byte_matcher(self) -> None:
+        """A private byte matcher replaying this request's bytes.
+
+        Deep copies share llguidance's lexer cache and its size limit; the closer's searches
+        can exhaust it ("too many expressions"), after which valid bytes fail. A new matcher
+        has a cache of its own.
+        """
+        self._bytes = new_byte_matcher(self._grammar)
+        if not self._bytes.consume_tokens(self._byte_log):
+            raise RuntimeError(f"byte matcher diverged: {self._bytes.get_error()[:200]}")
+
+    def _completes(self, data: bytes) -> bool:
+        probe = self._bytes.deep_copy()
+        return bool(probe.consume_tokens(list(data)) and probe.is_accepting())
