@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -106,3 +108,10 @@ class MediaConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+
+def cache_dir() -> Path:
+    """Where generated artefacts (the default tiny model) live: $VLMSERVE_CACHE or
+    ~/.cache/vlmserve."""
+    root = os.environ.get("VLMSERVE_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "vlmserve"

@@ -1,0 +1,53 @@
+"""Engine logprobs (one {token_id: Logprob} per generated token) -> OpenAI's two shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from vlmserve.api.responses import CompletionLogprobs, TokenLogprob, TopLogprob
+from vlmserve.types import Logprob
+
+Decode = Callable[[list[int]], str]
+
+
+def _top(entry: dict[int, Logprob], k: int) -> list[tuple[int, Logprob]]:
+    ranked = [(tid, lp) for tid, lp in entry.items() if lp.rank is not None and lp.rank <= k]
+    return sorted(ranked, key=lambda item: item[1].rank or 0)
+
+
+def _item(token_id: int, lp: Logprob, decode: Decode) -> TopLogprob:
+    text = decode([token_id])
+    return TopLogprob(token=text, logprob=lp.logprob, bytes=list(text.encode()))
+
+
+def chat_logprobs(
+    token_ids: list[int], entries: list[dict[int, Logprob]], k: int, decode: Decode
+) -> list[TokenLogprob]:
+    out = []
+    for token_id, entry in zip(token_ids, entries, strict=True):
+        chosen = _item(token_id, entry[token_id], decode)
+        out.append(
+            TokenLogprob(
+                **chosen.model_dump(),
+                top_logprobs=[_item(tid, lp, decode) for tid, lp in _top(entry, k)],
+            )
+        )
+    return out
+
+
+def completion_logprobs(
+    token_ids: list[int],
+    entries: list[dict[int, Logprob]],
+    k: int,
+    decode: Decode,
+    text_offset: int = 0,
+) -> CompletionLogprobs:
+    result = CompletionLogprobs()
+    for token_id, entry in zip(token_ids, entries, strict=True):
+        text = decode([token_id])
+        result.tokens.append(text)
+        result.token_logprobs.append(entry[token_id].logprob)
+        result.top_logprobs.append({decode([tid]): lp.logprob for tid, lp in _top(entry, k)})
+        result.text_offset.append(text_offset)
+        text_offset += len(text)
+    return result

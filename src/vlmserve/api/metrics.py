@@ -1,0 +1,179 @@
+"""Prometheus metrics. One registry per app, so several apps (tests) never share counters.
+
+Engine gauges are read from `AsyncEngine.stats()` at scrape time rather than pushed, so
+they cost nothing between scrapes. Grammar-compile metrics are hooks: `observe_grammar`
+is for the structured-outputs layer to call once it reports compile times.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vlmserve.engine.async_engine import EngineStats
+from vlmserve.types import RequestOutput
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class _EngineCollector(Collector):
+    def __init__(self, stats: Callable[[], EngineStats]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats()
+        yield GaugeMetricFamily(
+            "vlmserve_num_requests_waiting", "Sequences waiting to be scheduled", s.num_waiting
+        )
+        yield GaugeMetricFamily(
+            "vlmserve_num_requests_running", "Sequences in the running batch", s.num_running
+        )
+        yield GaugeMetricFamily(
+            "vlmserve_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use", s.kv_cache_usage
+        )
+        for name, doc, value in (
+            ("prefix_cache_queries", "Prefix-cache block lookups", s.prefix_cache_queries),
+            ("prefix_cache_hits", "Prefix-cache block hits", s.prefix_cache_hits),
+            ("mm_cache_hits", "Vision-embedding cache hits", s.mm_cache_hits),
+            ("mm_cache_misses", "Vision-embedding cache misses", s.mm_cache_misses),
+            ("num_preemptions", "Sequences preempted for KV-cache space", s.num_preemptions),
+        ):
+            yield CounterMetricFamily(f"vlmserve_{name}", doc, value)
+
+
+class Metrics:
+    def __init__(self, stats: Callable[[], EngineStats]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "vlmserve_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "vlmserve_time_to_first_token_seconds",
+            "Arrival to first token",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "vlmserve_inter_token_latency_seconds",
+            "Time between streamed tokens",
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "vlmserve_e2e_request_latency_seconds",
+            "Arrival to last token",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "vlmserve_prompt_tokens", "Prompt tokens processed (images included)", registry=r
+        )
+        self.generation_tokens = Counter(
+            "vlmserve_generation_tokens", "Tokens generated", registry=r
+        )
+        self.forced_tokens = Counter(
+            "vlmserve_forced_tokens", "Tokens appended by grammar jump-ahead", registry=r
+        )
+        self.grammar_compile = Histogram(
+            "vlmserve_grammar_compile_seconds",
+            "Grammar compile time (cache misses)",
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.grammar_cache_hits = Counter(
+            "vlmserve_grammar_cache_hits", "Grammar compile-cache hits", registry=r
+        )
+        self.media_fetch = Histogram(
+            "vlmserve_media_fetch_seconds",
+            "Fetching and decoding one media item",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.media_bytes = Counter(
+            "vlmserve_media_fetch_bytes", "Bytes of media received", registry=r
+        )
+        r.register(_EngineCollector(stats))
+
+    def observe_grammar(self, seconds: float | None) -> None:
+        """A compile took `seconds`; None means the compile cache answered."""
+        if seconds is None:
+            self.grammar_cache_hits.inc()
+        else:
+            self.grammar_compile.observe(seconds)
+
+    def observe_media(self, seconds: float, num_bytes: int) -> None:
+        self.media_fetch.observe(seconds)
+        self.media_bytes.inc(num_bytes)
+
+
+class RequestTimer:
+    """Token timing of one request, fed each `RequestOutput` as it arrives."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.start = time.monotonic()
+        self.last: float | None = None
+        self.num_tokens = 0
+
+    def observe(self, output: RequestOutput) -> None:
+        now = time.monotonic()
+        total = sum(len(c.token_ids) for c in output.outputs)
+        new = total - self.num_tokens
+        if new > 0:
+            if self.last is None:
+                self.metrics.ttft.observe(now - self.start)
+            else:
+                # Several tokens may land in one output (n > 1, forced tokens): spread evenly.
+                for _ in range(new):
+                    self.metrics.itl.observe((now - self.last) / new)
+            self.last = now
+            self.num_tokens = total
+        if output.finished:
+            self.metrics.e2e.observe(now - self.start)
+            self.metrics.prompt_tokens.inc(len(output.prompt_token_ids))
+            self.metrics.generation_tokens.inc(total)
+            self.metrics.forced_tokens.inc(sum(c.num_forced_tokens for c in output.outputs))
+
+
+class RequestCountMiddleware:
+    """Counts responses by route template and status. Paths no route matches share one
+    label, so a scanner cannot blow up the label set."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[Route]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    def _label(self, scope: Scope) -> str:
+        for route in self.routes:
+            if route.matches(scope)[0] is not Match.NONE:
+                return route.path
+        return "other"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status: dict[str, Any] = {"code": 500}
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.metrics.requests.labels(self._label(scope), str(status["code"])).inc()

@@ -1,0 +1,266 @@
+"""Request bodies of the OpenAI-compatible endpoints (pydantic lives at the edge only).
+
+Fail closed: every model forbids unknown fields and coerces nothing (`strict`: "1" is not
+an int), NaN and infinities are refused. Unions carry "#"-prefixed tags so errors.py can
+drop the tags from error locations and name the field as the client wrote it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+
+from vlmserve.types import MAX_TOP_LOGPROBS
+
+MAX_N = 16  # samples per request: each one costs a full sequence of KV cache
+MAX_STOP_SEQUENCES = 16
+MAX_TOKENS_LIMIT = 2**31 - 1
+INT64 = 2**63
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _type_tag(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return f"#{kind}" if isinstance(kind, str) else None
+
+
+# -- message content parts --------------------------------------------------------------------
+class TextPart(StrictModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(StrictModel):
+    url: str | None = Field(None, description="data:, http(s): or file: URL")
+    detail: Literal["auto", "low", "high"] | None = None
+    uuid: str | None = Field(None, description="names the image in the media cache")
+
+    @field_validator("detail")
+    @classmethod
+    def _only_auto(cls, detail: str | None) -> str | None:
+        # Qwen-VL sizes the image by its own pixel budget; pretending to honour low/high
+        # would silently ignore the request.
+        if detail not in (None, "auto"):
+            raise ValueError(f"detail {detail!r} is not supported; only 'auto'")
+        return detail
+
+
+class ImagePart(StrictModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+    uuid: str | None = None
+
+
+class VideoURL(StrictModel):
+    url: str
+
+
+class VideoPart(StrictModel):
+    type: Literal["video_url"]
+    video_url: VideoURL
+    uuid: str | None = None
+
+
+class InputAudio(StrictModel):
+    data: str
+    format: str
+
+
+class AudioPart(StrictModel):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+ContentPart = Annotated[
+    Annotated[TextPart, Tag("#text")]
+    | Annotated[ImagePart, Tag("#image_url")]
+    | Annotated[VideoPart, Tag("#video_url")]
+    | Annotated[AudioPart, Tag("#input_audio")],
+    Discriminator(_type_tag),
+]
+
+
+def _content_tag(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "#text"
+    return "#parts" if isinstance(value, list) else None
+
+
+MessageContent = Annotated[
+    Annotated[str, Tag("#text")] | Annotated[list[ContentPart], Tag("#parts")],
+    Discriminator(
+        _content_tag,
+        custom_error_type="content_type",
+        custom_error_message="content must be a string or a list of content parts",
+    ),
+]
+
+
+class ChatMessage(StrictModel):
+    role: Literal["system", "user", "assistant", "developer"]
+    content: MessageContent
+
+
+def _json_kind_tag(value: Any) -> str | None:
+    for kind in (str, dict, list):
+        if isinstance(value, kind):
+            return f"#{kind.__name__}"
+    return None
+
+
+SchemaOrText = Annotated[
+    Annotated[dict[str, Any], Tag("#dict")] | Annotated[str, Tag("#str")],
+    Discriminator(
+        _json_kind_tag,
+        custom_error_type="object_or_string",
+        custom_error_message="must be a JSON object or a string",
+    ),
+]
+
+
+# -- structured outputs -----------------------------------------------------------------------
+class JSONSchemaSpec(StrictModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(StrictModel):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(StrictModel):
+    type: Literal["json_object"]
+
+
+class JSONSchemaFormat(StrictModel):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaSpec
+
+
+class StructuralTagItem(StrictModel):
+    begin: str = Field(min_length=1)
+    structure_schema: dict[str, Any] = Field(alias="schema")
+    end: str
+
+
+class StructuralTagFormat(StrictModel):
+    """vLLM's two spellings: `structures` + `triggers`, or a single `format` object."""
+
+    type: Literal["structural_tag"]
+    structures: list[StructuralTagItem] | None = Field(None, min_length=1)
+    triggers: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    format: dict[str, Any] | None = None
+
+
+ResponseFormat = Annotated[
+    Annotated[TextFormat, Tag("#text")]
+    | Annotated[JSONObjectFormat, Tag("#json_object")]
+    | Annotated[JSONSchemaFormat, Tag("#json_schema")]
+    | Annotated[StructuralTagFormat, Tag("#structural_tag")],
+    Discriminator(_type_tag),
+]
+
+
+class StructuredOutputs(StrictModel):
+    """vLLM's `structured_outputs` extension; exactly one constraint must be set."""
+
+    json_spec: SchemaOrText | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = Field(None, min_length=1)
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: SchemaOrText | None = None
+
+
+class StreamOptions(StrictModel):
+    include_usage: bool | None = None
+
+
+# -- shared sampling fields -------------------------------------------------------------------
+Stop = Annotated[
+    Annotated[str, Tag("#str")]
+    | Annotated[
+        list[Annotated[str, Field(min_length=1)]],
+        Field(max_length=MAX_STOP_SEQUENCES),
+        Tag("#list"),
+    ],
+    Discriminator(
+        _json_kind_tag,
+        custom_error_type="stop_type",
+        custom_error_message="stop must be a string or a list of strings",
+    ),
+]
+
+
+class SamplingFields(StrictModel):
+    model: str
+    n: int = Field(1, ge=1, le=MAX_N)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1, description="vLLM extension; 0 or -1 disables")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="vLLM extension")
+    seed: int | None = Field(None, ge=-INT64, lt=INT64 - MAX_N)
+    stop: Stop | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0, description="vLLM extension")
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = Field(None, description="vLLM extension")
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=256)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_not_empty(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if stop == "":
+            raise ValueError("a stop sequence must not be empty")
+        return stop
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+
+def _prompt_tag(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "#text"
+    if isinstance(value, list) and all(isinstance(t, int) for t in value):
+        return "#tokens"
+    return None
+
+
+Prompt = Annotated[
+    Annotated[str, Tag("#text")] | Annotated[list[Annotated[int, Field(ge=0)]], Tag("#tokens")],
+    Discriminator(
+        _prompt_tag,
+        custom_error_type="prompt_type",
+        custom_error_message=(
+            "prompt must be a string or a list of token ids (one prompt per request)"
+        ),
+    ),
+]
+
+
+class CompletionRequest(SamplingFields):
+    prompt: Prompt
+    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS_LIMIT)
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool | None = False
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, echo: bool | None) -> bool | None:
+        if echo:
+            raise ValueError("echo is not supported by this server")
+        return echo

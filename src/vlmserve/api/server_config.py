@@ -1,0 +1,55 @@
+"""What the HTTP server needs besides the engine, plus the config-file reader behind
+`vlmserve serve --config FILE` (YAML or TOML, the same keys as the flags)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str | None = None  # None: the model argument as given
+    api_key: str | None = None  # required on /v1/* when set
+    admin_api_key: str | None = None  # required on /metrics when set
+    max_request_body_bytes: int = 32 * 1024 * 1024
+    max_waiting: int = 1024  # requests in flight before new ones get 429
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.max_request_body_bytes < 1:
+            raise ValueError("max_request_body_bytes must be at least 1")
+        if self.max_waiting < 1:
+            raise ValueError("max_waiting must be at least 1")
+        for name in ("api_key", "admin_api_key"):
+            key = getattr(self, name)
+            # compare_digest needs ASCII; an empty key would let an empty bearer in.
+            if key is not None and (not key or not key.isascii()):
+                raise ValueError(f"{name} must be a non-empty ASCII string")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The file's top-level mapping, keys normalised to flag destinations (dashes -> _)."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            raise ValueError(f"config file {path} must end in .yaml, .yml or .toml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"config file {path} does not parse: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of flag names to values")
+    return {str(key).replace("-", "_"): value for key, value in data.items()}

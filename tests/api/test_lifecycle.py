@@ -1,0 +1,117 @@
+"""Client disconnects abort the request and free its KV blocks; many streams at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from tests.api.conftest import chat_body
+from tests.api.test_chat import sse_events
+from vlmserve.engine.async_engine import AsyncEngine
+
+
+async def wait_for_free_blocks(engine: AsyncEngine, expected: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    manager = engine.engine.block_manager
+    while manager.num_free_blocks != expected or engine.engine.requests:
+        assert time.monotonic() < deadline, (manager.num_free_blocks, expected)
+        await asyncio.sleep(0.01)
+
+
+async def call_and_disconnect(
+    app: FastAPI, body: dict[str, Any], after_s: float | None
+) -> list[Any]:
+    """Drives the ASGI app by hand: the client hangs up after the first body chunk
+    (`after_s` None) or `after_s` seconds into the request. Returns what was sent."""
+    payload = json.dumps(body).encode()
+    gone = asyncio.Event()
+    sent: list[Any] = []
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if after_s is None and message.get("body"):
+            gone.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "server": ("test", 80),
+        "client": ("c", 1),
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ],
+    }
+    if after_s is not None:
+        asyncio.get_running_loop().call_later(after_s, gone.set)
+    await asyncio.wait_for(app(scope, receive, send), timeout=30)
+    return sent
+
+
+LONG = {"temperature": 0, "max_tokens": 900, "stop": None}
+
+
+async def test_stream_disconnect_frees_blocks(app: FastAPI, async_engine: AsyncEngine) -> None:
+    initial = async_engine.engine.block_manager.num_free_blocks
+    sent = await call_and_disconnect(app, chat_body(stream=True, **LONG), after_s=None)
+    bodies = b"".join(m.get("body", b"") for m in sent)
+    assert b"[DONE]" not in bodies  # it really was cut short
+    await wait_for_free_blocks(async_engine, initial)
+
+
+async def test_non_stream_disconnect_frees_blocks(app: FastAPI, async_engine: AsyncEngine) -> None:
+    initial = async_engine.engine.block_manager.num_free_blocks
+    sent = await call_and_disconnect(app, chat_body(**LONG), after_s=0.05)
+    assert sent[0]["status"] == 499  # left before the answer: aborted, not completed
+    await wait_for_free_blocks(async_engine, initial)
+
+
+async def test_64_concurrent_streams(client: httpx.AsyncClient, async_engine: AsyncEngine) -> None:
+    initial = async_engine.engine.block_manager.num_free_blocks
+
+    async def one(i: int) -> list[Any]:
+        body = chat_body(
+            f"request {i}",
+            stream=True,
+            max_tokens=16,
+            seed=i,
+            stream_options={"include_usage": True},
+        )
+        response = await client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        return sse_events(response.text)
+
+    results = await asyncio.gather(*(one(i) for i in range(64)))
+    for events in results:
+        assert events[-1] == "[DONE]"
+        assert events[-2]["usage"]["completion_tokens"] >= 1
+    await wait_for_free_blocks(async_engine, initial)
+
+
+async def test_disconnect_before_the_stream_starts_frees_blocks(
+    app: FastAPI, async_engine: AsyncEngine
+) -> None:
+    initial = async_engine.engine.block_manager.num_free_blocks
+    await call_and_disconnect(app, chat_body(stream=True, **LONG), after_s=0.0)
+    await wait_for_free_blocks(async_engine, initial, timeout=2)
