@@ -1,8 +1,7 @@
 """Prometheus metrics. One registry per app, so several apps (tests) never share counters.
 
-Engine gauges are read from `AsyncEngine.stats()` at scrape time rather than pushed, so
-they cost nothing between scrapes. Grammar-compile metrics are hooks: `observe_grammar`
-is for the structured-outputs layer to call once it reports compile times.
+Engine gauges and counters (caches, preemptions, grammar compiles) are read from
+`AsyncEngine.stats()` at scrape time rather than pushed, so they cost nothing between scrapes.
 """
 
 from __future__ import annotations
@@ -45,6 +44,13 @@ class _EngineCollector(Collector):
             ("mm_cache_hits", "Vision-embedding cache hits", s.mm_cache_hits),
             ("mm_cache_misses", "Vision-embedding cache misses", s.mm_cache_misses),
             ("num_preemptions", "Sequences preempted for KV-cache space", s.num_preemptions),
+            ("grammar_cache_hits", "Grammar compile-cache hits", s.grammar_cache_hits),
+            ("grammar_compiles", "Grammars compiled (cache misses)", s.grammar_compiles),
+            (
+                "grammar_compile_seconds",
+                "Seconds spent compiling grammars",
+                s.grammar_compile_seconds,
+            ),
         ):
             yield CounterMetricFamily(f"vlmserve_{name}", doc, value)
 
@@ -86,15 +92,6 @@ class Metrics:
         self.forced_tokens = Counter(
             "vlmserve_forced_tokens", "Tokens appended by grammar jump-ahead", registry=r
         )
-        self.grammar_compile = Histogram(
-            "vlmserve_grammar_compile_seconds",
-            "Grammar compile time (cache misses)",
-            buckets=_TOKEN_BUCKETS,
-            registry=r,
-        )
-        self.grammar_cache_hits = Counter(
-            "vlmserve_grammar_cache_hits", "Grammar compile-cache hits", registry=r
-        )
         self.media_fetch = Histogram(
             "vlmserve_media_fetch_seconds",
             "Fetching and decoding one media item",
@@ -105,13 +102,6 @@ class Metrics:
             "vlmserve_media_fetch_bytes", "Bytes of media received", registry=r
         )
         r.register(_EngineCollector(stats))
-
-    def observe_grammar(self, seconds: float | None) -> None:
-        """A compile took `seconds`; None means the compile cache answered."""
-        if seconds is None:
-            self.grammar_cache_hits.inc()
-        else:
-            self.grammar_compile.observe(seconds)
 
     def observe_media(self, seconds: float, num_bytes: int) -> None:
         self.media_fetch.observe(seconds)

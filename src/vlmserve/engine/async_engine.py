@@ -60,6 +60,9 @@ class EngineStats:
     mm_cache_hits: int
     mm_cache_misses: int
     num_preemptions: int
+    grammar_cache_hits: int
+    grammar_compiles: int
+    grammar_compile_seconds: float
 
 
 class AsyncEngine:
@@ -113,6 +116,7 @@ class AsyncEngine:
 
     def stats(self) -> EngineStats:
         e = self.engine
+        grammar = e.guided.stats()
         return EngineStats(
             num_waiting=len(e.scheduler.waiting),
             num_running=len(e.scheduler.running),
@@ -122,6 +126,9 @@ class AsyncEngine:
             mm_cache_hits=e.mm_cache.hits,
             mm_cache_misses=e.mm_cache.misses,
             num_preemptions=e.scheduler.num_preemptions,
+            grammar_cache_hits=grammar.hits,
+            grammar_compiles=grammar.misses,
+            grammar_compile_seconds=grammar.compile_seconds,
         )
 
     def shutdown(self) -> None:

@@ -67,6 +67,17 @@ class LLMEngine:
         )
         self.num_kv_blocks = config.num_kv_blocks or self._auto_kv_blocks()
         num_blocks = self.num_kv_blocks
+        capacity = (num_blocks - 1) * config.block_size
+        if self.max_model_len > capacity:
+            if config.max_model_len is not None:
+                raise ValueError(
+                    f"max_model_len={config.max_model_len} does not fit in the KV cache "
+                    f"({capacity} tokens); lower it or give the cache more memory"
+                )
+            # A default context longer than the cache would turn every request that asks
+            # for "until the context is full" into a 400: shrink the context instead.
+            logger.warning("max_model_len lowered to the KV-cache capacity, %d tokens", capacity)
+            self.max_model_len = capacity
         self.block_manager = BlockManager(
             num_blocks, config.block_size, config.enable_prefix_caching
         )

@@ -19,6 +19,7 @@ from vlmserve.engine.inputs import InputError
 from vlmserve.engine.sequence import Sequence
 from vlmserve.structured import (
     CompiledGrammar,
+    CompileStats,
     RequestGrammar,
     StructuredBackend,
     StructuredOutputError,
@@ -45,6 +46,9 @@ class GuidedDecoding:
                     self._tokenizer, self.vocab_size, self.eos_token_ids
                 )
             return self._backend
+
+    def stats(self) -> CompileStats:
+        return self._backend.stats if self._backend is not None else CompileStats()
 
     def compile(self, params: SamplingParams) -> CompiledGrammar | None:
         if params.structured_outputs is None:
