@@ -72,6 +72,25 @@ def _serve_parser(sub: Any) -> argparse.ArgumentParser:
     serve.add_argument("--max-request-body-bytes", type=int, default=32 * 1024 * 1024)
     serve.add_argument("--max-waiting", type=int, default=1024, help="in flight before 429")
     serve.add_argument("--seed", type=int, default=0)
+    engine = serve.add_argument_group("engine (see docs/engine.md)")
+    engine.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
+    engine.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
+    engine.add_argument(
+        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto"
+    )
+    engine.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    engine.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    engine.add_argument("--block-size", type=int, default=16)
+    engine.add_argument(
+        "--kv-cache-memory-bytes", type=int, help="KV-cache size (default: sized to the load)"
+    )
+    engine.add_argument("--mm-cache-bytes", type=int, default=256 * 1024 * 1024)
+    engine.add_argument(
+        "--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True
+    )
+    engine.add_argument(
+        "--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True
+    )
     media = serve.add_argument_group("media fetching (see docs/media.md)")
     media.add_argument("--allowed-media-domains", nargs="*", default=[], help="hosts or *.suffix")
     media.add_argument("--allow-private-media-addresses", action="store_true", default=False)
@@ -194,6 +213,16 @@ def _configs(
         limit_mm_per_prompt=args.limit_mm_per_prompt,
         chat_template=template,
         seed=args.seed,
+        tokenizer=args.tokenizer,
+        load_format=args.load_format,
+        dtype=args.dtype,
+        device=args.device,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        block_size=args.block_size,
+        kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+        mm_cache_bytes=args.mm_cache_bytes,
+        enable_prefix_caching=args.enable_prefix_caching,
+        enable_chunked_prefill=args.enable_chunked_prefill,
     )
     server_config = ServerConfig(
         host=args.host,

@@ -28,10 +28,20 @@ def test_flags_map_to_configs(tmp_path: Path) -> None:
             "3",
             "--media-io-kwargs",
             '{"video": {"num_frames": 8}}',
+            "--dtype",
+            "bfloat16",
+            "--load-format",
+            "dummy",
+            "--no-enable-prefix-caching",
+            "--max-num-batched-tokens",
+            "512",
         ]
     )
     engine, server, media = _configs(args, args.model, "name", None)
     assert engine.model == "/m" and engine.limit_mm_per_prompt == {"image": 4}
+    assert (engine.dtype, engine.load_format) == ("bfloat16", "dummy")
+    assert not engine.enable_prefix_caching and engine.enable_chunked_prefill
+    assert engine.max_num_batched_tokens == 512
     assert (server.port, server.api_key, server.max_waiting) == (9000, "k", 7)
     assert media.allowed_media_domains == ("*.example.com",)
     assert media.media_fetch_timeout.total == 3 and media.video_max_frames == 8
