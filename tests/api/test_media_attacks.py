@@ -232,7 +232,11 @@ async def test_ten_megabyte_data_url_is_a_413(async_engine: AsyncEngine) -> None
     payload = base64.b64encode(os.urandom(10 * 1024 * 1024)).decode()
     app = attack_app(async_engine)
     await assert_refused(
-        app, image("data:image/png;base64," + payload), 413, "max_data_url_size is 8388608", "too_large"
+        app,
+        image("data:image/png;base64," + payload),
+        413,
+        "max_data_url_size is 8388608",
+        "too_large",
     )
 
 
