@@ -217,7 +217,7 @@ def test_bad_video_input_is_an_input_error(
     small: LLM, text: str, data: dict[str, Any], uuids: dict[str, Any], message: str
 ) -> None:
     prompt = {"prompt": chat(text), "multi_modal_data": data, "multi_modal_uuids": uuids}
-    with pytest.raises(InputError, match=None) as info:
+    with pytest.raises(InputError) as info:
         small.generate(prompt, GREEDY)
     assert message in str(info.value)
 
