@@ -24,6 +24,7 @@ from vlmserve.engine.engine import LLMEngine
 
 MODEL = "tiny"
 MAX_IMAGES = 2
+MAX_VIDEOS = 1
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +34,7 @@ def llm_engine(tiny_qwen2_vl: Path) -> LLMEngine:
             model=str(tiny_qwen2_vl),
             max_model_len=1024,
             max_num_seqs=32,
-            limit_mm_per_prompt={"image": MAX_IMAGES},
+            limit_mm_per_prompt={"image": MAX_IMAGES, "video": MAX_VIDEOS},
             kv_cache_memory_bytes=64 * 1024 * 1024,
         )
     )

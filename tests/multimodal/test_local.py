@@ -65,7 +65,7 @@ async def test_ten_megabyte_data_url_is_refused_for_size_before_decoding(
     error = await load_error(url)
     assert time.monotonic() - started < 0.1
     assert error.code is MediaErrorCode.TOO_LARGE and error.status == 413
-    assert "limit is 8388608" in error.message
+    assert "max_data_url_size is 8388608" in error.message
 
 
 async def test_data_url_decoded_size_counts_against_item_and_request_limits() -> None:

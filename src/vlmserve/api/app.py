@@ -21,6 +21,7 @@ from vlmserve.api.metrics import Metrics, RequestCountMiddleware
 from vlmserve.api.server_config import ServerConfig
 from vlmserve.api.state import ModelInfo, ServingState
 from vlmserve.config import MediaConfig
+from vlmserve.multimodal.fetch import Resolver, TransportFactory, resolve_host
 
 if TYPE_CHECKING:
     from vlmserve.engine.async_engine import AsyncEngine
@@ -31,7 +32,11 @@ def create_app(
     model: ModelInfo,
     config: ServerConfig | None = None,
     media_config: MediaConfig | None = None,
+    media_resolver: Resolver = resolve_host,
+    media_transport: TransportFactory | None = None,
 ) -> FastAPI:
+    """`media_resolver` and `media_transport` are the media connector's DNS and network
+    (see docs/media.md): tests simulate them; servers keep the defaults."""
     config = config or ServerConfig()
     media_config = media_config or MediaConfig()
     app = FastAPI(
@@ -40,7 +45,7 @@ def create_app(
         description="OpenAI-compatible serving of vision-language models. See docs/api.md.",
     )
     metrics = Metrics(engine.stats)
-    media = MediaLoader(MeteredConnector(media_config, metrics))
+    media = MediaLoader(MeteredConnector(media_config, metrics, media_resolver, media_transport))
     app.state.vlm = ServingState(engine, model, config, media, metrics)
     known: list[Route] = []
     for router in (chat.router, completions.router, routes.router):

@@ -49,14 +49,17 @@ async def _prompt(state: ServingState, body: ChatCompletionRequest) -> dict[str,
         chat = build_chat_prompt(messages, template, state.model.reserved_tokens)
     except PromptError as exc:
         raise APIError(400, str(exc), exc.param) from exc
-    num_images = sum(1 for ref in chat.media if ref.modality == "image")
-    if num_images > state.model.max_images:
-        raise APIError(
-            400,
-            f"{num_images} images in one request; this server allows at most "
-            f"{state.model.max_images} (--limit-mm-per-prompt)",
-            "messages",
-        )
+    # Counted before anything is fetched: a request over the limit costs no bandwidth.
+    for modality in ("image", "video"):
+        count = sum(1 for ref in chat.media if ref.modality == modality)
+        limit = state.model.media_limits.get(modality, 0)
+        if count > limit:
+            raise APIError(
+                400,
+                f"{count} {modality}s in one request; this server allows at most {limit} "
+                "(--limit-mm-per-prompt)",
+                "messages",
+            )
     return await state.media.prompt(chat)
 
 

@@ -16,7 +16,7 @@ from vlmserve.config import MediaConfig
 from vlmserve.multimodal.budget import ByteBudget
 from vlmserve.multimodal.chat_media import load_chat_media
 from vlmserve.multimodal.errors import MediaError
-from vlmserve.multimodal.fetch import MediaConnector
+from vlmserve.multimodal.fetch import MediaConnector, Resolver, TransportFactory, resolve_host
 from vlmserve.multimodal.formats import MediaKind
 from vlmserve.multimodal.prompt import ChatPrompt
 
@@ -24,8 +24,14 @@ from vlmserve.multimodal.prompt import ChatPrompt
 class MeteredConnector(MediaConnector):
     """The connector, reporting each fetch's time and size to the metrics."""
 
-    def __init__(self, config: MediaConfig, metrics: Metrics) -> None:
-        super().__init__(config)
+    def __init__(
+        self,
+        config: MediaConfig,
+        metrics: Metrics,
+        resolver: Resolver = resolve_host,
+        transport_factory: TransportFactory | None = None,
+    ) -> None:
+        super().__init__(config, resolver=resolver, transport_factory=transport_factory)
         self.metrics = metrics
 
     async def fetch(
@@ -47,13 +53,7 @@ class MediaLoader:
         self.connector = connector
 
     async def prompt(self, chat: ChatPrompt) -> dict[str, Any]:
-        """The engine prompt for `chat`, its media fetched and decoded in order."""
-        for ref in chat.media:
-            if ref.modality != "image":
-                # The engine takes images only; fetching a video to drop it would waste work.
-                raise APIError(
-                    400, f"{ref.param}: video input is not supported by this server", ref.param
-                )
+        """The engine prompt for `chat`, its images and videos fetched and decoded in order."""
         try:
             loaded = await load_chat_media(chat.media, self.connector)
         except MediaError as exc:

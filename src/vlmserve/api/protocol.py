@@ -56,7 +56,8 @@ class ImagePart(StrictModel):
 
 
 class VideoURL(StrictModel):
-    url: str
+    url: str | None = Field(None, description="data:, http(s): or file: URL")
+    uuid: str | None = Field(None, description="names the video in the media cache")
 
 
 class VideoPart(StrictModel):

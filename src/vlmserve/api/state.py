@@ -27,7 +27,7 @@ class ModelInfo:
     max_model_len: int
     chat_template: str | None
     reserved_tokens: frozenset[str]  # never allowed in user text
-    max_images: int
+    media_limits: dict[str, int]  # most media items per request, by modality
     decode: Callable[[list[int]], str]  # token ids -> text, for logprob entries
 
     @classmethod
@@ -42,7 +42,7 @@ class ModelInfo:
             max_model_len=engine.max_model_len,
             chat_template=chat_template or engine.config.chat_template or tokenizer.chat_template,
             reserved_tokens=tokenizer.special_tokens,
-            max_images=engine.config.limit_mm_per_prompt.get("image", 0),
+            media_limits=dict(engine.config.limit_mm_per_prompt),
             decode=lambda ids: tokenizer.tokenizer.decode(ids, skip_special_tokens=False),
         )
 

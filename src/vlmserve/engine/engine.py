@@ -256,7 +256,9 @@ class LLMEngine:
         for item, emb in zip(pending, embeddings):
             item.embeddings = emb
             item.pixel_values = None
-            self.mm_cache.put(item.key, CachedItem(item.modality, item.grid_thw, emb))
+            self.mm_cache.put(
+                item.key, CachedItem(item.modality, item.grid_thw, emb, item.seconds_per_grid)
+            )
 
     def _chunk(self, seq: Sequence, n: int) -> SeqChunk:
         start, end = seq.num_computed_tokens, seq.num_computed_tokens + n

@@ -10,7 +10,10 @@ Every problem is an `InputError` naming the field.
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,10 +24,18 @@ from vlmserve.engine.sequence import MultiModalItem
 from vlmserve.models.config import ModelConfig
 from vlmserve.models.hf_tokenizer import TokenizerBundle
 from vlmserve.models.rope import mrope_positions
-from vlmserve.multimodal.processor import ImageProcessorConfig, process_image, to_rgb
+from vlmserve.multimodal.processor import (
+    ImageProcessorConfig,
+    VisionInput,
+    process_image,
+    process_video,
+    to_rgb,
+)
 from vlmserve.structured import CompiledGrammar
 
-MODALITIES = ("image",)
+MODALITIES = ("image", "video")
+# The sampling rate assumed for a video given without one: transformers' Qwen2.5-VL default.
+DEFAULT_VIDEO_FPS = 2.0
 
 
 class InputError(ValueError):
@@ -46,17 +57,53 @@ class ProcessedInput:
     grammar: CompiledGrammar | None = None  # compiled with the request's sampling params
 
 
-def content_hash(image: Image.Image) -> str:
-    digest = hashlib.sha256()
-    digest.update(f"{image.mode}:{image.size}".encode())
-    digest.update(image.tobytes())
+def content_hash(images: list[Image.Image], extra: str = "") -> str:
+    """Names media by content: an image is a one-frame list; `extra` adds what else shapes
+    the item (a video's sampling rate)."""
+    digest = hashlib.sha256(extra.encode())
+    for image in images:
+        digest.update(f"{image.mode}:{image.size}".encode())
+        digest.update(image.tobytes())
     return "sha256:" + digest.hexdigest()
 
 
-def _as_list(value: Any) -> list[Any]:
+def _as_list(value: Any, single: Callable[[Any], bool] | None = None) -> list[Any]:
     if value is None:
         return []
+    if single is not None and single(value):
+        return [value]
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _single_video(value: Any) -> bool:
+    """`{"video": frames}` or `{"video": {"frames": ...}}`: one video, not a list of them
+    (a video is never a PIL image, so a list of images can only be one video's frames)."""
+    return isinstance(value, dict) or (
+        isinstance(value, (list, tuple)) and bool(value) and isinstance(value[0], Image.Image)
+    )
+
+
+def _video_frames(video: Any, param: str) -> tuple[list[Image.Image], float]:
+    """A video as given (a list of PIL frames, or `{"frames": [...], "fps": float}`) ->
+    RGB frames and the rate they were sampled at."""
+    fps: Any = DEFAULT_VIDEO_FPS
+    if isinstance(video, dict):
+        unknown = set(video) - {"frames", "fps"}
+        if unknown:
+            raise InputError(f"{param} has unknown fields {sorted(unknown)}", param)
+        fps = video.get("fps", DEFAULT_VIDEO_FPS)
+        video = video.get("frames")
+    is_number = isinstance(fps, (int, float)) and not isinstance(fps, bool)
+    if not is_number or not math.isfinite(fps) or fps <= 0:
+        raise InputError(f"{param}.fps must be a positive number, got {fps!r}", param)
+    if not isinstance(video, (list, tuple)) or not video:
+        raise InputError(f"{param} must be a non-empty list of PIL frames", param)
+    for i, frame in enumerate(video):
+        if not isinstance(frame, Image.Image):
+            raise InputError(
+                f"{param} frame {i} must be a PIL image, got {type(frame).__name__}", param
+            )
+    return [to_rgb(frame) for frame in video], float(fps)
 
 
 class InputProcessor:
@@ -88,45 +135,71 @@ class InputProcessor:
         for key in set(mm_data) | set(mm_uuids):
             if key not in MODALITIES:
                 raise InputError(
-                    f"multi_modal_data modality {key!r} is not supported (supported: image)",
+                    f"multi_modal_data modality {key!r} is not supported "
+                    f"(supported: {', '.join(MODALITIES)})",
                     "multi_modal_data",
                 )
-        images = _as_list(mm_data.get("image"))
-        uuids = _as_list(mm_uuids.get("image"))
-        if uuids and len(uuids) != len(images) and images:
-            raise InputError(
-                f"{len(uuids)} image uuids given for {len(images)} images", "multi_modal_uuids"
-            )
-        if not images:
-            images = [None] * len(uuids)
-        uuids = uuids or [None] * len(images)
-        limit = self.limits.get("image", 0)
-        if len(images) > limit:
-            raise InputError(
-                f"{len(images)} images in one prompt; at most {limit} are allowed",
-                "multi_modal_data",
-            )
-        slots = [i for i, t in enumerate(ids) if t == self.config.image_token_id]
-        if len(slots) != len(images):
-            raise InputError(
-                f"the prompt has {len(slots)} image placeholders but {len(images)} images "
-                "were given",
-                "multi_modal_data",
-            )
-        if any(t == self.config.video_token_id for t in ids):
-            raise InputError("video placeholders need video input, which was not given", "prompt")
-        items = [self._item(i, img, uuid) for i, (img, uuid) in enumerate(zip(images, uuids))]
-        expanded, items = self._expand(ids, slots, items)
+        placeholders = {self.config.image_token_id: "image", self.config.video_token_id: "video"}
+        slots = [(i, placeholders[t]) for i, t in enumerate(ids) if t in placeholders]
+        media = {m: self._media(m, mm_data, mm_uuids, slots) for m in MODALITIES}
+        # Items in prompt order: the placeholders decide, whatever the modality.
+        taken = dict.fromkeys(MODALITIES, 0)
+        items = []
+        for _, modality in slots:
+            index = taken[modality]
+            taken[modality] += 1
+            items.append(self._item(modality, index, *media[modality][index]))
+        expanded, items = self._expand(ids, [slot for slot, _ in slots], items)
         if len(expanded) >= self.max_model_len:
             raise InputError(
-                f"the prompt is {len(expanded)} tokens (images included); this model's context "
+                f"the prompt is {len(expanded)} tokens (media included); this model's context "
                 f"is {self.max_model_len} tokens and at least one must be left to generate",
                 "prompt",
             )
+        videos = [item for item in items if item.modality == "video"]
         positions, delta = mrope_positions(
-            expanded, [item.grid_thw for item in items], [], self.config
+            expanded,
+            [item.grid_thw for item in items if item.modality == "image"],
+            [item.grid_thw for item in videos],
+            self.config,
+            [item.seconds_per_grid for item in videos],
         )
         return ProcessedInput(text, expanded, items, positions, delta)
+
+    def _media(
+        self,
+        modality: str,
+        mm_data: dict[str, Any],
+        mm_uuids: dict[str, Any],
+        slots: list[tuple[int, str]],
+    ) -> list[tuple[Any, str | None]]:
+        """(data or None, uuid or None) per item of `modality`, checked against the limit
+        and the prompt's placeholders."""
+        data = _as_list(
+            mm_data.get(modality), single=_single_video if modality == "video" else None
+        )
+        uuids = _as_list(mm_uuids.get(modality))
+        if uuids and data and len(uuids) != len(data):
+            raise InputError(
+                f"{len(uuids)} {modality} uuids given for {len(data)} {modality}s",
+                "multi_modal_uuids",
+            )
+        data = data or [None] * len(uuids)
+        uuids = uuids or [None] * len(data)
+        limit = self.limits.get(modality, 0)
+        if len(data) > limit:
+            raise InputError(
+                f"{len(data)} {modality}s in one prompt; at most {limit} are allowed",
+                "multi_modal_data",
+            )
+        count = sum(1 for _, m in slots if m == modality)
+        if count != len(data):
+            raise InputError(
+                f"the prompt has {count} {modality} placeholders but {len(data)} {modality}s "
+                "were given",
+                "multi_modal_data",
+            )
+        return list(zip(data, uuids))
 
     def _parse(
         self, prompt: str | dict[str, Any]
@@ -163,27 +236,55 @@ class InputProcessor:
             )
         return text, ids, mm_data, mm_uuids
 
-    def _item(self, index: int, image: Any, uuid: str | None) -> MultiModalItem:
-        param = f"multi_modal_data.image[{index}]"
-        if image is None:
+    def _item(self, modality: str, index: int, data: Any, uuid: str | None) -> MultiModalItem:
+        param = f"multi_modal_data.{modality}[{index}]"
+        if data is None:
             if uuid is None:
                 raise InputError(f"{param} is None and has no uuid", param)
             cached = self.mm_cache.get(uuid)
             if cached is None:
                 raise InputError(
-                    f"image uuid {uuid!r} is not in the media cache; send the image data again",
+                    f"{modality} uuid {uuid!r} is not in the media cache; "
+                    f"send the {modality} data again",
                     param,
                 )
-            return MultiModalItem("image", uuid, 0, 0, cached.grid_thw, None, cached.embeddings)
-        if not isinstance(image, Image.Image):
-            raise InputError(f"{param} must be a PIL image, got {type(image).__name__}", param)
-        image = to_rgb(image)  # transparency onto white, as transformers does
-        key = uuid or content_hash(image)
+            if cached.modality != modality:
+                raise InputError(
+                    f"uuid {uuid!r} names a cached {cached.modality}, not a {modality}", param
+                )
+            return MultiModalItem(
+                modality,
+                uuid,
+                0,
+                0,
+                cached.grid_thw,
+                None,
+                cached.embeddings,
+                cached.seconds_per_grid,
+            )
+        preprocess: Callable[[], VisionInput]
+        if modality == "image":
+            if not isinstance(data, Image.Image):
+                raise InputError(f"{param} must be a PIL image, got {type(data).__name__}", param)
+            image = to_rgb(data)  # transparency onto white, as transformers does
+            key, seconds = uuid or content_hash([image]), 1.0
+            preprocess = partial(process_image, image, self.image_config)
+        else:
+            frames, fps = _video_frames(data, param)
+            # The sampling rate is part of the key: it moves Qwen2.5-VL's temporal positions.
+            key = uuid or content_hash(frames, f"fps={fps!r}")
+            seconds = self.image_config.temporal_patch_size / fps
+            preprocess = partial(process_video, frames, self.image_config)
         cached = self.mm_cache.get(key)
         if cached is not None:
-            return MultiModalItem("image", key, 0, 0, cached.grid_thw, None, cached.embeddings)
-        pixels, grid = process_image(image, self.image_config)
-        return MultiModalItem("image", key, 0, 0, grid, pixels)
+            return MultiModalItem(
+                modality, key, 0, 0, cached.grid_thw, None, cached.embeddings, seconds
+            )
+        try:
+            pixels, grid = preprocess()
+        except ValueError as exc:  # sizes the processor cannot take: the caller's input
+            raise InputError(f"{param}: {exc}", param) from exc
+        return MultiModalItem(modality, key, 0, 0, grid, pixels, None, seconds)
 
     def _expand(
         self, ids: list[int], slots: list[int], items: list[MultiModalItem]

@@ -16,6 +16,7 @@ class CachedItem:
     modality: str
     grid_thw: tuple[int, int, int]
     embeddings: torch.Tensor
+    seconds_per_grid: float = 1.0  # a video's sampling, needed again when named by UUID alone
 
     @property
     def nbytes(self) -> int:

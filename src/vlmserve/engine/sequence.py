@@ -31,6 +31,9 @@ class MultiModalItem:
     grid_thw: tuple[int, int, int]
     pixel_values: torch.Tensor | None  # dropped once embeddings exist
     embeddings: torch.Tensor | None = None  # [length, hidden] once the vision tower ran
+    # Seconds between a video's temporal patches (Qwen2.5-VL spaces their M-RoPE positions
+    # by it); 1.0 for images, which have one temporal patch.
+    seconds_per_grid: float = 1.0
 
     def overlaps(self, start: int, end: int) -> bool:
         return self.offset < end and start < self.offset + self.length

@@ -1,7 +1,8 @@
 """Chat media parts -> decoded media, grouped by modality in prompt order.
 
-A part may carry a URL (fetched and decoded under the media policy), a PIL image (offline
-use), or nothing but a `uuid` (served from the engine's media cache later)."""
+A part may carry a URL (fetched and decoded under the media policy), a PIL image or a video's
+PIL frames (offline use), or nothing but a `uuid` (served from the engine's media cache later).
+Videos become `{"frames": [...], "fps": video_fps}`: the rate their frames were sampled at."""
 
 from __future__ import annotations
 
@@ -43,21 +44,36 @@ async def load_chat_media(media: list[ChatMedia], connector: MediaConnector) -> 
             raise
         raise MediaError(exc.code, exc.message, urls[exc.item_index][0]) from exc
     by_index = {i: item for (i, _), item in zip(urls, fetched)}
+    fps = connector.config.video_fps
     out = LoadedChatMedia()
     for i, m in enumerate(media):
+        item: Any
         if i in by_index:
             item = by_index[i]
+            if m.modality == "video":
+                # decode_video sampled the frames at video_fps; the engine needs the rate.
+                item = {"frames": item, "fps": fps}
         elif m.source is None:
             item = None
-        elif isinstance(m.source, Image.Image):
+        elif m.modality == "image" and isinstance(m.source, Image.Image):
             item = to_rgb(m.source)
+        elif m.modality == "video" and _is_frames(m.source):
+            item = {"frames": [to_rgb(frame) for frame in m.source], "fps": fps}
         else:
+            wanted = "a PIL image" if m.modality == "image" else "a list of PIL frames"
             raise MediaError(
                 MediaErrorCode.UNSUPPORTED_FORMAT,
-                f"media item {i} must be a URL string or a PIL image, "
-                f"got {type(m.source).__name__}",
+                f"media item {i} must be a URL string or {wanted}, got {type(m.source).__name__}",
                 item_index=i,
             )
         out.data.setdefault(m.modality, []).append(item)
         out.uuids.setdefault(m.modality, []).append(m.uuid)
     return out
+
+
+def _is_frames(source: Any) -> bool:
+    return (
+        isinstance(source, (list, tuple))
+        and bool(source)
+        and all(isinstance(frame, Image.Image) for frame in source)
+    )

@@ -25,7 +25,7 @@ def load_data_url(
     if len(url) > config.max_data_url_size:
         raise MediaError(
             MediaErrorCode.TOO_LARGE,
-            f"data URL is {len(url)} characters; the limit is {config.max_data_url_size}",
+            f"data URL is {len(url)} characters; max_data_url_size is {config.max_data_url_size}",
             item_index,
         )
     header, comma, payload = url[len("data:") :].partition(",")
