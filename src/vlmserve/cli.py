@@ -63,8 +63,8 @@ def _serve_parser(sub: Any) -> argparse.ArgumentParser:
     serve.add_argument(
         "--limit-mm-per-prompt",
         type=_json_object,
-        default={"image": 16},
-        help="JSON, e.g. '{\"image\": 4}'",
+        default={},
+        help="JSON, e.g. '{\"image\": 4}'; unnamed modalities keep their defaults",
     )
     serve.add_argument("--api-key", help="required as 'Authorization: Bearer' on /v1/*")
     serve.add_argument("--admin-api-key", help="required on /metrics")

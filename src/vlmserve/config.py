@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+DEFAULT_LIMIT_MM_PER_PROMPT = {"image": 16, "video": 2}
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How the engine runs one model."""
@@ -28,7 +31,13 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     mm_cache_bytes: int = 256 * 1024 * 1024  # vision-embedding cache (LRU by bytes)
-    limit_mm_per_prompt: dict[str, int] = field(default_factory=lambda: {"image": 16, "video": 2})
+    # Items per prompt by modality; a modality left out keeps its default (as in vLLM).
+    limit_mm_per_prompt: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def mm_limits(self) -> dict[str, int]:
+        return {**DEFAULT_LIMIT_MM_PER_PROMPT, **self.limit_mm_per_prompt}
+
     chat_template: str | None = None  # a Jinja template overriding the tokenizer's
 
 

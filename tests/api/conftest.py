@@ -63,11 +63,19 @@ async def _no_request_outlives_its_test(request: pytest.FixtureRequest) -> Async
     pytest.fail(f"requests still in flight after the test: {list(engine.engine.requests)}")
 
 
+async def offline_resolver(host: str, port: int) -> list[Any]:
+    """API tests never resolve real names (fuzzed bodies carry arbitrary http URLs): every
+    lookup fails as an unresolvable host would. Tests that fetch pass their own resolver."""
+    raise OSError(f"name resolution is disabled in tests ({host})")
+
+
 def make_app(
     engine: AsyncEngine, media_config: MediaConfig | None = None, **config: Any
 ) -> FastAPI:
     model = ModelInfo.from_engine(engine.engine, MODEL)
-    return create_app(engine, model, ServerConfig(**config), media_config)
+    return create_app(
+        engine, model, ServerConfig(**config), media_config, media_resolver=offline_resolver
+    )
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ def test_flags_map_to_configs(tmp_path: Path) -> None:
     )
     engine, server, media = _configs(args, args.model, "name", None)
     assert engine.model == "/m" and engine.limit_mm_per_prompt == {"image": 4}
+    assert engine.mm_limits == {"image": 4, "video": 2}  # unnamed modalities keep defaults
     assert (engine.dtype, engine.load_format) == ("bfloat16", "dummy")
     assert not engine.enable_prefix_caching and engine.enable_chunked_prefill
     assert engine.max_num_batched_tokens == 512

@@ -42,7 +42,7 @@ class ModelInfo:
             max_model_len=engine.max_model_len,
             chat_template=chat_template or engine.config.chat_template or tokenizer.chat_template,
             reserved_tokens=tokenizer.special_tokens,
-            media_limits=dict(engine.config.limit_mm_per_prompt),
+            media_limits=engine.config.mm_limits,
             decode=lambda ids: tokenizer.tokenizer.decode(ids, skip_special_tokens=False),
         )
 

@@ -19,8 +19,9 @@ NULL_BLOCK = 0  # reserved: padded block-table entries point here
 def block_hash(parent: int | None, seq: Sequence, block_index: int, block_size: int) -> int:
     start = block_index * block_size
     end = start + block_size
+    # A video's temporal spacing changes its M-RoPE positions, so it is part of the name too.
     items = tuple(
-        (item.key, item.offset - start)
+        (item.key, item.offset - start, item.seconds_per_grid)
         for item in seq.request.mm_items
         if item.overlaps(start, end)
     )

@@ -96,7 +96,7 @@ class LLMEngine:
             self.model_config,
             load_image_processor_config(folder),
             self.mm_cache,
-            config.limit_mm_per_prompt,
+            config.mm_limits,
             self.max_model_len,
         )
         self.requests: dict[str, Request] = {}
