@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 DEFAULT_LIMIT_MM_PER_PROMPT = {"image": 16, "video": 2}
 
 
