@@ -3,10 +3,15 @@
     .venv/bin/python benchmarks/engine_throughput.py [--model DIR] [--requests 32] [--batch 16]
 
 Without --model it generates the `small` preset (~96 M params, random weights) once into
-.cache/. Each request is one image + a short text, greedy, exactly --max-tokens output tokens
-(ignore_eos) so both sides do the same work. transformers runs padded batches of --batch;
-vlmserve gets all requests at once with max_num_seqs=--batch. Prints req/s, output tok/s for
-each and the ratio, then a profile of where vlmserve's time goes (--profile).
+.cache/. Each request is one image + a short text, greedy (ignore_eos, so a random model
+writes exactly its budget). The default workload is mixed, as traffic is: image sides cycle
+through 168/224/280/336 px and budgets through 60..100 tokens (mean ~80). `--uniform` gives
+every request --image-size and --max-tokens instead.
+
+transformers runs padded batches of --batch in arrival order and, as `generate` does, keeps a
+batch going until its longest budget is spent; vlmserve gets every request at once with
+max_num_seqs=--batch. Both sides count only the tokens each request asked for. Prints req/s,
+output tok/s for each and the ratio; --profile adds where vlmserve's time goes.
 """
 
 from __future__ import annotations
@@ -29,11 +34,19 @@ from vlmserve.types import SamplingParams
 PAD = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
-def images(count: int, size: int) -> list[Image.Image]:
+SIDES = (168, 224, 280, 336)
+
+
+def workload(args: argparse.Namespace) -> list[tuple[Image.Image, int]]:
+    """(image, max_tokens) per request."""
     rng = np.random.default_rng(0)
-    return [
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)
-    ]
+    out = []
+    for i in range(args.requests):
+        side = args.image_size if args.uniform else SIDES[i % len(SIDES)]
+        budget = args.max_tokens if args.uniform else 60 + (i * 17) % 41
+        pixels = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+        out.append((Image.fromarray(pixels), budget))
+    return out
 
 
 def prompt_text(i: int) -> str:
@@ -44,15 +57,22 @@ def prompt_text(i: int) -> str:
     )
 
 
-def run_vlmserve(model: str, imgs: list[Image.Image], args: argparse.Namespace) -> float:
-    llm = LLM(model, max_num_seqs=args.batch, max_num_batched_tokens=args.batched_tokens)
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
+def run_vlmserve(
+    model: str, work: list[tuple[Image.Image, int]], args: argparse.Namespace
+) -> float:
+    llm = LLM(
+        model,
+        max_num_seqs=args.batch,
+        max_num_batched_tokens=args.batched_tokens,
+        dtype=args.dtype,
+    )
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for _, n in work]
     llm.generate(
-        {"prompt": prompt_text(-1), "multi_modal_data": {"image": [imgs[0]]}}, params
+        {"prompt": prompt_text(-1), "multi_modal_data": {"image": [work[0][0]]}}, params[0]
     )  # warm-up
     prompts: list[Any] = [
         {"prompt": prompt_text(i), "multi_modal_data": {"image": [img]}}
-        for i, img in enumerate(imgs)
+        for i, (img, _) in enumerate(work)
     ]
     profiler = cProfile.Profile() if args.profile else None
     start = time.perf_counter()
@@ -62,20 +82,23 @@ def run_vlmserve(model: str, imgs: list[Image.Image], args: argparse.Namespace) 
     if profiler:
         profiler.disable()
     elapsed = time.perf_counter() - start
-    assert all(len(o.outputs[0].token_ids) == args.max_tokens for o in outputs)
+    assert [len(o.outputs[0].token_ids) for o in outputs] == [n for _, n in work]
     if profiler:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
     return elapsed
 
 
-def run_transformers(model: str, imgs: list[Image.Image], args: argparse.Namespace) -> float:
+def run_transformers(
+    model: str, work: list[tuple[Image.Image, int]], args: argparse.Namespace
+) -> float:
     from transformers import (
         AutoModelForImageTextToText,
         PreTrainedTokenizerFast,
         Qwen2VLImageProcessorPil,
     )
 
-    hf = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32).eval()
+    dtype = torch.float32 if args.dtype == "float32" else torch.bfloat16
+    hf = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).eval()
     processor = Qwen2VLImageProcessorPil.from_pretrained(model)
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(Path(model) / "tokenizer.json"))
     config = hf.config
@@ -101,18 +124,19 @@ def run_transformers(model: str, imgs: list[Image.Image], args: argparse.Namespa
             "image_grid_thw": vision["image_grid_thw"],
         }
 
-    indexed = list(enumerate(imgs))
+    indexed = [(i, img) for i, (img, _) in enumerate(work)]
     with torch.inference_mode():
         hf.generate(**batch_inputs(indexed[:1]), max_new_tokens=2, do_sample=False)  # warm-up
         start = time.perf_counter()
         for b in range(0, len(indexed), args.batch):
+            longest = max(n for _, n in work[b : b + args.batch])
             out = hf.generate(
                 **batch_inputs(indexed[b : b + args.batch]),
-                max_new_tokens=args.max_tokens,
-                min_new_tokens=args.max_tokens,
+                max_new_tokens=longest,
+                min_new_tokens=longest,
                 do_sample=False,
             )
-            assert out.shape[1] > args.max_tokens
+            assert out.shape[1] > longest
         return time.perf_counter() - start
 
 
@@ -124,6 +148,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batched-tokens", type=int, default=2048)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--uniform", action="store_true", help="same image size and budget")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="both sides"
+    )
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
@@ -134,19 +162,24 @@ def main() -> None:
             make_tiny_model(folder, arch="qwen2_vl", preset="small")
         model = str(folder)
     torch.manual_seed(0)
-    imgs = images(args.requests, args.image_size)
-    tokens = args.requests * args.max_tokens
-    print(
-        f"model={model} requests={args.requests} max_tokens={args.max_tokens} "
-        f"batch={args.batch} image={args.image_size}px threads={torch.get_num_threads()}"
+    work = workload(args)
+    tokens = sum(n for _, n in work)
+    shape = (
+        f"uniform {args.image_size}px / {args.max_tokens} tokens"
+        if args.uniform
+        else "mixed 168-336px / 60-100 tokens"
     )
-    ours = run_vlmserve(model, imgs, args)
+    print(
+        f"model={model} requests={args.requests} ({shape}) batch={args.batch} "
+        f"dtype={args.dtype} threads={torch.get_num_threads()}"
+    )
+    ours = run_vlmserve(model, work, args)
     print(
         f"vlmserve      {args.requests / ours:7.2f} req/s  {tokens / ours:8.1f} tok/s  ({ours:.1f} s)"
     )
     if args.skip_transformers:
         return
-    ref = run_transformers(model, imgs, args)
+    ref = run_transformers(model, work, args)
     print(
         f"transformers  {args.requests / ref:7.2f} req/s  {tokens / ref:8.1f} tok/s  ({ref:.1f} s)"
     )

@@ -14,7 +14,7 @@ from vlmserve.types import SamplingParams
 
 @pytest.fixture(scope="module")
 def llm(tiny_qwen2_vl: Path) -> LLM:
-    return LLM(str(tiny_qwen2_vl), max_model_len=256)
+    return LLM(str(tiny_qwen2_vl), max_model_len=256, dtype="float32")
 
 
 PROMPT = "<|im_start|>user\nTell me a story<|im_end|>\n<|im_start|>assistant\n"

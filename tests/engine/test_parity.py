@@ -77,7 +77,7 @@ def reference(arch: str, folder: Path) -> list[tuple[list[int], torch.Tensor]]:
     hf = HF_CLASSES[arch].from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
     processor = Qwen2VLImageProcessorPil.from_pretrained(folder)
     # Prompt ids with expanded placeholders come from the engine: the same ids go to both.
-    llm = LLM(str(folder))
+    llm = LLM(str(folder), dtype="float32")
     results = []
     for i in range(len(PROMPTS)):
         prompt = engine_prompt(i)
@@ -120,7 +120,7 @@ def assert_matches(outputs: list[Any], reference: list[tuple[list[int], torch.Te
 
 
 def test_one_at_a_time_matches_transformers(folder: Path, reference: list[Any]) -> None:
-    llm = LLM(str(folder))
+    llm = LLM(str(folder), dtype="float32")
     outputs = [llm.generate(engine_prompt(i), GREEDY)[0] for i in range(len(PROMPTS))]
     assert_matches(outputs, reference)
 
@@ -128,7 +128,7 @@ def test_one_at_a_time_matches_transformers(folder: Path, reference: list[Any]) 
 def test_one_batch_with_chunked_prefill_matches_transformers(
     folder: Path, reference: list[Any]
 ) -> None:
-    llm = LLM(str(folder), max_num_batched_tokens=24, block_size=4)
+    llm = LLM(str(folder), dtype="float32", max_num_batched_tokens=24, block_size=4)
     outputs = llm.generate([engine_prompt(i) for i in range(len(PROMPTS))], GREEDY)
     assert_matches(outputs, reference)
     # Second pass: whole prompts are in the prefix cache now (all but the block holding the
@@ -141,7 +141,7 @@ def test_one_batch_with_chunked_prefill_matches_transformers(
 
 
 def test_vision_cache_by_uuid_serves_identical_output(folder: Path, reference: list[Any]) -> None:
-    llm = LLM(str(folder))
+    llm = LLM(str(folder), dtype="float32")
     first = llm.generate([engine_prompt(i, uuids=True) for i in range(len(PROMPTS))], GREEDY)
     by_uuid = []
     for i in range(len(PROMPTS)):
@@ -158,7 +158,9 @@ def test_vision_cache_by_uuid_serves_identical_output(folder: Path, reference: l
 def test_preemption_under_a_tiny_kv_cache_keeps_outputs(folder: Path, reference: list[Any]) -> None:
     # 29 usable blocks of 4 tokens: the biggest request (88 tokens) fits alone; admitted
     # requests then outgrow the cache while decoding.
-    llm = LLM(str(folder), num_kv_blocks=30, block_size=4, enable_prefix_caching=False)
+    llm = LLM(
+        str(folder), dtype="float32", num_kv_blocks=30, block_size=4, enable_prefix_caching=False
+    )
     outputs = llm.generate([engine_prompt(i) for i in range(len(PROMPTS))], GREEDY)
     assert llm.engine.scheduler.num_preemptions > 0
     assert_matches(outputs, reference)

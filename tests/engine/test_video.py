@@ -101,7 +101,7 @@ def reference(arch: str, folder: Path) -> list[tuple[list[int], torch.Tensor]]:
     hf = HF_CLASSES[arch].from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder)
     config = load_image_processor_config(folder)
-    llm = LLM(str(folder))
+    llm = LLM(str(folder), dtype="float32")
     results = []
     for i in range(len(PROMPTS)):
         ids = llm.engine.process_input(engine_prompt(i)).token_ids
@@ -139,15 +139,15 @@ def reference(arch: str, folder: Path) -> list[tuple[list[int], torch.Tensor]]:
 
 
 def test_videos_match_transformers_alone_and_batched(folder: Path, reference: list[Any]) -> None:
-    llm = LLM(str(folder))
+    llm = LLM(str(folder), dtype="float32")
     assert_matches([llm.generate(engine_prompt(i), GREEDY)[0] for i in range(3)], reference)
     # All in one batch, prompts split into chunks that cut through the videos' rows.
-    chunked = LLM(str(folder), max_num_batched_tokens=24, block_size=4)
+    chunked = LLM(str(folder), dtype="float32", max_num_batched_tokens=24, block_size=4)
     assert_matches(chunked.generate([engine_prompt(i) for i in range(3)], GREEDY), reference)
 
 
 def test_items_are_videos_in_prompt_order(folder: Path) -> None:
-    llm = LLM(str(folder))
+    llm = LLM(str(folder), dtype="float32")
     items = llm.engine.process_input(engine_prompt(1)).mm_items
     assert [item.modality for item in items] == ["image", "video", "image"]
     assert items[0].offset < items[1].offset < items[2].offset
@@ -157,7 +157,7 @@ def test_items_are_videos_in_prompt_order(folder: Path) -> None:
 
 
 def test_video_by_uuid_only_serves_identical_output(folder: Path, reference: list[Any]) -> None:
-    llm = LLM(str(folder))
+    llm = LLM(str(folder), dtype="float32")
     first = llm.generate([engine_prompt(i, uuids=True) for i in range(3)], GREEDY)
     by_uuid = []
     for i in range(3):
@@ -176,7 +176,7 @@ SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"  # the t
 
 
 def test_chat_with_a_video_url_equals_generate(folder: Path) -> None:
-    llm = LLM(str(folder), media_config=MediaConfig(video_fps=FPS))
+    llm = LLM(str(folder), dtype="float32", media_config=MediaConfig(video_fps=FPS))
     url = "data:video/mp4;base64," + base64.b64encode(mp4_clip(1)).decode()
     content = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "Hi"}]
     out = llm.chat([{"role": "user", "content": content}], GREEDY)[0]

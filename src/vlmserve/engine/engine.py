@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from vlmserve.engine.outputs import make_request_output
 from vlmserve.engine.scheduler import ScheduledBatch, Scheduler
 from vlmserve.engine.sequence import Request, Sequence
 from vlmserve.engine.stopping import append_token, check_stop
+from vlmserve.models.config import load_model_config
 from vlmserve.models.hf_tokenizer import load_tokenizer
 from vlmserve.models.loader import load_model, resolve_model_folder
 from vlmserve.multimodal.processor import load_image_processor_config
@@ -38,14 +40,29 @@ AUTO_KV_TOKENS_PER_SEQ = 4096
 AUTO_KV_MAX_BYTES = 512 * 1024 * 1024
 
 
-def resolve_device_dtype(config: EngineConfig) -> tuple[torch.device, torch.dtype]:
+def cpu_has_native_bf16() -> bool:
+    """bf16 matmuls run natively (AVX512-BF16 or AMX) rather than emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device_dtype(
+    config: EngineConfig, checkpoint_dtype: str
+) -> tuple[torch.device, torch.dtype]:
+    """`auto` dtype is the checkpoint's (as vLLM does), except where the device would only
+    emulate it: bf16/fp16 checkpoints run in float32 on CPUs without native bf16."""
     device_name = config.device
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device_name)
     names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if config.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = names.get(checkpoint_dtype, torch.float32)
+        if device.type == "cpu" and dtype != torch.float32:
+            dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     elif config.dtype in names:
         dtype = names[config.dtype]
     else:
@@ -56,8 +73,10 @@ def resolve_device_dtype(config: EngineConfig) -> tuple[torch.device, torch.dtyp
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.device, self.dtype = resolve_device_dtype(config)
         folder = resolve_model_folder(config.model, weights=config.load_format == "auto")
+        self.device, self.dtype = resolve_device_dtype(
+            config, load_model_config(folder).checkpoint_dtype
+        )
         self.model, self.model_config = load_model(
             str(folder), self.dtype, self.device, config.load_format, config.seed
         )

@@ -77,6 +77,8 @@ class ModelConfig:
     vision_end_token_id: int
     eos_token_ids: tuple[int, ...]
     vision: VisionConfig
+    # The checkpoint's own dtype ("dtype", or "torch_dtype" in pre-v5 saves); what `auto` runs.
+    checkpoint_dtype: str = "float32"
 
 
 def load_model_config(path: str | Path) -> ModelConfig:
@@ -149,6 +151,9 @@ def parse_model_config(
         vision_end_token_id=int(raw.get("vision_end_token_id", 151653)),
         eos_token_ids=tuple(dict.fromkeys(eos)),
         vision=_vision_config(arch, vision_raw, hidden, source),
+        checkpoint_dtype=str(
+            raw.get("dtype") or raw.get("torch_dtype") or text.get("dtype") or "float32"
+        ),
     )
 
 
