@@ -72,26 +72,53 @@ def paged_attention(
             ki, vi = k[start - q_len : start], v[start - q_len : start]
         else:
             ki, vi = _gather_context(kv_cache, meta.block_tables[i], ctx_len)
-        outputs.append(_causal_sdpa(qi, ki.to(q.dtype), vi.to(q.dtype), scale))
+        outputs.append(dense_attention(qi, ki.to(q.dtype), vi.to(q.dtype), scale, causal=True))
     return torch.cat(outputs, dim=0)
 
 
-def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """q: [Lq, Hq, D] are the last Lq positions of the Lk-long context k, v: [Lk, Hkv, D]."""
-    q_len, k_len = q.shape[0], k.shape[0]
+# Above this many attention scores per call, the written-out path's [H, Lq, Lk] score matrix
+# costs more memory than SDPA's blocked kernels save; below it, it is faster on CPU.
+MATMUL_ATTENTION_MAX_SCORES = 1 << 22
+
+
+def dense_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool
+) -> torch.Tensor:
+    """q: [Lq, Hq, D]; k, v: [Lk, Hkv, D]. With `causal`, the queries are the last Lq
+    positions of the Lk-long context. Returns [Lq, Hq, D].
+
+    On CPU, short sequences (vision items, prompt chunks) run as two grouped matmuls: CPU
+    SDPA took 1.3-2.8x longer on these shapes (measured, fp32 and bf16), and the matmuls never
+    materialise repeated KV heads."""
+    q_len, num_heads, head_dim = q.shape
+    k_len, num_kv_heads = k.shape[0], k.shape[1]
     qt, kt, vt = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
-    if q_len == k_len:
-        out = F.scaled_dot_product_attention(
-            qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True
-        )
-    else:
+    if q.device.type != "cpu" or num_heads * q_len * k_len > MATMUL_ATTENTION_MAX_SCORES:
+        return _sdpa(qt, kt, vt, scale, causal).transpose(0, 1)
+    group = num_heads // num_kv_heads
+    # Query head h reads KV head h // group, as transformers' repeat_kv lays them out.
+    grouped = qt.reshape(num_kv_heads, group * q_len, head_dim)
+    scores = torch.matmul(grouped, kt.transpose(1, 2)).float() * scale
+    if causal:
         # Query row r sits at context position k_len - q_len + r and sees keys up to it.
-        rows = torch.arange(q_len, device=q.device).unsqueeze(1) + (k_len - q_len)
-        mask = torch.arange(k_len, device=q.device).unsqueeze(0) <= rows
-        out = F.scaled_dot_product_attention(
-            qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=True
-        )
+        future = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).triu(k_len - q_len + 1)
+        scores.view(num_kv_heads, group, q_len, k_len).masked_fill_(future, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    out = torch.matmul(probs, vt).view(num_heads, q_len, head_dim)
     return out.transpose(0, 1)
+
+
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool
+) -> torch.Tensor:
+    q_len, k_len = q.shape[1], k.shape[1]
+    if not causal or q_len == k_len:
+        return F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, scale=scale, enable_gqa=True
+        )
+    rows = torch.arange(q_len, device=q.device).unsqueeze(1) + (k_len - q_len)
+    mask = torch.arange(k_len, device=q.device).unsqueeze(0) <= rows
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 
 
 def _decode_attention(

@@ -10,9 +10,9 @@ are laid out block-major and why the merger can simply view groups of rows as on
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from vlmserve.models.attention import dense_attention
 from vlmserve.models.config import VisionConfig
 from vlmserve.models.layers import apply_rotary
 
@@ -52,12 +52,11 @@ class VisionAttention(nn.Module):
         # RoPE in float32 then back, as the reference does, so bf16 runs match it.
         q = apply_rotary(q.float(), cos, sin).to(x.dtype)
         k = apply_rotary(k.float(), cos, sin).to(x.dtype)
-        outputs = []
-        for qs, ks, vs in zip(q.split(seqlens), k.split(seqlens), v.split(seqlens), strict=True):
-            out = F.scaled_dot_product_attention(
-                qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1)
-            )
-            outputs.append(out.transpose(0, 1))
+        scale = self.head_dim**-0.5
+        outputs = [
+            dense_attention(qs, ks, vs, scale, causal=False)
+            for qs, ks, vs in zip(q.split(seqlens), k.split(seqlens), v.split(seqlens), strict=True)
+        ]
         return self.proj(torch.cat(outputs).reshape(tokens, -1))
 
 

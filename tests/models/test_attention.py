@@ -1,0 +1,65 @@
+"""The attention paths agree: written-out grouped matmuls, SDPA, and the paged decode path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmserve.models import attention
+from vlmserve.models.attention import AttentionMetadata, dense_attention, paged_attention
+
+
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Plain attention with repeated KV heads: [Lq, Hq, D]."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    scores = torch.einsum("qhd,khd->hqk", q, k) / q.shape[-1] ** 0.5
+    if causal:
+        offset = k.shape[0] - q.shape[0]
+        future = torch.ones(q.shape[0], k.shape[0], dtype=torch.bool).triu(offset + 1)
+        scores = scores.masked_fill(future, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+
+
+@pytest.mark.parametrize("matmul", [True, False])
+@pytest.mark.parametrize(("q_len", "k_len", "causal"), [(7, 7, True), (3, 10, True), (9, 9, False)])
+def test_dense_attention_paths_match(
+    monkeypatch: pytest.MonkeyPatch, matmul: bool, q_len: int, k_len: int, causal: bool
+) -> None:
+    if not matmul:
+        monkeypatch.setattr(attention, "MATMUL_ATTENTION_MAX_SCORES", 0)
+    torch.manual_seed(0)
+    q, k, v = torch.randn(q_len, 6, 8), torch.randn(k_len, 2, 8), torch.randn(k_len, 2, 8)
+    out = dense_attention(q, k, v, 8**-0.5, causal)
+    assert torch.allclose(out, reference(q, k, v, causal), atol=1e-5)
+
+
+def test_paged_decode_matches_dense_attention() -> None:
+    """Two sequences of different lengths decode one token each through the paged cache."""
+    torch.manual_seed(0)
+    block_size, lens = 4, [5, 11]
+    cache = torch.zeros(2, 8, block_size, 2, 8)
+    tables = torch.tensor([[1, 2, 0], [3, 4, 5]])
+    contexts = [(torch.randn(n, 2, 8), torch.randn(n, 2, 8)) for n in lens]
+    for (k, v), table in zip(contexts, tables):
+        slots = torch.tensor(
+            [int(table[p // block_size]) * block_size + p % block_size for p in range(len(k) - 1)]
+        )
+        attention.write_kv(cache, k[:-1], v[:-1], slots)
+    q = torch.randn(2, 6, 8)
+    last = [n - 1 for n in lens]
+    meta = AttentionMetadata(
+        query_lens=[1, 1],
+        context_lens=lens,
+        slot_mapping=torch.tensor(
+            [int(t[p // block_size]) * block_size + p % block_size for t, p in zip(tables, last)]
+        ),
+        block_tables=tables,
+        block_size=block_size,
+    )
+    new_k = torch.stack([k[-1] for k, _ in contexts])
+    new_v = torch.stack([v[-1] for _, v in contexts])
+    out = paged_attention(q, new_k, new_v, cache, meta, 8**-0.5)
+    for i, (k, v) in enumerate(contexts):
+        expected = reference(q[i : i + 1], k, v, causal=True)
+        assert torch.allclose(out[i : i + 1], expected, atol=1e-5)
