@@ -29,13 +29,13 @@ def append_token(
 ) -> None:
     """Append `token` for sampler row `row`: the sampled token, or the one a grammar steered
     to (whose logprob is then looked up, so reported logprobs match the emitted tokens)."""
-    if token == out.token_ids[row]:
-        logprob, rank = out.logprobs[row], out.ranks[row]
-    else:
-        logprob, rank = out.logprob_of(row, token)
     seq.token_ids.append(token)
-    seq.cumulative_logprob += logprob
     if seq.params.logprobs is not None:
+        if token == out.token_ids[row]:
+            logprob, rank = out.logprobs[row], out.ranks[row]
+        else:
+            logprob, rank = out.logprob_of(row, token)
+        seq.cumulative_logprob += logprob
         seq.output_logprobs.append(_logprob_entry(out, row, token, logprob, rank, tokenizer))
     check_stop(seq, token, eos_ids)
 

@@ -58,22 +58,41 @@ def paged_attention(
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:
-    """Causal attention of the new tokens over their sequences' cached context: [T, Hq, D]."""
+    """Causal attention of the new tokens over their sequences' cached context: [T, Hq, D].
+
+    Rows with one new token (decodes) attend together in one batched call; rows with more
+    (prompt chunks, tokens a grammar forced) attend one by one. A batch is rarely all of one
+    kind under jump-ahead, so the two are split rather than falling back to one-by-one."""
     write_kv(kv_cache, k, v, meta.slot_mapping)
     if meta.all_decode:
-        return _decode_attention(q, kv_cache, meta, scale)
-    outputs = []
+        return _decode_attention(q, kv_cache, meta.context_lens, meta.block_tables, scale)
+    out = torch.empty_like(q)
+    decode_rows: list[int] = []
+    decode_tokens: list[int] = []
     start = 0
     for i, (q_len, ctx_len) in enumerate(zip(meta.query_lens, meta.context_lens, strict=True)):
-        qi = q[start : start + q_len]
-        start += q_len
-        if q_len == ctx_len:
+        if q_len == 1:
+            decode_rows.append(i)
+            decode_tokens.append(start)
+        elif q_len == ctx_len:
             # Whole prompt in this step: the new keys are the context, no gather needed.
-            ki, vi = k[start - q_len : start], v[start - q_len : start]
+            span = slice(start, start + q_len)
+            out[span] = dense_attention(q[span], k[span], v[span], scale, causal=True)
         else:
             ki, vi = _gather_context(kv_cache, meta.block_tables[i], ctx_len)
-        outputs.append(dense_attention(qi, ki.to(q.dtype), vi.to(q.dtype), scale, causal=True))
-    return torch.cat(outputs, dim=0)
+            span = slice(start, start + q_len)
+            out[span] = dense_attention(q[span], ki.to(q.dtype), vi.to(q.dtype), scale, True)
+        start += q_len
+    if decode_rows:
+        index = torch.tensor(decode_tokens, device=q.device)
+        out[index] = _decode_attention(
+            q[index],
+            kv_cache,
+            [meta.context_lens[i] for i in decode_rows],
+            meta.block_tables[torch.tensor(decode_rows, device=q.device)],
+            scale,
+        )
+    return out
 
 
 # Above this many attention scores per call, the written-out path's [H, Lq, Lk] score matrix
@@ -122,7 +141,11 @@ def _sdpa(
 
 
 def _decode_attention(
-    q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    context_lens: list[int],
+    block_tables: torch.Tensor,
+    scale: float,
 ) -> torch.Tensor:
     """One new token per sequence: gather every context into one padded batch and attend
     with two grouped matmuls. Written out rather than through SDPA: with a padding mask and
@@ -130,10 +153,10 @@ def _decode_attention(
     the grouped matmuls also never materialise repeated KV heads."""
     batch, num_heads, head_dim = q.shape
     num_kv_heads = kv_cache.shape[3]
-    max_len = max(meta.context_lens)
+    max_len = max(context_lens)
     block_size = kv_cache.shape[2]
     num_blocks = (max_len + block_size - 1) // block_size
-    tables = meta.block_tables[:, :num_blocks]  # [B, nb]
+    tables = block_tables[:, :num_blocks]  # [B, nb]
     ctx = kv_cache[:, tables]  # [2, B, nb, bs, Hkv, D]
     ctx = ctx.reshape(2, batch, num_blocks * block_size, num_kv_heads, head_dim)[:, :, :max_len]
     keys = ctx[0].permute(0, 2, 3, 1).to(q.dtype)  # [B, Hkv, D, L]
@@ -141,7 +164,7 @@ def _decode_attention(
     # Query head h reads KV head h // group, as transformers' repeat_kv lays them out.
     grouped = q.view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
     scores = torch.matmul(grouped, keys).float() * scale  # [B, Hkv, G, L]
-    lens = torch.tensor(meta.context_lens, device=q.device)
+    lens = torch.tensor(context_lens, device=q.device)
     padding = torch.arange(max_len, device=q.device).unsqueeze(0) >= lens.unsqueeze(1)
     scores.masked_fill_(padding[:, None, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(values.dtype)

@@ -28,14 +28,17 @@ class SamplingRow:
 @dataclass
 class SamplerOutput:
     token_ids: list[int]
-    logprobs: list[float]  # raw logprob of each sampled token
-    ranks: list[int]  # 1-based rank of each sampled token in the raw distribution
+    # Raw logprob and 1-based rank of each sampled token; filled only when some row of the
+    # batch asked for logprobs (0 otherwise).
+    logprobs: list[float]
+    ranks: list[int]
     top_ids: list[list[int]]  # top-`logprobs` token ids per row (empty when not asked)
     top_logprobs: list[list[float]]
-    raw_logprobs: torch.Tensor  # [B, V]: for tokens appended instead of the sampled ones
+    raw_logprobs: torch.Tensor | None  # [B, V] when logprobs were asked for
 
     def logprob_of(self, row: int, token: int) -> tuple[float, int]:
-        """Raw logprob and 1-based rank of any token of `row`."""
+        """Raw logprob and 1-based rank of any token of `row` (logprobs were asked for)."""
+        assert self.raw_logprobs is not None
         values = self.raw_logprobs[row]
         value = values[token]
         return float(value), int((values > value).sum()) + 1
@@ -50,8 +53,9 @@ def sample(
     """`bitmask` [B, W] int32 (llguidance layout) holds the grammar masks of the rows listed in
     `constrained`; the other rows are unconstrained."""
     logits = logits.float()
-    raw_logprobs = torch.log_softmax(logits, dim=-1)
-    logits = logits.clone()
+    # Logprobs cost a full-vocabulary pass per row: only when some row asked for them.
+    want_logprobs = any(row.params.logprobs is not None for row in rows)
+    raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
     for i, row in enumerate(rows):
         _apply_penalties(logits[i], row)
         if row.blocked_token_ids:
@@ -59,19 +63,20 @@ def sample(
     if bitmask is not None and constrained:
         apply_token_bitmask(logits, bitmask, constrained)
     token_ids = _choose(logits, rows)
+    top_ids: list[list[int]] = [[] for _ in rows]
+    top_lps: list[list[float]] = [[] for _ in rows]
+    if raw_logprobs is None:
+        return SamplerOutput(token_ids, [0.0] * len(rows), [0] * len(rows), top_ids, top_lps, None)
     chosen = torch.tensor(token_ids, dtype=torch.long, device=logits.device).unsqueeze(1)
     chosen_lp = raw_logprobs.gather(1, chosen)
     ranks = (raw_logprobs > chosen_lp).sum(dim=1) + 1
-    top_ids: list[list[int]] = []
-    top_lps: list[list[float]] = []
     max_k = max((row.params.logprobs or 0 for row in rows), default=0)
     if max_k > 0:
         values, indices = raw_logprobs.topk(max_k, dim=-1)
         values_l, indices_l = values.tolist(), indices.tolist()
-    for i, row in enumerate(rows):
-        k = row.params.logprobs or 0
-        top_ids.append(indices_l[i][:k] if k else [])
-        top_lps.append(values_l[i][:k] if k else [])
+        for i, row in enumerate(rows):
+            k = row.params.logprobs or 0
+            top_ids[i], top_lps[i] = indices_l[i][:k], values_l[i][:k]
     return SamplerOutput(
         token_ids, chosen_lp.squeeze(1).tolist(), ranks.tolist(), top_ids, top_lps, raw_logprobs
     )
