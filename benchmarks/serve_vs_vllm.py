@@ -68,6 +68,7 @@ class LevelResult:
     valid: int
     errors: int
     completion_tokens: int
+    load: float = field(default_factory=lambda: os.getloadavg()[0])  # 1-min, at the end
 
     @property
     def req_per_s(self) -> float:
@@ -348,7 +349,7 @@ def print_table(model: str, results: list[ServerResult]) -> None:
         )
     print(
         f"{'server':<9} {'conc':>4} {'reqs':>4} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'tok/req':>7} {'valid':>9} {'errors':>6}"
+        f"{'tok/req':>7} {'valid':>9} {'errors':>6} {'load':>5}"
     )
     for r in results:
         for lv in r.levels:
@@ -356,7 +357,7 @@ def print_table(model: str, results: list[ServerResult]) -> None:
                 f"{r.name:<9} {lv.concurrency:>4} {lv.requests:>4} {lv.req_per_s:>7.2f} "
                 f"{lv.percentile(0.5) * 1e3:>8.0f} {lv.percentile(0.95) * 1e3:>8.0f} "
                 f"{lv.completion_tokens / max(1, lv.requests - lv.errors):>7.1f} "
-                f"{lv.valid:>4}/{lv.requests:<4} {lv.errors:>6}"
+                f"{lv.valid:>4}/{lv.requests:<4} {lv.errors:>6} {lv.load:>5.2f}"
             )
     if len(results) == 2 and all(r.levels for r in results):
         ours, peer = results

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -194,7 +195,10 @@ def bench_e2e(model: Path, batches: list[int], max_tokens: int, repeats: int) ->
     prompts = _prompts(count)
     start = time.perf_counter()
     llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=1))
-    print(f"e2e: model {model.name}, {count} prompts warmed in {time.perf_counter() - start:.1f} s")
+    print(
+        f"e2e: model {model.name}, {count} prompts warmed in {time.perf_counter() - start:.1f} s, "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
+    )
     llm.generate(prompts[:1], constrained)  # first compile, outside the timings
     print(
         f"{'batch':>5} {'tokens':>6} {'forced':>7} {'valid':>6} {'constrained tok/s':>18} "
@@ -217,6 +221,7 @@ def bench_e2e(model: Path, batches: list[int], max_tokens: int, repeats: int) ->
         print(
             f"{batch:>5} {tokens:>6} {forced / tokens:>7.0%} {valid:>3}/{len(outs):<2} "
             f"{tokens / best_c:>18.0f} {tokens / best_u:>20.0f} {best_u / best_c:>5.2f}x"
+            f"   (load {os.getloadavg()[0]:.2f})"
         )
 
 
