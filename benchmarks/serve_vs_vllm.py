@@ -68,6 +68,7 @@ class LevelResult:
     errors: int
     completion_tokens: int
     others: float = 0.0  # cores used by other processes meanwhile
+    invalid_example: str | None = None  # the first answer that failed validation
 
     @property
     def req_per_s(self) -> float:
@@ -149,6 +150,7 @@ async def run_level(
     semaphore = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
     counts = {"valid": 0, "errors": 0, "tokens": 0}
+    invalid: list[str] = []
 
     async def one(body: dict[str, Any]) -> None:
         async with semaphore:
@@ -160,7 +162,11 @@ async def run_level(
             return
         answer = response.json()
         counts["tokens"] += answer["usage"]["completion_tokens"]
-        counts["valid"] += is_valid(answer["choices"][0]["message"]["content"])
+        content = answer["choices"][0]["message"]["content"]
+        if is_valid(content):
+            counts["valid"] += 1
+        else:
+            invalid.append(repr(content))
 
     with NeighbourCpu(server_pid) as neighbours:
         start = time.perf_counter()
@@ -176,6 +182,7 @@ async def run_level(
         counts["errors"],
         counts["tokens"],
         others,
+        invalid[0] if invalid else None,
     )
 
 
@@ -305,6 +312,10 @@ def print_table(model: str, results: list[ServerResult]) -> None:
                 f"{sum(x.valid for x in rounds):>4}/{sum(x.requests for x in rounds):<4} "
                 f"{sum(x.errors for x in rounds):>6} {max(x.others for x in rounds):>6.2f}"
             )
+    for r in results:
+        examples = [x.invalid_example for rs in r.rounds.values() for x in rs if x.invalid_example]
+        if examples:
+            print(f"{r.name}: first invalid answer: {examples[0][:300]}")
     if len(results) == 2 and all(r.rounds for r in results):
         ours, peer = results
         print("ratios vlmserve/vLLM (best rounds): req/s (higher is better), latency (lower is)")
