@@ -68,7 +68,7 @@ class LevelResult:
     errors: int
     completion_tokens: int
     others: float = 0.0  # cores used by other processes meanwhile
-    invalid_example: str | None = None  # the first answer that failed validation
+    invalid_example: str | None = None  # the first failed answer or request
 
     @property
     def req_per_s(self) -> float:
@@ -155,10 +155,16 @@ async def run_level(
     async def one(body: dict[str, Any]) -> None:
         async with semaphore:
             start = time.perf_counter()
-            response = await client.post("/v1/chat/completions", json=body)
+            try:
+                response = await client.post("/v1/chat/completions", json=body)
+            except httpx.TransportError as error:  # counted and shown, never retried
+                counts["errors"] += 1
+                invalid.append(f"transport error: {error!r}")
+                return
             latencies.append(time.perf_counter() - start)
         if response.status_code != 200:
             counts["errors"] += 1
+            invalid.append(f"HTTP {response.status_code}: {response.text[:200]}")
             return
         answer = response.json()
         counts["tokens"] += answer["usage"]["completion_tokens"]
@@ -192,33 +198,34 @@ async def drive(
     """Both servers are up; each level runs on one, then on the other, so that a neighbour
     who comes and goes hits both alike rather than whichever server happened to run then."""
     images = make_images(args.images)
-    limits = httpx.Limits(max_connections=max(args.levels), max_keepalive_connections=64)
-    clients = [
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=600, limits=limits)
-        for s, _ in servers
+    limits = httpx.Limits(max_connections=max(args.levels))
+
+    async def level(server: Server, bodies: list[dict[str, Any]], conc: int) -> LevelResult:
+        # A fresh client per level: while the other server runs its level, this one's idle
+        # keep-alive connections reach uvicorn's 5 s keep-alive timeout, and reusing one
+        # just as the server closes it fails the request (seen with vLLM at concurrency 32).
+        url = f"http://127.0.0.1:{server.port}"
+        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+            return await run_level(client, bodies, conc, server.memory.pid)
+
+    # Warm-up (untimed, the same for both servers): grammar compile, lazy initialisation
+    # and every image once, so that the levels measure steady state with warm vision
+    # and prefix caches rather than whichever level happens to see an image first.
+    warm = [
+        request_body(model, images[i % len(images)], -1 - i, args.max_tokens)
+        for i in range(args.warmup or len(images))
     ]
-    try:
-        # Warm-up (untimed, the same for both servers): grammar compile, lazy initialisation
-        # and every image once, so that the levels measure steady state with warm vision
-        # and prefix caches rather than whichever level happens to see an image first.
-        warm = [
-            request_body(model, images[i % len(images)], -1 - i, args.max_tokens)
-            for i in range(args.warmup or len(images))
-        ]
-        for client in clients:
-            await run_level(client, warm, 1)
-        for _ in range(args.rounds):
-            for concurrency, count in zip(args.levels, args.requests):
-                bodies = [
-                    request_body(model, images[i % len(images)], i, args.max_tokens)
-                    for i in range(count)
-                ]
-                for client, (server, result) in zip(clients, servers):
-                    level = await run_level(client, bodies, concurrency, server.memory.pid)
-                    result.rounds.setdefault(concurrency, []).append(level)
-    finally:
-        for client in clients:
-            await client.aclose()
+    for server, _ in servers:
+        await level(server, warm, 1)
+    for _ in range(args.rounds):
+        for concurrency, count in zip(args.levels, args.requests):
+            bodies = [
+                request_body(model, images[i % len(images)], i, args.max_tokens)
+                for i in range(count)
+            ]
+            for server, result in servers:
+                measured = await level(server, bodies, concurrency)
+                result.rounds.setdefault(concurrency, []).append(measured)
 
 
 def load_average() -> str:
@@ -315,7 +322,7 @@ def print_table(model: str, results: list[ServerResult]) -> None:
     for r in results:
         examples = [x.invalid_example for rs in r.rounds.values() for x in rs if x.invalid_example]
         if examples:
-            print(f"{r.name}: first invalid answer: {examples[0][:300]}")
+            print(f"{r.name}: first invalid answer or error: {examples[0][:300]}")
     if len(results) == 2 and all(r.rounds for r in results):
         ours, peer = results
         print("ratios vlmserve/vLLM (best rounds): req/s (higher is better), latency (lower is)")
