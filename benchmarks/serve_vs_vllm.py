@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import io
 import json
 import os
@@ -69,6 +70,7 @@ class LevelResult:
     completion_tokens: int
     others: float = 0.0  # cores used by other processes meanwhile
     invalid_example: str | None = None  # the first failed answer or request
+    reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
     @property
     def req_per_s(self) -> float:
@@ -133,12 +135,15 @@ def request_body(model: str, image_url: str, index: int, max_tokens: int) -> dic
     }
 
 
-def is_valid(content: str | None) -> bool:
+def problem(content: str | None) -> str | None:
+    """Why the answer is not valid under SCHEMA (None: it is)."""
     try:
         jsonschema.validate(json.loads(content or ""), SCHEMA)
-    except (ValueError, jsonschema.ValidationError):
-        return False
-    return True
+    except json.JSONDecodeError as error:
+        return f"not JSON ({error.msg} at {error.pos} of {len(content or '')} chars)"
+    except jsonschema.ValidationError as error:
+        return f"{error.validator} at /{'/'.join(map(str, error.absolute_path))}"
+    return None
 
 
 async def run_level(
@@ -151,6 +156,7 @@ async def run_level(
     latencies: list[float] = []
     counts = {"valid": 0, "errors": 0, "tokens": 0}
     invalid: list[str] = []
+    reasons: collections.Counter[str] = collections.Counter()
 
     async def one(body: dict[str, Any]) -> None:
         async with semaphore:
@@ -169,10 +175,12 @@ async def run_level(
         answer = response.json()
         counts["tokens"] += answer["usage"]["completion_tokens"]
         content = answer["choices"][0]["message"]["content"]
-        if is_valid(content):
+        reason = problem(content)
+        if reason is None:
             counts["valid"] += 1
         else:
-            invalid.append(repr(content))
+            invalid.append(f"{reason}: {content!r}")
+            reasons[reason.split(" (")[0]] += 1
 
     with NeighbourCpu(server_pid) as neighbours:
         start = time.perf_counter()
@@ -189,6 +197,7 @@ async def run_level(
         counts["tokens"],
         others,
         invalid[0] if invalid else None,
+        reasons,
     )
 
 
@@ -322,6 +331,8 @@ def print_table(model: str, results: list[ServerResult]) -> None:
     for r in results:
         examples = [x.invalid_example for rs in r.rounds.values() for x in rs if x.invalid_example]
         if examples:
+            tally = sum((x.reasons for rs in r.rounds.values() for x in rs), collections.Counter())
+            print(f"{r.name}: invalid answers by reason: {dict(tally.most_common())}")
             print(f"{r.name}: first invalid answer or error: {examples[0][:300]}")
     if len(results) == 2 and all(r.rounds for r in results):
         ours, peer = results
