@@ -205,7 +205,7 @@ def bench_e2e(model: Path, batches: list[int], max_tokens: int, repeats: int) ->
         f"{'unconstrained tok/s':>20} {'ratio':>6}"
     )
     for batch in batches:
-        requests = prompts[: min(count, 4 * batch)]  # 4 rounds, at most `count` requests
+        requests = prompts[: min(count, max(8, 4 * batch))]  # a few rounds, at most `count`
         best_c = best_u = float("inf")
         for _ in range(repeats):  # alternated, best of each: load from neighbours hits both
             seconds, outs = _timed(llm, requests, [constrained] * len(requests), batch)
