@@ -87,17 +87,16 @@ class ServerResult:
     startup_s: float = float("nan")
     peak_rss_mib: float = float("nan")
     rounds: dict[int, list[LevelResult]] = field(default_factory=dict)  # by concurrency
+    failure: str | None = None
 
     def best(self, concurrency: int) -> LevelResult:
         """The round with the highest req/s: the one a neighbour disturbed least."""
         return max(self.rounds[concurrency], key=lambda lv: lv.req_per_s)
 
-    failure: str | None = None
-
 
 def make_images(count: int, size: int = 448) -> list[str]:
-    """Distinct smooth pictures (gradients + a few discs): PNGs of ~100 KB rather than the
-    ~600 KB of noise, so upload cost does not dominate a tiny model's step."""
+    """Distinct smooth pictures (gradients + a few discs): PNGs of ~10 KB rather than the
+    ~600 KB of noise, so that upload and decode do not dominate a tiny model's request."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     urls = []
