@@ -1,24 +1,41 @@
 """Structured-output overhead at a Qwen-sized (~152k) vocabulary: mask fill and apply per
-token, jump-ahead and budget-aware closing per token, compile cold vs cached.
+token, jump-ahead and budget-aware closing per token, compile cold vs cached, and end to end
+through `vlmserve.offline.LLM`: output tokens/s constrained vs unconstrained at batch 1/8/32.
 
-    python benchmarks/structured_overhead.py [--tokenizer PATH] [--save PATH]
+    python benchmarks/structured_overhead.py [--tokenizer PATH] [--batches 1,8,32] [--skip-e2e]
 
-Without --tokenizer it trains a byte-level BPE with 151k merges on the Python stdlib (the
-same recipe as the tests, at Qwen2's size; a few minutes on 2 cores).
+The model is the `tiny` preset with Qwen2-VL's real vocabulary (151,643 learned BPE tokens
++ the Qwen-VL specials, 152,064 logits rows), generated once into .cache/ (~30 s). Without
+--tokenizer the per-token parts use that model's tokenizer too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
+import jsonschema
+import numpy as np
 import tokenizers
 import torch
+from PIL import Image
 
+from vlmserve.models.tiny import make_tiny_model
+from vlmserve.offline import LLM
 from vlmserve.structured import StructuredBackend, allocate_bitmask, apply_token_bitmask
-from vlmserve.structured.testing import adversarial_logits, stdlib_sources, train_byte_level_bpe
-from vlmserve.types import StructuredOutputsParams
+from vlmserve.structured.testing import adversarial_logits
+from vlmserve.types import RequestOutput, SamplingParams, StructuredOutputsParams
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_DIR = REPO / ".cache" / "bench" / "tiny-vocab152k"
+QWEN_TOKENIZER_SIZE = 151_643  # Qwen2's ordinary tokens; the specials follow
 
 QWEN_LOGITS_WIDTH = 152_064  # Qwen2-VL's lm_head rows (tokenizer ~151.6k, padded)
 CONTENT_SAFETY = {
@@ -29,6 +46,7 @@ CONTENT_SAFETY = {
             "items": {
                 "enum": ["alcohol", "tobacco", "guns_weapons", "profanity", "violence", "no_issues"]
             },
+            "minItems": 1,
         },
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
         "rationale": {"type": "string", "maxLength": 200},
@@ -116,21 +134,118 @@ def _bench_decode(
     print(f"    accept_token   {_us(accept)}")
 
 
+def qwen_vocab_model() -> Path:
+    """The tiny preset with Qwen2-VL's vocabulary, built once (aside, then renamed into place,
+    so an interrupted build never leaves half a model)."""
+    if (MODEL_DIR / "model.safetensors").is_file():
+        return MODEL_DIR
+    MODEL_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=MODEL_DIR.parent) as tmp:
+        built = make_tiny_model(
+            Path(tmp) / "model",
+            preset="tiny",
+            tokenizer_size=QWEN_TOKENIZER_SIZE,
+            vocab_size=QWEN_LOGITS_WIDTH,
+        )
+        shutil.rmtree(MODEL_DIR, ignore_errors=True)
+        built.rename(MODEL_DIR)
+    return MODEL_DIR
+
+
+def _prompts(count: int) -> list[Any]:
+    """Content-safety prompts, one 448x448 image each (8 distinct images, distinct text)."""
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 255, (448, 448, 3), dtype=np.uint8)) for _ in range(8)
+    ]
+    text = (
+        "<|im_start|>system\nYou are a content-safety classifier. Answer with JSON: the "
+        "categories that apply, a confidence and a short rationale.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Listing {i}: classify "
+        "this image.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    return [
+        {"prompt": text.format(i=i), "multi_modal_data": {"image": [images[i % len(images)]]}}
+        for i in range(count)
+    ]
+
+
+def _timed(
+    llm: LLM, prompts: list[Any], params: list[SamplingParams], batch: int
+) -> tuple[float, list[RequestOutput]]:
+    """Run the prompts `batch` at a time (the engine's batch is then exactly `batch` until
+    the first sequence of a round ends) and return (seconds, outputs)."""
+    outputs: list[RequestOutput] = []
+    start = time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        outputs += llm.generate(prompts[i : i + batch], params[i : i + batch])
+    return time.perf_counter() - start, outputs
+
+
+def bench_e2e(model: Path, batches: list[int], max_tokens: int, repeats: int) -> None:
+    """Constrained vs unconstrained decode with the same prompts and the same output
+    lengths: each unconstrained request gets max_tokens = its constrained twin's length and
+    ignore_eos, so both modes emit exactly the same number of tokens and the ratio of times
+    is the ratio of throughputs. Prefix and vision caches are warmed first for every prompt,
+    so neither mode pays for prefill the other does not."""
+    llm = LLM(str(model), max_num_seqs=max(batches))
+    strict = StructuredOutputsParams(json=CONTENT_SAFETY, strict=True)
+    constrained = SamplingParams(temperature=0.0, max_tokens=max_tokens, structured_outputs=strict)
+    count = max(32, max(batches))
+    prompts = _prompts(count)
+    start = time.perf_counter()
+    llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=1))
+    print(
+        f"e2e: model {model.name}, {count} prompts warmed in {time.perf_counter() - start:.1f} s, "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
+    )
+    llm.generate(prompts[:1], constrained)  # first compile, outside the timings
+    print(
+        f"{'batch':>5} {'tokens':>6} {'forced':>7} {'valid':>6} {'constrained tok/s':>18} "
+        f"{'unconstrained tok/s':>20} {'ratio':>6}"
+    )
+    for batch in batches:
+        requests = prompts[: min(count, max(8, 4 * batch))]  # a few rounds, at most `count`
+        best_c = best_u = float("inf")
+        for _ in range(repeats):  # alternated, best of each: load from neighbours hits both
+            seconds, outs = _timed(llm, requests, [constrained] * len(requests), batch)
+            best_c = min(best_c, seconds)
+            lengths = [len(o.outputs[0].token_ids) for o in outs]
+            free = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in lengths]
+            seconds, free_outs = _timed(llm, requests, free, batch)
+            best_u = min(best_u, seconds)
+            assert [len(o.outputs[0].token_ids) for o in free_outs] == lengths
+        tokens = sum(lengths)
+        forced = sum(o.outputs[0].num_forced_tokens for o in outs)
+        valid = sum(_valid(o.outputs[0].text) for o in outs)
+        print(
+            f"{batch:>5} {tokens:>6} {forced / tokens:>7.0%} {valid:>3}/{len(outs):<2} "
+            f"{tokens / best_c:>18.0f} {tokens / best_u:>20.0f} {best_u / best_c:>5.2f}x"
+            f"   (load {os.getloadavg()[0]:.2f})"
+        )
+
+
+def _valid(text: str) -> bool:
+    try:
+        jsonschema.validate(json.loads(text), CONTENT_SAFETY)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", help="a saved tokenizer.json (skips training)")
-    parser.add_argument("--save", help="where to save the trained tokenizer")
+    parser.add_argument("--tokenizer", help="a tokenizer.json for the per-token parts")
+    parser.add_argument("--batches", default="1,8,32", help="end-to-end batch sizes")
+    parser.add_argument("--max-tokens", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=2, help="end-to-end runs per mode")
+    parser.add_argument("--skip-e2e", action="store_true")
     args = parser.parse_args()
     start = time.perf_counter()
-    if args.tokenizer:
-        tokenizer = tokenizers.Tokenizer.from_file(args.tokenizer)
-    else:
-        tokenizer = train_byte_level_bpe(151_000, stdlib_sources(100_000))
-        if args.save:
-            tokenizer.save(args.save)
-    print(
-        f"tokenizer: {tokenizer.get_vocab_size()} tokens ({time.perf_counter() - start:.1f} s), logits width {QWEN_LOGITS_WIDTH}"
-    )
+    model = qwen_vocab_model()
+    print(f"model {model}: ready in {time.perf_counter() - start:.1f} s")
+    tokenizer = tokenizers.Tokenizer.from_file(args.tokenizer or str(model / "tokenizer.json"))
+    print(f"tokenizer: {tokenizer.get_vocab_size()} tokens, logits width {QWEN_LOGITS_WIDTH}")
     eos = [tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>")]
     start = time.perf_counter()
     backend = StructuredBackend(tokenizer, QWEN_LOGITS_WIDTH, eos)
@@ -159,6 +274,8 @@ def main() -> None:
             _bench_decode(backend, tokenizer, schema, budget)
     _bench_apply(QWEN_LOGITS_WIDTH)
     print(f"compile stats: {backend.stats}")
+    if not args.skip_e2e:
+        bench_e2e(model, [int(b) for b in args.batches.split(",")], args.max_tokens, args.repeats)
 
 
 if __name__ == "__main__":

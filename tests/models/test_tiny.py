@@ -101,3 +101,35 @@ def test_small_preset_size(arch: Arch) -> None:
     config = parse_model_config(preset_config(arch, "small", ids, tokenizer_size=5007))
     params = sum(p.numel() for p in meta_model(config).parameters())
     assert 50e6 < params < 150e6
+
+
+def test_tokenizer_and_vocab_sizes_are_options(tmp_path: Path) -> None:
+    folder = make_tiny_model(tmp_path, tokenizer_size=1000, vocab_size=1536)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert tokenizer.get_vocab_size() == 1000 + len(SPECIAL_TOKENS)
+    # As in Qwen2: the special tokens right after the learned ones, the config's ids agree.
+    assert tokenizer.token_to_id("<|endoftext|>") == 1000
+    config = load_model_config(folder)
+    assert config.vocab_size == 1536
+    assert config.image_token_id == tokenizer.token_to_id("<|image_pad|>")
+    model = Qwen2VLForConditionalGeneration.from_pretrained(folder)
+    assert model.get_output_embeddings().weight.shape[0] == 1536
+
+
+def test_vocab_size_below_the_tokenizer_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        make_tiny_model(tmp_path, tokenizer_size=1000, vocab_size=1000)
+
+
+def test_cli_passes_the_sizes(tmp_path: Path) -> None:
+    from vlmserve.cli import parse_args
+
+    args = parse_args(
+        ["make-tiny-model", str(tmp_path), "--tokenizer-size", "800", "--vocab-size", "1024"]
+    )
+    assert args.func(args) == 0
+    assert load_model_config(tmp_path).vocab_size == 1024
+    tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert tokenizer.get_vocab_size() == 800 + len(SPECIAL_TOKENS)
+    default = parse_args(["make-tiny-model", str(tmp_path / "d")])
+    assert (default.tokenizer_size, default.vocab_size) == (None, None)

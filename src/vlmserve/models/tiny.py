@@ -54,28 +54,45 @@ _VISION: dict[tuple[str, str], dict[str, Any]] = {
 }  # fmt: skip
 
 _REAL_VOCAB_SIZE = 152064  # the 7B checkpoints' (padded) embedding rows
+_TOKENIZER_SIZE = 5000  # learned tokens of the default test tokenizer: trains in ~1 s
 
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def make_tiny_model(
-    out_dir: str | Path, arch: Arch = "qwen2_vl", preset: str = "tiny", seed: int = 0
+    out_dir: str | Path,
+    arch: Arch = "qwen2_vl",
+    preset: str = "tiny",
+    seed: int = 0,
+    tokenizer_size: int = _TOKENIZER_SIZE,
+    vocab_size: int | None = None,
 ) -> Path:
     """Write the checkpoint into `out_dir` (created if needed) and return its path.
-    Same arguments, same bytes."""
+    Same arguments, same bytes.
+
+    `tokenizer_size`: ordinary (learned) BPE tokens; the special tokens follow them.
+    `vocab_size`: embedding rows, i.e. the logits width (default: the tokenizer padded to a
+    multiple of 64; the 7b preset's 152064). Qwen2-VL's real sizes are 151643 and 152064:
+    a model with the real vocabulary costs ~20 s of tokenizer training."""
     if arch not in _ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose from {sorted(_ARCHITECTURES)}")
     if preset not in _TEXT:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(_TEXT)}")
+    total = tokenizer_size + len(_TOKEN_NAMES)
+    if vocab_size is not None and vocab_size < total:
+        raise ValueError(
+            f"vocab_size {vocab_size} is smaller than the tokenizer ({tokenizer_size} tokens "
+            f"+ {len(_TOKEN_NAMES)} special tokens = {total})"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = train_tokenizer()
+    tokenizer = train_tokenizer(tokenizer_size)
     ids = {name: _token_id(tokenizer, f"<|{name}|>") for name in _TOKEN_NAMES}
     tokenizer.save(str(out / "tokenizer.json"))
 
-    config = preset_config(arch, preset, ids, tokenizer.get_vocab_size())
+    config = preset_config(arch, preset, ids, tokenizer.get_vocab_size(), vocab_size)
     generation = {
         "bos_token_id": ids["endoftext"],
         "eos_token_id": [ids["im_end"], ids["endoftext"]],
@@ -112,14 +129,19 @@ def _token_id(tokenizer: Tokenizer, token: str) -> int:
 
 
 def preset_config(
-    arch: Arch, preset: str, ids: dict[str, int], tokenizer_size: int
+    arch: Arch,
+    preset: str,
+    ids: dict[str, int],
+    tokenizer_size: int,
+    vocab_size: int | None = None,
 ) -> dict[str, Any]:
     """The config.json a preset writes, given the tokenizer's special-token ids by name
-    (`image_pad`, `im_end`, ...) and its size."""
+    (`image_pad`, `im_end`, ...), its size (specials included) and the embedding rows
+    (None: the preset's default)."""
     text = dict(_TEXT[preset])
     mrope_section = text.pop("mrope_section")
     # Pad the embedding to a multiple of 64 rows as the real checkpoints do.
-    vocab = _REAL_VOCAB_SIZE if preset == "7b" else -(-tokenizer_size // 64) * 64
+    vocab = vocab_size or (_REAL_VOCAB_SIZE if preset == "7b" else -(-tokenizer_size // 64) * 64)
     vision = dict(_VISION[(arch, preset)])
     out_key = "hidden_size" if arch == "qwen2_vl" else "out_hidden_size"
     vision.update(

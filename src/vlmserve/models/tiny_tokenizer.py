@@ -9,6 +9,7 @@ budget); another Python version has other sources and so another vocabulary.
 from __future__ import annotations
 
 import sysconfig
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
@@ -56,24 +57,37 @@ CHAT_TEMPLATE = (
 )
 
 _CORPUS_BYTES = 4_000_000  # about a second of training
+# Text per learned token for large vocabularies: 152k Qwen2-style tokens took ~46 MB of
+# sources (fewer bytes and the trainer runs out of merges); ~20 s on 2 cores.
+_BYTES_PER_TOKEN = 400
 
 
 def corpus_files(budget: int = _CORPUS_BYTES) -> list[Path]:
-    """Top-level stdlib modules in name order until `budget` bytes."""
+    """Top-level stdlib modules in name order, then (for large budgets only) the rest of the
+    installation's sources in path order, until `budget` bytes."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     chosen, total = [], 0
-    for path in sorted(stdlib.glob("*.py")):
-        if total >= budget:
-            break
-        chosen.append(path)
-        total += path.stat().st_size
+
+    def take(paths: Iterable[Path]) -> None:
+        nonlocal total
+        for path in paths:
+            if total >= budget:
+                return
+            chosen.append(path)
+            total += path.stat().st_size
+
+    take(sorted(stdlib.glob("*.py")))
+    if total < budget:  # the recursive walk only when needed: it costs a few 100 ms
+        take(sorted(p for p in stdlib.rglob("*.py") if p.parent != stdlib))
     if not chosen:
         raise RuntimeError(f"no Python sources found under {stdlib} to train a tokenizer on")
     return chosen
 
 
 def train_tokenizer(vocab_size: int = 5000) -> Tokenizer:
-    """A BPE of `vocab_size` learned tokens; the special tokens come right after them."""
+    """A BPE of `vocab_size` learned tokens; the special tokens come right after them (with
+    Qwen2's 151,643 they get Qwen2's ids). A corpus too small for `vocab_size` would end
+    with fewer tokens: the corpus grows with it."""
     tokenizer = Tokenizer(BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
@@ -88,7 +102,10 @@ def train_tokenizer(vocab_size: int = 5000) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    texts = [p.read_text(encoding="utf-8", errors="replace") for p in corpus_files()]
+    texts = [
+        p.read_text(encoding="utf-8", errors="replace")
+        for p in corpus_files(max(_CORPUS_BYTES, vocab_size * _BYTES_PER_TOKEN))
+    ]
     tokenizer.train_from_iterator(texts, trainer=trainer)
     tokenizer.add_special_tokens(
         [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
