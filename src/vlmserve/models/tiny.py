@@ -2,7 +2,7 @@
 (config, generation config, safetensors, tokenizer, tokenizer config with chat template,
 preprocessor config) for tests and benchmarks without network access.
 
-Presets: "tiny" (~1.8 M parameters, fast tests), "small" (~90 M, benchmarks) and "7b"
+Presets: "tiny" (~2.0 M parameters, fast tests), "small" (~96 M, benchmarks) and "7b"
 (the real 7B shapes). "7b" writes everything except the weights: it is meant for
 `load_model(..., load_format="dummy")`.
 """
