@@ -98,7 +98,7 @@ class LocalServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             first, *lines = head.decode("latin-1").split("\r\n")
@@ -121,7 +121,7 @@ class LocalServer:
             pass  # `stop` ended a handler; asyncio would log a cancelled handler as an error
         finally:
             writer.close()
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
 
 class StubResolver:

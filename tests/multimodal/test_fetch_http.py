@@ -22,6 +22,7 @@ from vlmserve.multimodal.fetch import MediaConnector, TransportFactory, fetch_me
 from .fakes import (
     PUBLIC_IP,
     FakeInternet,
+    Handler,
     LocalServer,
     Request,
     StubResolver,
@@ -36,7 +37,7 @@ PNG = png_bytes()
 
 
 def config_for(server: LocalServer, **overrides: object) -> MediaConfig:
-    return MediaConfig(allowed_media_ports=(80, 443, server.port), **overrides)  # type: ignore[arg-type]
+    return MediaConfig(allowed_media_ports=(80, 443, server.port), **overrides)
 
 
 async def fetch_error(
@@ -185,7 +186,7 @@ async def test_allowed_redirects_are_followed_with_a_hop_limit(
     assert server.paths().count("/loop") == 3
 
 
-def drip(delay: float, total_bytes: int) -> object:
+def drip(delay: float, total_bytes: int) -> Handler:
     async def handler(request: Request, writer: asyncio.StreamWriter) -> None:
         head = f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {total_bytes}"
         writer.write((head + "\r\n\r\n").encode())
@@ -199,7 +200,7 @@ def drip(delay: float, total_bytes: int) -> object:
 
 async def test_slow_drip_body_hits_the_total_deadline(server: LocalServer) -> None:
     # One byte per 50 ms never trips the read timeout; the wall-clock deadline still ends it.
-    server.routes["/drip"] = drip(0.05, 200)  # type: ignore[assignment]
+    server.routes["/drip"] = drip(0.05, 200)
     timeout = MediaFetchTimeout(connect=1.0, read=1.0, total=0.5)
     config = config_for(server, allow_private_media_addresses=True, media_fetch_timeout=timeout)
     started = time.monotonic()
@@ -211,7 +212,7 @@ async def test_slow_drip_body_hits_the_total_deadline(server: LocalServer) -> No
 
 
 async def test_silent_server_hits_the_read_timeout(server: LocalServer) -> None:
-    server.routes["/stall"] = drip(10.0, 100)  # type: ignore[assignment]
+    server.routes["/stall"] = drip(10.0, 100)
     timeout = MediaFetchTimeout(connect=1.0, read=0.2, total=5.0)
     config = config_for(server, allow_private_media_addresses=True, media_fetch_timeout=timeout)
     started = time.monotonic()
@@ -230,10 +231,11 @@ class CountingTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
         return httpx.Response(
             response.status_code,
             headers=response.headers,
-            stream=_CountingStream(response.stream, self),  # type: ignore[arg-type]
+            stream=_CountingStream(response.stream, self),
             extensions=response.extensions,
         )
 

@@ -7,7 +7,7 @@ import pytest
 
 from vlmserve.config import MediaConfig
 from vlmserve.multimodal.errors import MediaError, MediaErrorCode
-from vlmserve.multimodal.fetch import Resolver, fetch_media
+from vlmserve.multimodal.fetch import Resolver, fetch_media, resolve_host
 
 from .fakes import StubResolver, resolver_must_not_be_called, transport_must_not_be_built
 
@@ -145,3 +145,8 @@ async def test_unresolvable_host_is_a_fetch_failure() -> None:
     error = await refused("http://nowhere.example.com/", resolver=StubResolver({}))
     assert error.code is MediaErrorCode.FETCH_FAILED
     assert "cannot resolve" in error.message
+
+
+async def test_default_resolver_returns_each_address_once() -> None:
+    # A numeric loopback host: getaddrinfo answers locally (the network guard allows it).
+    assert [str(ip) for ip in await resolve_host("127.0.0.1", 80)] == ["127.0.0.1"]

@@ -75,7 +75,7 @@ async def tls_server(certs: Path) -> AsyncIterator[tuple[LocalServer, list[str |
     server_names: list[str | None] = []
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certs / "leaf.pem", certs / "leaf.key")
-    context.sni_callback = lambda sock, name, ctx: server_names.append(name)  # type: ignore[assignment,func-returns-value]
+    context.sni_callback = lambda sock, name, ctx: server_names.append(name)
     server = LocalServer(tls=context)
     server.routes["/cat.png"] = static(PNG)
     await server.start()

@@ -43,7 +43,7 @@ def connector_for(server: LocalServer, **overrides: object) -> MediaConnector:
         allowed_media_ports=(server.port,),
         allow_private_media_addresses=True,
         max_concurrent_fetches=4,
-        **overrides,  # type: ignore[arg-type]
+        **overrides,
     )
     return MediaConnector(config)
 
@@ -57,7 +57,7 @@ async def test_hundred_images_load_in_order_under_the_concurrency_cap(server: Lo
     gauge = Gauge()
     serve_images(server, gauge)
     images = await load_request_media(refs(server), connector_for(server))
-    assert [image.getpixel((0, 0)) for image in images] == [(i, 255 - i, 7) for i in range(100)]  # type: ignore[union-attr]
+    assert [image.getpixel((0, 0)) for image in images] == [(i, 255 - i, 7) for i in range(100)]
     assert gauge.peak == 4
 
 

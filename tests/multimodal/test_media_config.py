@@ -33,4 +33,4 @@ def test_defaults_are_the_safe_ones() -> None:
 )
 def test_invalid_values_are_refused(overrides: dict[str, object], fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
-        MediaConfig(**overrides)  # type: ignore[arg-type]
+        MediaConfig(**overrides)

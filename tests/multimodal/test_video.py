@@ -18,6 +18,7 @@ def make_clip(container_format: str = "mp4", codec: str = "mpeg4", fps: int = 10
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=container_format) as container:
         stream = container.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
         for index in range(3 * fps):
             pixels = np.full((32, 32, 3), 8 * index, dtype=np.uint8)
