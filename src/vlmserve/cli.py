@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -88,6 +89,12 @@ def _serve_parser(sub: Any) -> argparse.ArgumentParser:
         "--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto"
     )
     engine.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    engine.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 1) - 1),
+        help="torch threads on CPU (default: one per core but one, left to the event loop)",
+    )
     engine.add_argument("--max-num-batched-tokens", type=int, default=2048)
     engine.add_argument("--block-size", type=int, default=16)
     engine.add_argument(
@@ -227,6 +234,7 @@ def _configs(
         dtype=args.dtype,
         device=args.device,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        cpu_threads=args.cpu_threads,
         block_size=args.block_size,
         kv_cache_memory_bytes=args.kv_cache_memory_bytes,
         mm_cache_bytes=args.mm_cache_bytes,

@@ -50,8 +50,7 @@ def async_engine(llm_engine: LLMEngine) -> Iterator[AsyncEngine]:
 @pytest.fixture(autouse=True)
 async def _no_request_outlives_its_test(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """Every request a test started has finished or been aborted before the test's event
-    loop closes: the engine thread posts outputs to the loop a request came from, and a
-    closed loop there kills the engine thread (see docs/api.md, known issues)."""
+    loop closes, so no test leaves work running in the shared engine for the next one."""
     yield
     if "async_engine" not in request.fixturenames:
         return

@@ -63,3 +63,36 @@ def test_paged_decode_matches_dense_attention() -> None:
     for i, (k, v) in enumerate(contexts):
         expected = reference(q[i : i + 1], k, v, causal=True)
         assert torch.allclose(out[i : i + 1], expected, atol=1e-5)
+
+
+def test_mixed_batch_splits_decodes_from_longer_rows() -> None:
+    """A decode row and a three-token row (e.g. forced tokens) in one step."""
+    torch.manual_seed(1)
+    block_size = 4
+    cache = torch.zeros(2, 8, block_size, 2, 8)
+    tables = torch.tensor([[1, 2, 0], [3, 4, 5]])
+    lens, new = [6, 9], [1, 3]
+    contexts = [(torch.randn(n, 2, 8), torch.randn(n, 2, 8)) for n in lens]
+
+    def slot(table: torch.Tensor, p: int) -> int:
+        return int(table[p // block_size]) * block_size + p % block_size
+
+    for (k, v), table, n, m in zip(contexts, tables, lens, new):
+        attention.write_kv(
+            cache, k[: n - m], v[: n - m], torch.tensor([slot(table, p) for p in range(n - m)])
+        )
+    meta = AttentionMetadata(
+        query_lens=new,
+        context_lens=lens,
+        slot_mapping=torch.tensor(
+            [slot(t, p) for t, n, m in zip(tables, lens, new) for p in range(n - m, n)]
+        ),
+        block_tables=tables,
+        block_size=block_size,
+    )
+    q = torch.randn(sum(new), 6, 8)
+    new_k = torch.cat([k[n - m :] for (k, _), n, m in zip(contexts, lens, new)])
+    new_v = torch.cat([v[n - m :] for (_, v), n, m in zip(contexts, lens, new)])
+    out = paged_attention(q, new_k, new_v, cache, meta, 8**-0.5)
+    assert torch.allclose(out[:1], reference(q[:1], *contexts[0], causal=True), atol=1e-5)
+    assert torch.allclose(out[1:], reference(q[1:], *contexts[1], causal=True), atol=1e-5)

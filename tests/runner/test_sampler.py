@@ -29,7 +29,8 @@ def test_greedy_picks_argmax_and_reports_raw_logprob_and_rank() -> None:
 def test_blocked_tokens_and_grammar_mask_remove_candidates() -> None:
     logits = torch.tensor([[5.0, 4.0, 3.0, 2.0]])
     bitmask = torch.tensor([[0b1110]], dtype=torch.int32)  # tokens 1, 2, 3 allowed
-    out = sample(logits, [row(SamplingParams(temperature=0.0), blocked=[1])], bitmask, [0])
+    params = SamplingParams(temperature=0.0, logprobs=0)
+    out = sample(logits, [row(params, blocked=[1])], bitmask, [0])
     assert out.token_ids == [2]
     # The reported logprob is the model's own, before masking: token 2 ranks third.
     assert out.ranks == [3]

@@ -77,6 +77,10 @@ class LLMEngine:
         self.device, self.dtype = resolve_device_dtype(
             config, load_model_config(folder).checkpoint_dtype
         )
+        if self.device.type == "cpu" and config.cpu_threads is not None:
+            if config.cpu_threads < 1:
+                raise ValueError(f"cpu_threads must be at least 1, got {config.cpu_threads}")
+            torch.set_num_threads(config.cpu_threads)
         self.model, self.model_config = load_model(
             str(folder), self.dtype, self.device, config.load_format, config.seed
         )

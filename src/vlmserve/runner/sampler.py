@@ -52,7 +52,7 @@ def sample(
 ) -> SamplerOutput:
     """`bitmask` [B, W] int32 (llguidance layout) holds the grammar masks of the rows listed in
     `constrained`; the other rows are unconstrained."""
-    logits = logits.float()
+    logits = logits.to(torch.float32, copy=True)  # penalties and masks write in place
     # Logprobs cost a full-vocabulary pass per row: only when some row asked for them.
     want_logprobs = any(row.params.logprobs is not None for row in rows)
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
