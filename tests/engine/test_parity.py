@@ -61,16 +61,6 @@ def engine_prompt(i: int, uuids: bool = False) -> dict[str, Any]:
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=5, ignore_eos=True)
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
-def arch(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def folder(arch: str, request: pytest.FixtureRequest) -> Path:
-    return Path(request.getfixturevalue(f"tiny_{arch}"))
-
-
 @pytest.fixture(scope="module")
 def reference(arch: str, folder: Path) -> list[tuple[list[int], torch.Tensor]]:
     """transformers' greedy tokens and raw log-softmaxed logits per step, per prompt."""

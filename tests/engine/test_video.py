@@ -85,16 +85,6 @@ def engine_prompt(i: int, uuids: bool = False) -> dict[str, Any]:
     return prompt
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
-def arch(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def folder(arch: str, request: pytest.FixtureRequest) -> Path:
-    return Path(request.getfixturevalue(f"tiny_{arch}"))
-
-
 @pytest.fixture(scope="module")
 def reference(arch: str, folder: Path) -> list[tuple[list[int], torch.Tensor]]:
     """transformers' greedy tokens and log-softmaxed logits per step, per prompt."""
