@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from vlmserve.api.auth import require_api_key
-from vlmserve.api.errors import APIError, error_body
+from vlmserve.api.errors import APIError
 from vlmserve.api.generation import Generation
 from vlmserve.api.logprobs import chat_logprobs
 from vlmserve.api.protocol import ChatCompletionRequest
@@ -26,8 +27,9 @@ from vlmserve.api.responses import (
     ChoiceLogprobs,
 )
 from vlmserve.api.sampling import chat_sampling_params, client_param
-from vlmserve.api.sse import DONE, STREAM_RESPONSES, sse_event, sse_response
+from vlmserve.api.sse import STREAM_RESPONSES, sse_event, sse_response
 from vlmserve.api.state import ServingState, get_state
+from vlmserve.api.streaming import Delta, DeltaTracker, stream_events
 from vlmserve.api.usage import check_model, usage
 from vlmserve.multimodal.prompt import PromptError, build_chat_prompt
 from vlmserve.types import CompletionOutput, RequestOutput, SamplingParams
@@ -137,47 +139,24 @@ async def _stream(
             for i in range(body.n)
         ]
     )
-    sent_text = [0] * body.n
-    sent_tokens = [0] * body.n
-    reported = [False] * body.n  # finish_reason sent: siblings may still be running
-    last: RequestOutput | None = None
-    try:
-        async for output in generation.outputs():
-            last = output
-            choices = []
-            for c in output.outputs:
-                if reported[c.index]:
-                    continue
-                new_text = c.text[sent_text[c.index] :]
-                new_ids = c.token_ids[sent_tokens[c.index] :]
-                # Tokens whose text is held back (a possible stop string, a split UTF-8
-                # character) only make a chunk when their logprobs were asked for.
-                if not new_text and c.finish_reason is None and (k is None or not new_ids):
-                    continue
-                reported[c.index] = c.finish_reason is not None
-                lps = None
-                if k is not None and c.logprobs is not None:
-                    entries = c.logprobs[sent_tokens[c.index] :]
-                    lps = ChoiceLogprobs(
-                        content=chat_logprobs(new_ids, entries, k, state.model.decode)
-                    )
-                sent_text[c.index] = len(c.text)
-                sent_tokens[c.index] = len(c.token_ids)
-                choices.append(
-                    ChatChunkChoice(
-                        index=c.index,
-                        delta=ChatDelta(content=new_text),
-                        logprobs=lps,
-                        finish_reason=c.finish_reason,
-                    )
-                )
-            if choices:
-                yield chunk(choices)
-    except APIError as exc:
-        # The status line is gone already: report in-band, as OpenAI does mid-stream.
-        yield sse_event(error_body(exc.status, exc.message, exc.param, exc.code))
-        yield DONE
-        return
-    if include_usage and last is not None:
-        yield chunk([], last)
-    yield DONE
+
+    def choice(d: Delta) -> ChatChunkChoice:
+        c = d.output
+        lps = None
+        if k is not None and c.logprobs is not None:
+            content = chat_logprobs(
+                c.token_ids[d.first_token :], c.logprobs[d.first_token :], k, state.model.decode
+            )
+            lps = ChoiceLogprobs(content=content)
+        return ChatChunkChoice(
+            index=c.index,
+            delta=ChatDelta(content=d.text),
+            logprobs=lps,
+            finish_reason=c.finish_reason,
+        )
+
+    tracker = DeltaTracker(body.n, k is not None)
+    events = stream_events(generation.outputs(), tracker, choice, chunk, include_usage)
+    async with contextlib.aclosing(events):
+        async for event in events:
+            yield event

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -11,14 +12,15 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from vlmserve.api.auth import require_api_key
-from vlmserve.api.errors import APIError, error_body
+from vlmserve.api.errors import APIError
 from vlmserve.api.generation import Generation
 from vlmserve.api.logprobs import completion_logprobs
 from vlmserve.api.protocol import CompletionRequest
 from vlmserve.api.responses import Completion, CompletionChoice, CompletionLogprobs
 from vlmserve.api.sampling import client_param, completion_sampling_params
-from vlmserve.api.sse import DONE, STREAM_RESPONSES, sse_event, sse_response
+from vlmserve.api.sse import STREAM_RESPONSES, sse_event, sse_response
 from vlmserve.api.state import ServingState, get_state
+from vlmserve.api.streaming import Delta, DeltaTracker, stream_events
 from vlmserve.api.usage import check_model, usage
 from vlmserve.types import CompletionOutput, RequestOutput
 
@@ -99,37 +101,15 @@ async def _stream(
         )
         return sse_event(payload, exclude)
 
-    sent_text = [0] * n
-    sent_tokens = [0] * n
-    reported = [False] * n  # finish_reason sent: siblings may still be running
-    last: RequestOutput | None = None
-    try:
-        async for output in generation.outputs():
-            last = output
-            choices = []
-            for c in output.outputs:
-                if reported[c.index]:
-                    continue
-                new_text = c.text[sent_text[c.index] :]
-                new_ids = len(c.token_ids) > sent_tokens[c.index]
-                # Tokens whose text is held back only make a chunk when logprobs were asked for.
-                if not new_text and not c.finished() and (k is None or not new_ids):
-                    continue
-                reported[c.index] = c.finished()
-                lps = _logprobs(state, k, c, sent_tokens[c.index], sent_text[c.index])
-                sent_text[c.index] = len(c.text)
-                sent_tokens[c.index] = len(c.token_ids)
-                choices.append(
-                    CompletionChoice(
-                        index=c.index, text=new_text, logprobs=lps, finish_reason=c.finish_reason
-                    )
-                )
-            if choices:
-                yield chunk(choices)
-    except APIError as exc:
-        yield sse_event(error_body(exc.status, exc.message, exc.param, exc.code))
-        yield DONE
-        return
-    if include_usage and last is not None:
-        yield chunk([], last)
-    yield DONE
+    def choice(d: Delta) -> CompletionChoice:
+        c = d.output
+        lps = _logprobs(state, k, c, d.first_token, d.first_char)
+        return CompletionChoice(
+            index=c.index, text=d.text, logprobs=lps, finish_reason=c.finish_reason
+        )
+
+    tracker = DeltaTracker(n, k is not None)
+    events = stream_events(generation.outputs(), tracker, choice, chunk, include_usage)
+    async with contextlib.aclosing(events):
+        async for event in events:
+            yield event

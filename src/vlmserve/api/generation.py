@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 from fastapi import Request
@@ -81,7 +81,7 @@ class Generation:
                 raise
             raise mapped from exc
 
-    async def outputs(self) -> AsyncIterator[RequestOutput]:
+    async def outputs(self) -> AsyncGenerator[RequestOutput, None]:
         """Yields outputs; closing this iterator early aborts the request in the engine."""
         assert self._first is not None, "call start() first"
         async with contextlib.aclosing(self._stream):

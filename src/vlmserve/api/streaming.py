@@ -1,0 +1,77 @@
+"""What chat and completion streams share: each choice's delta since its last chunk, and the
+stream's ending (usage chunk, in-band error, `[DONE]`). The endpoints only shape chunks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from vlmserve.api.errors import APIError, error_body
+from vlmserve.api.sse import DONE, sse_event
+from vlmserve.types import CompletionOutput, RequestOutput
+
+Choice = TypeVar("Choice")
+
+
+@dataclass
+class Delta:
+    output: CompletionOutput
+    text: str  # text not sent yet
+    first_token: int  # index of the first token not sent yet
+    first_char: int  # offset in the whole text where `text` starts
+
+
+class DeltaTracker:
+    """Per choice, what was sent. Tokens whose text is held back (a possible stop string, a
+    split UTF-8 character) make a chunk only when their logprobs were asked for; a choice that
+    finished is never reported again, while its siblings (n > 1) may still run."""
+
+    def __init__(self, n: int, want_logprobs: bool) -> None:
+        self.sent_text = [0] * n
+        self.sent_tokens = [0] * n
+        self.reported = [False] * n
+        self.want_logprobs = want_logprobs
+
+    def deltas(self, output: RequestOutput) -> list[Delta]:
+        out = []
+        for c in output.outputs:
+            i = c.index
+            if self.reported[i]:
+                continue
+            text = c.text[self.sent_text[i] :]
+            new_tokens = len(c.token_ids) > self.sent_tokens[i]
+            if not text and not c.finished() and not (self.want_logprobs and new_tokens):
+                continue
+            out.append(Delta(c, text, self.sent_tokens[i], self.sent_text[i]))
+            self.reported[i] = c.finished()
+            self.sent_text[i] = len(c.text)
+            self.sent_tokens[i] = len(c.token_ids)
+        return out
+
+
+async def stream_events(
+    outputs: AsyncGenerator[RequestOutput, None],
+    tracker: DeltaTracker,
+    choice: Callable[[Delta], Choice],
+    chunk: Callable[[list[Choice], RequestOutput | None], bytes],
+    include_usage: bool,
+) -> AsyncGenerator[bytes, None]:
+    last: RequestOutput | None = None
+    try:
+        # Closing this stream (client gone) closes the engine's, which aborts the request.
+        async with contextlib.aclosing(outputs):
+            async for output in outputs:
+                last = output
+                deltas = tracker.deltas(output)
+                if deltas:
+                    yield chunk([choice(d) for d in deltas], None)
+    except APIError as exc:
+        # The status line is gone already: report in-band, as OpenAI does mid-stream.
+        yield sse_event(error_body(exc.status, exc.message, exc.param, exc.code))
+        yield DONE
+        return
+    if include_usage and last is not None:
+        yield chunk([], last)
+    yield DONE
