@@ -53,9 +53,6 @@ class BlockManager:
     def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
         return max(0, -(-num_tokens // self.block_size) - len(seq.block_table))
 
-    def can_allocate(self, seq: Sequence, num_tokens: int) -> bool:
-        return self.blocks_needed(seq, num_tokens) <= len(self.free)
-
     def allocate_prefix(self, seq: Sequence) -> None:
         """First admission: reuse cached blocks for the longest matching full-block prefix.
 
