@@ -27,12 +27,18 @@ from vlmserve.api.responses import (
     ChoiceLogprobs,
 )
 from vlmserve.api.sampling import chat_sampling_params, client_param
-from vlmserve.api.sse import STREAM_RESPONSES, sse_event, sse_response
+from vlmserve.api.sse import STREAM_RESPONSES, sse_response
 from vlmserve.api.state import ServingState, get_state
-from vlmserve.api.streaming import Delta, DeltaTracker, stream_events
+from vlmserve.api.streaming import (
+    ChunkWriter,
+    Delta,
+    DeltaTracker,
+    chunk_writer,
+    stream_events,
+)
 from vlmserve.api.usage import check_model, usage
 from vlmserve.multimodal.prompt import PromptError, build_chat_prompt
-from vlmserve.types import CompletionOutput, RequestOutput, SamplingParams
+from vlmserve.types import CompletionOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -118,26 +124,16 @@ async def _stream(
     request_id: str,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    created = int(time.time())
-    # OpenAI sends "usage": null on every chunk only when the client asked for usage.
-    exclude = None if include_usage else {"usage"}
     k = params.logprobs
-
-    def chunk(choices: list[ChatChunkChoice], output: RequestOutput | None = None) -> bytes:
-        payload = ChatCompletionChunk(
-            id=request_id,
-            created=created,
-            model=state.model.name,
-            choices=choices,
-            usage=usage(output) if output is not None else None,
-        )
-        return sse_event(payload, exclude)
-
+    chunk: ChunkWriter[ChatChunkChoice] = chunk_writer(
+        ChatCompletionChunk, request_id, state.model.name, include_usage
+    )
     yield chunk(
         [
             ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))
             for i in range(body.n)
-        ]
+        ],
+        None,
     )
 
     def choice(d: Delta) -> ChatChunkChoice:

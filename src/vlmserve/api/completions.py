@@ -18,11 +18,17 @@ from vlmserve.api.logprobs import completion_logprobs
 from vlmserve.api.protocol import CompletionRequest
 from vlmserve.api.responses import Completion, CompletionChoice, CompletionLogprobs
 from vlmserve.api.sampling import client_param, completion_sampling_params
-from vlmserve.api.sse import STREAM_RESPONSES, sse_event, sse_response
+from vlmserve.api.sse import STREAM_RESPONSES, sse_response
 from vlmserve.api.state import ServingState, get_state
-from vlmserve.api.streaming import Delta, DeltaTracker, stream_events
+from vlmserve.api.streaming import (
+    ChunkWriter,
+    Delta,
+    DeltaTracker,
+    chunk_writer,
+    stream_events,
+)
 from vlmserve.api.usage import check_model, usage
-from vlmserve.types import CompletionOutput, RequestOutput
+from vlmserve.types import CompletionOutput
 
 logger = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -88,18 +94,9 @@ async def _stream(
     include_usage: bool,
     n: int,
 ) -> AsyncIterator[bytes]:
-    created = int(time.time())
-    exclude = None if include_usage else {"usage"}
-
-    def chunk(choices: list[CompletionChoice], output: RequestOutput | None = None) -> bytes:
-        payload = Completion(
-            id=request_id,
-            created=created,
-            model=state.model.name,
-            choices=choices,
-            usage=usage(output) if output is not None else None,
-        )
-        return sse_event(payload, exclude)
+    chunk: ChunkWriter[CompletionChoice] = chunk_writer(
+        Completion, request_id, state.model.name, include_usage
+    )
 
     def choice(d: Delta) -> CompletionChoice:
         c = d.output

@@ -4,15 +4,42 @@ stream's ending (usage chunk, in-band error, `[DONE]`). The endpoints only shape
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from pydantic import BaseModel
+
 from vlmserve.api.errors import APIError, error_body
 from vlmserve.api.sse import DONE, sse_event
+from vlmserve.api.usage import usage
 from vlmserve.types import CompletionOutput, RequestOutput
 
 Choice = TypeVar("Choice")
+ChunkWriter = Callable[[list[Choice], RequestOutput | None], bytes]
+
+
+def chunk_writer(
+    chunk_type: type[BaseModel], request_id: str, model: str, include_usage: bool
+) -> ChunkWriter[Choice]:
+    """One SSE event per call: `chunk_type` (a chat chunk or a completion) with these choices,
+    and usage when `output` is the final one."""
+    created = int(time.time())
+    # OpenAI sends "usage": null on every chunk only when the client asked for usage.
+    exclude = None if include_usage else {"usage"}
+
+    def write(choices: list[Choice], output: RequestOutput | None = None) -> bytes:
+        payload = chunk_type(
+            id=request_id,
+            created=created,
+            model=model,
+            choices=choices,
+            usage=usage(output) if output is not None else None,
+        )
+        return sse_event(payload, exclude)
+
+    return write
 
 
 @dataclass
@@ -55,7 +82,7 @@ async def stream_events(
     outputs: AsyncGenerator[RequestOutput, None],
     tracker: DeltaTracker,
     choice: Callable[[Delta], Choice],
-    chunk: Callable[[list[Choice], RequestOutput | None], bytes],
+    chunk: ChunkWriter[Choice],
     include_usage: bool,
 ) -> AsyncGenerator[bytes, None]:
     last: RequestOutput | None = None
