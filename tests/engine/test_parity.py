@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from tests.models.test_parity import make_image
+from vlmserve.models.config import ModelConfig
 from vlmserve.offline import LLM
 from vlmserve.types import SamplingParams
 
@@ -77,24 +78,32 @@ def reference(arch: str, folder: Path) -> list[tuple[list[int], torch.Tensor]]:
         if images:
             out = processor(images, return_tensors="pt")
             kwargs = {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
-        input_ids = torch.tensor([ids])
-        config = llm.engine.model_config
-        kwargs["mm_token_type_ids"] = (input_ids == config.image_token_id).int()
-        with torch.inference_mode():
-            gen = hf.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=MAX_TOKENS,
-                min_new_tokens=MAX_TOKENS,
-                do_sample=False,
-                output_logits=True,
-                return_dict_in_generate=True,
-                **kwargs,
-            )
-        tokens = gen.sequences[0, len(ids) :].tolist()
-        logprobs = torch.log_softmax(torch.stack(gen.logits)[:, 0].float(), dim=-1)
-        results.append((tokens, logprobs))
+        results.append(hf_greedy(hf, ids, llm.engine.model_config, **kwargs))
     return results
+
+
+def hf_greedy(
+    hf: Any, ids: list[int], config: ModelConfig, **vision: Any
+) -> tuple[list[int], torch.Tensor]:
+    """transformers' greedy MAX_TOKENS tokens after `ids`, and each step's raw logprobs."""
+    input_ids = torch.tensor([ids])
+    token_types = (input_ids == config.image_token_id).int() + 2 * (
+        input_ids == config.video_token_id
+    ).int()
+    with torch.inference_mode():
+        gen = hf.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            mm_token_type_ids=token_types,
+            max_new_tokens=MAX_TOKENS,
+            min_new_tokens=MAX_TOKENS,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **vision,
+        )
+    tokens = gen.sequences[0, len(ids) :].tolist()
+    return tokens, torch.log_softmax(torch.stack(gen.logits)[:, 0].float(), dim=-1)
 
 
 def assert_matches(outputs: list[Any], reference: list[tuple[list[int], torch.Tensor]]) -> None:

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from transformers import Qwen2VLImageProcessorPil
 
-from tests.engine.test_parity import GREEDY, HF_CLASSES, MAX_TOKENS, PAD, assert_matches, chat
+from tests.engine.test_parity import GREEDY, HF_CLASSES, PAD, assert_matches, chat, hf_greedy
 from tests.models.test_parity import make_image
 from vlmserve.config import MediaConfig
 from vlmserve.engine.inputs import InputError
@@ -107,24 +107,7 @@ def reference(arch: str, folder: Path) -> list[tuple[list[int], torch.Tensor]]:
             kwargs["second_per_grid_ts"] = torch.tensor(
                 [config.temporal_patch_size / FPS] * len(videos)
             )
-        input_ids = torch.tensor([ids])
-        model_config = llm.engine.model_config
-        kwargs["mm_token_type_ids"] = (input_ids == model_config.image_token_id).int() + 2 * (
-            input_ids == model_config.video_token_id
-        ).int()
-        with torch.inference_mode():
-            gen = hf.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=MAX_TOKENS,
-                min_new_tokens=MAX_TOKENS,
-                do_sample=False,
-                output_logits=True,
-                return_dict_in_generate=True,
-                **kwargs,
-            )
-        tokens = gen.sequences[0, len(ids) :].tolist()
-        results.append((tokens, torch.log_softmax(torch.stack(gen.logits)[:, 0].float(), dim=-1)))
+        results.append(hf_greedy(hf, ids, llm.engine.model_config, **kwargs))
     return results
 
 
