@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -c constraints.txt -e '.[serve,video,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[serve,video,safety,dev]'
 	touch $@
 
 serve: $(VENV)/.installed

@@ -39,24 +39,14 @@ import numpy as np
 from PIL import Image
 from server_process import NeighbourCpu, Server
 
+from vlmserve.safety.policy import load_policy
+
 REPO = Path(__file__).resolve().parent.parent
 PEER_DIR = REPO.parent / "shared" / "peers" / "vllm-cpu"
-CATEGORIES = ["alcohol", "tobacco", "guns_weapons", "profanity", "violence", "no_issues"]
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "categories": {"type": "array", "items": {"enum": CATEGORIES}, "minItems": 1},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        "rationale": {"type": "string", "maxLength": 200},
-    },
-    "required": ["categories", "confidence", "rationale"],
-    "additionalProperties": False,
-}
-SYSTEM_PROMPT = (
-    "You are a content-safety classifier for product images. List every category that "
-    f"applies ({', '.join(CATEGORIES)}; no_issues only when none does), your confidence "
-    "between 0 and 1 and a one-sentence rationale. Answer with JSON only."
-)
+# The content-safety app's default policy: its strict schema and system prompt.
+POLICY = load_policy()
+SCHEMA: dict[str, Any] = POLICY.output_schema()
+SYSTEM_PROMPT = POLICY.system_prompt()
 
 
 @dataclass

@@ -29,6 +29,7 @@ from PIL import Image
 
 from vlmserve.models.tiny import make_tiny_model
 from vlmserve.offline import LLM
+from vlmserve.safety.policy import load_policy
 from vlmserve.structured import StructuredBackend, allocate_bitmask, apply_token_bitmask
 from vlmserve.structured.testing import adversarial_logits
 from vlmserve.types import RequestOutput, SamplingParams, StructuredOutputsParams
@@ -38,22 +39,7 @@ MODEL_DIR = REPO / ".cache" / "bench" / "tiny-vocab152k"
 QWEN_TOKENIZER_SIZE = 151_643  # Qwen2's ordinary tokens; the specials follow
 
 QWEN_LOGITS_WIDTH = 152_064  # Qwen2-VL's lm_head rows (tokenizer ~151.6k, padded)
-CONTENT_SAFETY = {
-    "type": "object",
-    "properties": {
-        "categories": {
-            "type": "array",
-            "items": {
-                "enum": ["alcohol", "tobacco", "guns_weapons", "profanity", "violence", "no_issues"]
-            },
-            "minItems": 1,
-        },
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        "rationale": {"type": "string", "maxLength": 200},
-    },
-    "required": ["categories", "confidence", "rationale"],
-    "additionalProperties": False,
-}
+CONTENT_SAFETY = load_policy().output_schema()  # the content-safety app's strict schema
 TOOL_CALL = {
     "type": "object",
     "properties": {
@@ -160,7 +146,7 @@ def _prompts(count: int) -> list[Any]:
     ]
     text = (
         "<|im_start|>system\nYou are a content-safety classifier. Answer with JSON: the "
-        "categories that apply, a confidence and a short rationale.<|im_end|>\n"
+        "best class, an explanation, the text in the image and its language.<|im_end|>\n"
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Listing {i}: classify "
         "this image.<|im_end|>\n<|im_start|>assistant\n"
     )

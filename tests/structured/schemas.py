@@ -4,21 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-CONTENT_SAFETY: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "categories": {
-            "type": "array",
-            "items": {
-                "enum": ["alcohol", "tobacco", "guns_weapons", "profanity", "violence", "no_issues"]
-            },
-        },
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        "rationale": {"type": "string", "maxLength": 200},
-    },
-    "required": ["categories", "confidence", "rationale"],
-    "additionalProperties": False,
-}
+from vlmserve.safety.policy import load_policy
+
+# The content-safety app's strict answer schema, from its default policy (the one source).
+CONTENT_SAFETY: dict[str, Any] = load_policy().output_schema()
 
 
 def _obj(required: bool = True, **properties: Any) -> dict[str, Any]:

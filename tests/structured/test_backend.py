@@ -62,7 +62,7 @@ def test_special_and_padding_ids_never_allowed(backend: StructuredBackend, token
         allowed = _allowed(backend, mask[0])
         assert allowed and not allowed & specials and max(allowed) < size
 
-    _feed(backend, grammar, b'{"categories":[],"confidence":0.5,"rationale":"ab', check)
+    _feed(backend, grammar, b'{"best_class":"tobacco","explanation":"","extracted_text":"ab', check)
     # Inside a string: nearly everything is allowed, still no special token nor EOS.
     grammar.fill_bitmask(mask[0])
     allowed = _allowed(backend, mask[0])
@@ -70,7 +70,7 @@ def test_special_and_padding_ids_never_allowed(backend: StructuredBackend, token
     for bad in (size - 1, size + 3, backend.vocab_size + 5, -1):
         assert not grammar.accept_token(bad)
     # EOS only once the grammar is complete.
-    _feed(backend, grammar, b'"}')
+    _feed(backend, grammar, b'","language":""}')
     grammar.fill_bitmask(mask[0])
     assert _allowed(backend, mask[0]) == set(backend.eos_token_ids)
     assert grammar.is_terminated()
@@ -78,7 +78,7 @@ def test_special_and_padding_ids_never_allowed(backend: StructuredBackend, token
 
 def test_rejected_token_leaves_state_unchanged_and_rollback(backend: StructuredBackend) -> None:
     grammar = backend.new_request(backend.compile(StructuredOutputsParams(json=CONTENT_SAFETY)), 60)
-    tokens = [backend.tokens.vocab[bytes([b])] for b in b'{"categories":["alcohol"']
+    tokens = [backend.tokens.vocab[bytes([b])] for b in b'{"best_class":"alcohol"']
     assert all(grammar.accept_token(t) for t in tokens)
     closing = grammar.closing_tokens()
     assert not grammar.accept_token(backend.tokens.vocab[b"x"])
