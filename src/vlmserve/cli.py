@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Final
 
+from vlmserve.safety import cli as safety_cli
+
 TINY_ARCH: Final = "qwen2_vl"
 
 
@@ -282,6 +284,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     )
     tiny.set_defaults(func=_make_tiny_model)
     serve = _serve_parser(sub)
+    safety_cli.add_parsers(sub)
     return parser, serve
 
 

@@ -1,0 +1,232 @@
+"""The safety app's commands, registered on vlmserve's command line by `add_parsers`:
+`bench`, `eval`, `classify` and `make-safety-set`. Heavy imports wait until a command runs,
+so `vlmserve --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 2:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2, got {text}")
+    return value
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    return tuple(_positive_int(part) for part in text.split(",") if part.strip())
+
+
+def _server_flags(parser: argparse.ArgumentParser, model_required: bool) -> None:
+    parser.add_argument(
+        "--base-url", required=True, help="the server, e.g. http://127.0.0.1:8000/v1"
+    )
+    parser.add_argument(
+        "--model",
+        required=model_required,
+        help="model name to send" + ("" if model_required else " (default: the first listed)"),
+    )
+    parser.add_argument("--api-key", help="sent as 'Authorization: Bearer'")
+    parser.add_argument("--policy", help="policy file (YAML or JSON; default: the built-in)")
+    parser.add_argument("--max-tokens", type=_positive_int, default=256)
+    parser.add_argument(
+        "--timeout", type=_positive_float, default=300.0, help="seconds per request"
+    )
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the safety commands to vlmserve's subcommand parsers."""
+    bench = sub.add_parser(
+        "bench", help="stress an OpenAI-compatible server and check that every answer is valid"
+    )
+    _server_flags(bench, model_required=True)
+    bench.add_argument("--out", default="bench-out", help="folder for the report")
+    bench.add_argument(
+        "--allow-remote", action="store_true", help="allow a non-loopback --base-url"
+    )
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--temperature", type=_temperature, default=0.0)
+    bench.add_argument(
+        "--small-max-tokens",
+        type=_positive_int,
+        default=64,
+        help="max_tokens of the long-explanation-under-a-small-budget case",
+    )
+    bench.add_argument("--stream", action="store_true", help="stream answers and measure TTFT")
+    bench.add_argument(
+        "--concurrency",
+        type=_levels,
+        default=(1, 4, 8, 16, 32),
+        help="levels of the concurrency sweep, comma-separated",
+    )
+    bench.add_argument("--requests-per-level", type=_positive_int, default=20)
+    bench.add_argument(
+        "--sweep-unconstrained",
+        action="store_true",
+        help="sweep the unconstrained mode too (default: constrained only)",
+    )
+    bench.add_argument("--burst", type=_positive_int, default=50, help="requests in the burst")
+    bench.add_argument("--burst-concurrency", type=_positive_int, default=8)
+    bench.add_argument(
+        "--slo-ms", type=_positive_float, default=2000.0, help="latency bound of the valid goodput"
+    )
+    bench.set_defaults(func=_bench)
+
+    evaluate = sub.add_parser("eval", help="accuracy and calibration of a server on a labelled set")
+    evaluate.add_argument("--dataset", required=True, help="labels.jsonl: image + label per line")
+    _server_flags(evaluate, model_required=False)
+    evaluate.add_argument("--out", default="eval-out", help="folder for the report")
+    evaluate.add_argument("--trials", type=_positive_int, default=1, help="answers per item")
+    evaluate.add_argument("--temperature", type=_temperature, default=0.0)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--concurrency", type=_positive_int, default=4)
+    evaluate.add_argument("--vs", metavar="BASELINE", help="an earlier run's eval.json")
+    evaluate.add_argument(
+        "--fit-temperature",
+        metavar="POLICY_OUT",
+        help="fit a score temperature and write a policy copy with it here",
+    )
+    evaluate.set_defaults(func=_eval)
+
+    classify = sub.add_parser("classify", help="classify image files, folders and URLs")
+    classify.add_argument("inputs", nargs="+", metavar="PATH|URL|DIR")
+    _server_flags(classify, model_required=False)
+    classify.add_argument("--out", default="results.jsonl", help="results file (.jsonl or .csv)")
+    classify.add_argument("--concurrency", type=_positive_int, default=4)
+    classify.set_defaults(func=_classify)
+
+    make_set = sub.add_parser("make-safety-set", help="write the generated labelled image set")
+    make_set.add_argument("out_dir")
+    make_set.add_argument("--seed", type=int, default=0)
+    make_set.set_defaults(func=_make_set)
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"vlmserve {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from vlmserve.safety.bench.command import run_bench
+    from vlmserve.safety.bench.runner import MODES, BenchConfig
+    from vlmserve.safety.client import is_loopback_url
+    from vlmserve.safety.policy import PolicyError, load_policy
+
+    if not args.allow_remote and not is_loopback_url(args.base_url):
+        return _fail(
+            "bench",
+            f"--base-url {args.base_url} is not a loopback address; pass --allow-remote "
+            "to load a remote server",
+        )
+    if not args.concurrency:
+        return _fail("bench", "--concurrency needs at least one level")
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        return _fail("bench", str(exc))
+    config = BenchConfig(
+        model=args.model,
+        max_tokens=args.max_tokens,
+        small_max_tokens=args.small_max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        stream=args.stream,
+        concurrency_levels=args.concurrency,
+        requests_per_level=args.requests_per_level,
+        sweep_modes=MODES if args.sweep_unconstrained else ("constrained",),
+        burst_requests=args.burst,
+        burst_concurrency=args.burst_concurrency,
+        slo_ms=args.slo_ms,
+    )
+    return asyncio.run(
+        run_bench(args.base_url, args.api_key, args.timeout, policy, config, Path(args.out))
+    )
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vlmserve.safety.evaluation.command import run_eval
+    from vlmserve.safety.evaluation.runner import EvalSettings
+    from vlmserve.safety.policy import load_policy
+
+    settings = EvalSettings(
+        model=args.model or "",
+        trials=args.trials,
+        temperature=args.temperature,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        concurrency=args.concurrency,
+    )
+    try:
+        return asyncio.run(
+            run_eval(
+                Path(args.dataset),
+                args.base_url,
+                args.api_key,
+                args.timeout,
+                args.model,
+                load_policy(args.policy),
+                settings,
+                Path(args.out),
+                args.vs,
+                args.fit_temperature,
+            )
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        return _fail("eval", str(exc))
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from vlmserve.safety.classify import run_classify
+    from vlmserve.safety.policy import load_policy
+
+    try:
+        return asyncio.run(
+            run_classify(
+                args.inputs,
+                load_policy(args.policy),
+                args.out,
+                args.base_url,
+                args.api_key,
+                args.timeout,
+                args.model,
+                args.concurrency,
+                args.max_tokens,
+            )
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        return _fail("classify", str(exc))
+
+
+def _make_set(args: argparse.Namespace) -> int:
+    from vlmserve.safety.dataset import write_dataset
+
+    print(write_dataset(args.out_dir, args.seed))
+    return 0

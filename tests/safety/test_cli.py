@@ -1,0 +1,53 @@
+"""The safety commands on vlmserve's command line: flags checked by name, the set writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlmserve.cli import main, parse_args
+from vlmserve.safety.dataset import CASES
+
+
+def test_make_safety_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["make-safety-set", str(tmp_path / "set")]) == 0
+    labels = Path(capsys.readouterr().out.strip())
+    assert len([json.loads(line) for line in labels.read_text().splitlines()]) == len(CASES)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["eval", "--dataset", "d", "--base-url", "u", "--trials", "0"],
+            "argument --trials: must be at least 1",
+        ),
+        (
+            ["bench", "--base-url", "u", "--model", "m", "--concurrency", "1,x"],
+            "argument --concurrency: not an integer",
+        ),
+        (
+            ["bench", "--base-url", "u", "--model", "m", "--slo-ms", "-5"],
+            "argument --slo-ms: must be a positive number",
+        ),
+        (
+            ["eval", "--dataset", "d", "--base-url", "u", "--temperature", "3"],
+            "argument --temperature: must be from 0 to 2",
+        ),
+        (["classify", "x.png"], "the following arguments are required: --base-url"),
+        (["bench", "--base-url", "u"], "the following arguments are required: --model"),
+    ],
+)
+def test_bad_flags_are_named(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_classify_with_nothing_to_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["classify", str(tmp_path / "nope"), "--base-url", "http://127.0.0.1:9/v1"])
+    assert code == 2 and "nope: no such file or folder" in capsys.readouterr().err
