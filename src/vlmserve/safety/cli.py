@@ -177,7 +177,7 @@ def _eval(args: argparse.Namespace) -> int:
     from vlmserve.safety.policy import load_policy
 
     settings = EvalSettings(
-        model=args.model or "",
+        model=args.model or "",  # filled in from the server's model list when not given
         trials=args.trials,
         temperature=args.temperature,
         seed=args.seed,

@@ -4,6 +4,7 @@ those as invalid, which says more about the run than the model)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,9 +39,7 @@ async def run_eval(
     baseline = load_baseline(baseline_path) if baseline_path else None
     started = datetime.now(UTC).isoformat(timespec="seconds")
     async with http_client(base_url, api_key, timeout, settings.concurrency) as client:
-        settings = EvalSettings(
-            **{**settings.__dict__, "model": model or await first_model(client)}
-        )
+        settings = dataclasses.replace(settings, model=model or await first_model(client))
         server = await server_facts(client)
         total = len(items) * settings.trials
         with tqdm(total=total, desc="eval", unit="req", file=sys.stderr) as bar:
