@@ -236,7 +236,6 @@ def _configs(
         dtype=args.dtype,
         device=args.device,
         max_num_batched_tokens=args.max_num_batched_tokens,
-        cpu_threads=args.cpu_threads,
         block_size=args.block_size,
         kv_cache_memory_bytes=args.kv_cache_memory_bytes,
         mm_cache_bytes=args.mm_cache_bytes,
@@ -251,6 +250,7 @@ def _configs(
         admin_api_key=args.admin_api_key,
         max_request_body_bytes=args.max_request_body_bytes,
         max_waiting=args.max_waiting,
+        cpu_threads=args.cpu_threads,
     )
     return engine_config, server_config, _media_config(args)
 

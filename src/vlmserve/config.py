@@ -38,8 +38,6 @@ class EngineConfig:
         return {**DEFAULT_LIMIT_MM_PER_PROMPT, **self.limit_mm_per_prompt}
 
     chat_template: str | None = None  # a Jinja template overriding the tokenizer's
-    # Intra-op threads on CPU (process-wide); None keeps torch's default (one per core).
-    cpu_threads: int | None = None
 
 
 @dataclass(frozen=True)

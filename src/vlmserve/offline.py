@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from vlmserve.config import EngineConfig, MediaConfig
-from vlmserve.engine.engine import LLMEngine
+from vlmserve.engine.engine import build_engine
+from vlmserve.engine.loading import set_cpu_threads
 from vlmserve.multimodal.chat_media import LoadedChatMedia, load_chat_media
 from vlmserve.multimodal.fetch import MediaConnector
 from vlmserve.multimodal.prompt import ChatMedia, build_chat_prompt
@@ -25,14 +26,34 @@ Conversation = list[dict[str, Any]]
 
 
 class LLM:
+    """One model in this process. `close()` (or leaving a `with LLM(...)` block) frees its
+    memory; `cpu_threads` sets torch's thread count for the whole process, so it is only
+    applied when given."""
+
     def __init__(
-        self, model: str, media_config: MediaConfig | None = None, **engine_args: Any
+        self,
+        model: str,
+        media_config: MediaConfig | None = None,
+        cpu_threads: int | None = None,
+        **engine_args: Any,
     ) -> None:
-        self.engine = LLMEngine(EngineConfig(model=model, **engine_args))
+        if cpu_threads is not None:
+            set_cpu_threads(cpu_threads)
+        self.engine = build_engine(EngineConfig(model=model, **engine_args))
         # Offline callers trust their own inputs less than one might think: the same safe
         # media policy as the server applies unless they pass their own.
         self.media_config = media_config or MediaConfig()
         self._ids = itertools.count()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the engine's memory (KV cache, weights, caches); later calls raise."""
+        self.engine.close()
 
     def generate(
         self,

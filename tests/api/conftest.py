@@ -20,7 +20,7 @@ from vlmserve.api.server_config import ServerConfig
 from vlmserve.api.state import ModelInfo
 from vlmserve.config import EngineConfig, MediaConfig
 from vlmserve.engine.async_engine import AsyncEngine
-from vlmserve.engine.engine import LLMEngine
+from vlmserve.engine.engine import LLMEngine, build_engine
 
 MODEL = "tiny"
 MAX_IMAGES = 2
@@ -29,7 +29,7 @@ MAX_VIDEOS = 1
 
 @pytest.fixture(scope="session")
 def llm_engine(tiny_qwen2_vl: Path) -> LLMEngine:
-    return LLMEngine(
+    return build_engine(
         EngineConfig(
             model=str(tiny_qwen2_vl),
             max_model_len=1024,
@@ -42,9 +42,9 @@ def llm_engine(tiny_qwen2_vl: Path) -> LLMEngine:
 
 @pytest.fixture(scope="session")
 def async_engine(llm_engine: LLMEngine) -> Iterator[AsyncEngine]:
-    engine = AsyncEngine(llm_engine)
+    engine = AsyncEngine(llm_engine).start()
     yield engine
-    engine.shutdown()
+    engine.close()
 
 
 @pytest.fixture(autouse=True)

@@ -44,7 +44,7 @@ def test_flags_map_to_configs(tmp_path: Path) -> None:
     assert engine.mm_limits == {"image": 4, "video": 2}  # unnamed modalities keep defaults
     assert (engine.dtype, engine.load_format) == ("bfloat16", "dummy")
     assert not engine.enable_prefix_caching and engine.enable_chunked_prefill
-    assert engine.max_num_batched_tokens == 512 and engine.cpu_threads == 3
+    assert engine.max_num_batched_tokens == 512 and server.cpu_threads == 3
     assert (server.port, server.api_key, server.max_waiting) == (9000, "k", 7)
     assert media.allowed_media_domains == ("*.example.com",)
     assert media.media_fetch_timeout.total == 3 and media.video_max_frames == 8

@@ -10,16 +10,16 @@ import pytest
 
 from vlmserve.config import EngineConfig
 from vlmserve.engine.async_engine import AsyncEngine, EngineOverloaded
-from vlmserve.engine.engine import LLMEngine
+from vlmserve.engine.engine import build_engine
 from vlmserve.engine.inputs import InputError
 from vlmserve.types import RequestOutput, SamplingParams
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_qwen2_vl: Path) -> Iterator[AsyncEngine]:
-    async_engine = AsyncEngine(LLMEngine(EngineConfig(str(tiny_qwen2_vl), max_model_len=512)))
-    yield async_engine
-    async_engine.shutdown()
+    async_engine = AsyncEngine(build_engine(EngineConfig(str(tiny_qwen2_vl), max_model_len=512)))
+    yield async_engine.start()
+    async_engine.close()
 
 
 async def collect(
@@ -91,7 +91,7 @@ async def test_a_failing_step_fails_its_requests_not_the_thread(
 
 
 async def test_overload_is_refused(tiny_qwen2_vl: Path) -> None:
-    small = AsyncEngine(LLMEngine(EngineConfig(str(tiny_qwen2_vl))), max_waiting=1)
+    small = AsyncEngine(build_engine(EngineConfig(str(tiny_qwen2_vl))), max_waiting=1).start()
     try:
         first = small.generate("a", SamplingParams(max_tokens=50, ignore_eos=True), "o1")
         await first.__anext__()
@@ -99,4 +99,4 @@ async def test_overload_is_refused(tiny_qwen2_vl: Path) -> None:
             await collect(small, "b", SamplingParams(max_tokens=2), "o2")
         await first.aclose()
     finally:
-        small.shutdown()
+        small.close()

@@ -17,7 +17,7 @@ import uvicorn
 from tests.api.conftest import MODEL, make_app
 from vlmserve.config import EngineConfig
 from vlmserve.engine.async_engine import AsyncEngine
-from vlmserve.engine.engine import LLMEngine
+from vlmserve.engine.engine import build_engine
 
 
 class ThreadServer:
@@ -53,7 +53,7 @@ class ThreadServer:
 @pytest.fixture(scope="session")
 def safety_engine(tiny_qwen2_vl: Path) -> Iterator[AsyncEngine]:
     engine = AsyncEngine(
-        LLMEngine(
+        build_engine(
             EngineConfig(
                 model=str(tiny_qwen2_vl),
                 max_model_len=4096,
@@ -62,8 +62,8 @@ def safety_engine(tiny_qwen2_vl: Path) -> Iterator[AsyncEngine]:
             )
         )
     )
-    yield engine
-    engine.shutdown()
+    yield engine.start()
+    engine.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,10 @@
-"""`vlmserve serve`: load the engine, start its loop, serve the app with uvicorn."""
+"""`vlmserve serve`: the process owner. Sets process-wide settings, builds the engine off the
+event loop, starts it, serves the app with uvicorn, and closes the engine on the way out."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import uvicorn
@@ -11,7 +14,8 @@ from vlmserve.api.server_config import ServerConfig
 from vlmserve.api.state import ModelInfo
 from vlmserve.config import EngineConfig, MediaConfig
 from vlmserve.engine.async_engine import AsyncEngine
-from vlmserve.engine.engine import LLMEngine
+from vlmserve.engine.engine import build_engine
+from vlmserve.engine.loading import set_cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -19,14 +23,27 @@ logger = logging.getLogger(__name__)
 def run_server(
     engine_config: EngineConfig, config: ServerConfig, media_config: MediaConfig
 ) -> None:
-    engine = LLMEngine(engine_config)
-    async_engine = AsyncEngine(engine, max_waiting=config.max_waiting)
-    model = ModelInfo.from_engine(engine, config.served_model_name)
-    app = create_app(async_engine, model, config, media_config)
-    logger.info(
-        "serving %s as %r on http://%s:%d", model.root, model.name, config.host, config.port
-    )
+    if config.cpu_threads is not None:
+        set_cpu_threads(config.cpu_threads)
+    # uvicorn re-raises the SIGINT it caught once it has shut down: that is the way out.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(engine_config, config, media_config))
+
+
+async def serve(
+    engine_config: EngineConfig, config: ServerConfig, media_config: MediaConfig
+) -> None:
+    engine = await asyncio.to_thread(build_engine, engine_config)
+    async_engine = AsyncEngine(engine, max_waiting=config.max_waiting).start()
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+        model = ModelInfo.from_engine(engine, config.served_model_name)
+        app = create_app(async_engine, model, config, media_config)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=config.host, port=config.port, log_level="info")
+        )
+        logger.info(
+            "serving %s as %r on http://%s:%d", model.root, model.name, config.host, config.port
+        )
+        await server.serve()
     finally:
-        async_engine.shutdown()
+        await asyncio.to_thread(async_engine.close)

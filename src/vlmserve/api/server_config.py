@@ -20,6 +20,9 @@ class ServerConfig:
     admin_api_key: str | None = None  # required on /metrics when set
     max_request_body_bytes: int = 32 * 1024 * 1024
     max_waiting: int = 1024  # requests in flight before new ones get 429
+    # torch intra-op threads for the whole process (the server owns it, not an engine);
+    # None keeps torch's default (one per core).
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -28,6 +31,8 @@ class ServerConfig:
             raise ValueError("max_request_body_bytes must be at least 1")
         if self.max_waiting < 1:
             raise ValueError("max_waiting must be at least 1")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be at least 1, got {self.cpu_threads}")
         for name in ("api_key", "admin_api_key"):
             key = getattr(self, name)
             # compare_digest needs ASCII; an empty key would let an empty bearer in.

@@ -5,6 +5,10 @@ to a thread-safe queue, and the thread posts each request's outputs back onto th
 event loop. Input processing (tokenizing, image preprocessing) runs in a worker thread
 before a request is posted, so it never stalls the step loop. An exception inside a step
 fails the requests in that step, not the thread.
+
+Lifecycle, like a resource: build (`build_engine`, off the event loop) -> `start()` ->
+serve -> `drain(timeout)` (optional: stop admitting, let in-flight requests finish) ->
+`close()` (every open stream ends with `EngineClosed`, the thread stops, memory is freed).
 """
 
 from __future__ import annotations
@@ -19,18 +23,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlmserve.engine.engine import LLMEngine
+from vlmserve.engine.errors import EngineClosed, EngineDead, EngineDraining, EngineOverloaded
 from vlmserve.engine.inputs import InputError, ProcessedInput
 from vlmserve.types import RequestOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "AsyncEngine",
+    "EngineClosed",
+    "EngineDead",
+    "EngineDraining",
+    "EngineOverloaded",
+    "EngineStats",
+]
 
-class EngineOverloaded(RuntimeError):
-    """Too many requests waiting; the caller should retry later (HTTP 429)."""
-
-
-class EngineDead(RuntimeError):
-    """The engine loop has stopped."""
+DRAIN_POLL_S = 0.01
+JOIN_TIMEOUT_S = 30.0  # a step is milliseconds to seconds; past this the thread is stuck
 
 
 @dataclass
@@ -48,6 +57,13 @@ class _Add:
         except RuntimeError:
             return False
         return True
+
+
+class _Close:
+    """The last command the engine thread reads: fail the open streams, free, stop."""
+
+
+_Command = _Add | str | _Close  # a str is the id of a request to abort
 
 
 @dataclass
@@ -69,29 +85,85 @@ class AsyncEngine:
     def __init__(self, engine: LLMEngine, max_waiting: int = 1024) -> None:
         self.engine = engine
         self.max_waiting = max_waiting
-        self._commands: queue.Queue[_Add | str | None] = queue.Queue()
+        self._commands: queue.Queue[_Command] = queue.Queue()
+        # Posting and closing are atomic with respect to each other: every command is either
+        # in the queue before the close command (so the thread handles it) or refused.
+        self._post_lock = threading.Lock()
+        self._closed = False
+        self._admitting = True
         self._streams: dict[str, _Add] = {}
         self._pending = 0  # accepted by generate() but not finished
         self._last_beat = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="vlmserve-engine", daemon=True)
-        self._thread.start()
 
-    # -- caller side (event loop) -----------------------------------------------------------
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> AsyncEngine:
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        if not self._thread.is_alive():
+            self._thread.start()
+        return self
+
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        """The engine loop runs (started, not closed, not crashed)."""
+        return self._thread.is_alive() and not self._closed
 
+    @property
+    def num_in_flight(self) -> int:
+        return self._pending
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop admitting (new `generate` calls raise `EngineDraining`) and wait up to
+        `timeout` seconds for the requests in flight to finish. True when none is left;
+        on False the caller decides: `close()` anyway, or `resume()`."""
+        self._admitting = False
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        return self._pending == 0
+
+    def resume(self) -> None:
+        """Admit again after a `drain` whose caller decided not to close (e.g. an eviction
+        that gave up at its deadline)."""
+        if not self._closed:
+            self._admitting = True
+
+    def close(self) -> None:
+        """End every open stream with `EngineClosed`, stop the thread and free the engine's
+        memory. Blocks for up to one step: from an event loop, run it in a worker thread.
+        Idempotent; requests posted after it fail at once instead of waiting forever."""
+        with self._post_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._admitting = False
+            self._commands.put(_Close())
+        if self._thread.is_alive():
+            self._thread.join(JOIN_TIMEOUT_S)
+            if self._thread.is_alive():
+                logger.error("the engine thread did not stop within %.0f s", JOIN_TIMEOUT_S)
+                return
+        # The thread never started or died: nobody else touches the engine now.
+        self._close_on_this_thread()
+
+    # -- caller side (event loop) -----------------------------------------------------------
     async def generate(
         self, prompt: str | dict[str, Any] | ProcessedInput, params: SamplingParams, request_id: str
     ) -> AsyncIterator[RequestOutput]:
         """Yields the request's outputs as they grow; the last one has `finished=True`.
         Closing the iterator early (client gone) aborts the request and frees its blocks."""
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        if not self._admitting:
+            raise EngineDraining("the engine is draining and admits no new requests; retry")
         if not self.alive:
             raise EngineDead("the engine loop is not running")
         if self._pending >= self.max_waiting:
             raise EngineOverloaded(f"{self._pending} requests in flight; retry later")
         self._pending += 1
         finished = False
+        posted = False
         try:
             processed = (
                 prompt
@@ -99,9 +171,10 @@ class AsyncEngine:
                 else await asyncio.to_thread(self.engine.prepare, prompt, params)
             )
             outputs: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-            self._commands.put(
-                _Add(request_id, processed, params, asyncio.get_running_loop(), outputs)
-            )
+            add = _Add(request_id, processed, params, asyncio.get_running_loop(), outputs)
+            if not self._post(add):
+                raise EngineClosed("the engine was closed before this request started")
+            posted = True
             while not finished:
                 item = await outputs.get()
                 if isinstance(item, BaseException):
@@ -111,8 +184,15 @@ class AsyncEngine:
                 yield item
         finally:
             self._pending -= 1
-            if not finished:
-                self._commands.put(request_id)  # abort
+            if posted and not finished:
+                self._post(request_id)  # abort; refused (and moot) once closed
+
+    def _post(self, command: _Add | str) -> bool:
+        with self._post_lock:
+            if self._closed:
+                return False
+            self._commands.put(command)
+            return True
 
     def stats(self) -> EngineStats:
         e = self.engine
@@ -131,29 +211,41 @@ class AsyncEngine:
             grammar_compile_seconds=grammar.compile_seconds,
         )
 
-    def shutdown(self) -> None:
-        self._commands.put(None)
-        self._thread.join(timeout=30)
-
     # -- engine thread ----------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             block = not self.engine.has_unfinished()
             try:
-                command = self._commands.get(block=block, timeout=None)
+                command: _Command | None = self._commands.get(block=block, timeout=None)
             except queue.Empty:
-                command = ""
-            while command != "":
-                if command is None:
+                command = None
+            while command is not None:
+                if isinstance(command, _Close):
+                    self._close_on_this_thread()
                     return
                 self._handle(command)
                 try:
                     command = self._commands.get_nowait()
                 except queue.Empty:
-                    command = ""
+                    command = None
             self._last_beat = time.monotonic()
             if self.engine.has_unfinished():
                 self._step()
+
+    def _close_on_this_thread(self) -> None:
+        """Fail every open stream and every add still queued, then free the engine."""
+        error = EngineClosed("the engine was closed while this request was running")
+        for stream in self._streams.values():
+            stream.post(error)
+        self._streams.clear()
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(command, _Add):
+                command.post(error)
+        self.engine.close()
 
     def _handle(self, command: _Add | str) -> None:
         if isinstance(command, str):

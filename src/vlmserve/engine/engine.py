@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,17 +17,16 @@ import torch
 from vlmserve.config import EngineConfig
 from vlmserve.engine.block_manager import BlockManager
 from vlmserve.engine.detokenizer import IncrementalDetokenizer
+from vlmserve.engine.errors import EngineClosed
 from vlmserve.engine.guided import GuidedDecoding
 from vlmserve.engine.inputs import InputError, InputProcessor, ProcessedInput
+from vlmserve.engine.loading import LoadedModel, load_checkpoint
+from vlmserve.engine.memory import release_memory
 from vlmserve.engine.mm_cache import CachedItem, MultiModalCache
 from vlmserve.engine.outputs import make_request_output
 from vlmserve.engine.scheduler import ScheduledBatch, Scheduler
 from vlmserve.engine.sequence import Request, Sequence
 from vlmserve.engine.stopping import append_token, check_stop
-from vlmserve.models.config import load_model_config
-from vlmserve.models.hf_tokenizer import load_tokenizer
-from vlmserve.models.loader import load_model, resolve_model_folder
-from vlmserve.multimodal.processor import load_image_processor_config
 from vlmserve.runner.model_runner import MMSlice, ModelRunner, SeqChunk, kv_block_bytes
 from vlmserve.runner.sampler import SamplingRow, sample
 from vlmserve.types import FinishReason, RequestOutput, SamplingParams
@@ -40,51 +38,19 @@ AUTO_KV_TOKENS_PER_SEQ = 4096
 AUTO_KV_MAX_BYTES = 512 * 1024 * 1024
 
 
-def cpu_has_native_bf16() -> bool:
-    """bf16 matmuls run natively (AVX512-BF16 or AMX) rather than emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_device_dtype(
-    config: EngineConfig, checkpoint_dtype: str
-) -> tuple[torch.device, torch.dtype]:
-    """`auto` dtype is the checkpoint's (as vLLM does), except where the device would only
-    emulate it: bf16/fp16 checkpoints run in float32 on CPUs without native bf16."""
-    device_name = config.device
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if config.dtype == "auto":
-        dtype = names.get(checkpoint_dtype, torch.float32)
-        if device.type == "cpu" and dtype != torch.float32:
-            dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    elif config.dtype in names:
-        dtype = names[config.dtype]
-    else:
-        raise ValueError(f"dtype must be auto or one of {sorted(names)}, got {config.dtype!r}")
-    return device, dtype
-
-
 class LLMEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    """One model's engine, built around a loaded checkpoint (`build_engine` loads and builds).
+
+    Lifecycle: requests come and go until `close()`, which frees everything the engine holds
+    (KV cache, weights, vision embeddings, grammars) even while others still reference the
+    engine object; after it every call raises `EngineClosed`."""
+
+    def __init__(self, config: EngineConfig, loaded: LoadedModel) -> None:
         self.config = config
-        folder = resolve_model_folder(config.model, weights=config.load_format == "auto")
-        self.device, self.dtype = resolve_device_dtype(
-            config, load_model_config(folder).checkpoint_dtype
-        )
-        if self.device.type == "cpu" and config.cpu_threads is not None:
-            if config.cpu_threads < 1:
-                raise ValueError(f"cpu_threads must be at least 1, got {config.cpu_threads}")
-            torch.set_num_threads(config.cpu_threads)
-        self.model, self.model_config = load_model(
-            str(folder), self.dtype, self.device, config.load_format, config.seed
-        )
-        self.tokenizer = load_tokenizer(config.tokenizer or folder)
+        self.device, self.dtype = loaded.device, loaded.dtype
+        self.model, self.model_config = loaded.model, loaded.model_config
+        self.tokenizer = loaded.tokenizer
+        self.closed = False
         self.max_model_len = min(
             config.max_model_len or DEFAULT_MAX_MODEL_LEN, self.model_config.max_position_embeddings
         )
@@ -117,7 +83,7 @@ class LLMEngine:
         self.inputs = InputProcessor(
             self.tokenizer,
             self.model_config,
-            load_image_processor_config(folder),
+            loaded.image_config,
             self.mm_cache,
             config.mm_limits,
             self.max_model_len,
@@ -142,6 +108,7 @@ class LLMEngine:
 
     # -- requests ---------------------------------------------------------------------------
     def process_input(self, prompt: str | dict[str, Any]) -> ProcessedInput:
+        self._check_open()
         return self.inputs.process(prompt)
 
     def prepare(self, prompt: str | dict[str, Any], params: SamplingParams) -> ProcessedInput:
@@ -154,6 +121,7 @@ class LLMEngine:
     def add_request(
         self, request_id: str, prompt: str | dict[str, Any] | ProcessedInput, params: SamplingParams
     ) -> Request:
+        self._check_open()
         if request_id in self.requests:
             raise InputError(f"request id {request_id!r} is already in use", "request_id")
         processed = prompt if isinstance(prompt, ProcessedInput) else self.prepare(prompt, params)
@@ -232,11 +200,40 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return bool(self.requests)
 
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Abort every request and free the engine's memory: KV cache, weights, vision
+        embeddings, grammars. Idempotent; call it from the thread that runs `step()` (or
+        once that thread has stopped)."""
+        if self.closed:
+            return
+        self.closed = True
+        for request_id in list(self.requests):
+            self.abort(request_id)
+        self.guided.close()
+        self.mm_cache.clear()
+        # The runner holds the KV tensors and the second reference to the weights.
+        del self.runner, self.model
+        release_memory(self.device)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise EngineClosed("the engine is closed")
+
     # -- the loop ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        self._check_open()
         batch = self.scheduler.schedule()
         if batch.empty:
             return []
+        sampling, logits = self._run(batch)
+        if sampling:
+            self._sample(sampling, logits)
+        return self._collect({seq.request.request_id: seq.request for seq in sampling})
+
+    def _run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
+        """Encode the batch's pending media, run the model, commit the computed KV blocks.
+        Returns the sequences whose last token was computed (they sample) and their logits."""
         now = time.time()
         for seq in batch.sequences:
             if seq.request.metrics.first_scheduled_time is None:
@@ -250,12 +247,7 @@ class LLMEngine:
             self.block_manager.commit(seq)
             if chunk.needs_logits:
                 sampling.append(seq)
-        touched: dict[str, Request] = {}
-        if sampling:
-            self._sample(sampling, logits)
-            for seq in sampling:
-                touched[seq.request.request_id] = seq.request
-        return self._collect(touched)
+        return sampling, logits
 
     def _encode_media(self, batch: ScheduledBatch) -> None:
         pending = []
@@ -369,3 +361,10 @@ class LLMEngine:
                 self.requests.pop(request.request_id, None)
             outputs.append(make_request_output(request, finished))
         return outputs
+
+
+def build_engine(config: EngineConfig) -> LLMEngine:
+    """Load `config.model` and build its engine. Blocking (disk, maybe network: run it off an
+    event loop) and free of side effects beyond the engine: no thread is started and no
+    process-wide setting is touched (`set_cpu_threads` is the process owner's)."""
+    return LLMEngine(config, load_checkpoint(config))

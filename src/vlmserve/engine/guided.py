@@ -15,6 +15,7 @@ import threading
 import torch
 from tokenizers import Tokenizer
 
+from vlmserve.engine.errors import EngineClosed
 from vlmserve.engine.inputs import InputError
 from vlmserve.engine.sequence import Sequence
 from vlmserve.structured import (
@@ -35,17 +36,29 @@ class GuidedDecoding:
         self.eos_token_ids = eos_token_ids
         self._backend: StructuredBackend | None = None
         self._lock = threading.Lock()
+        self._closed = False
         self.grammars: dict[int, RequestGrammar] = {}  # by seq_id
 
     @property
     def backend(self) -> StructuredBackend:
         # Built on first use: its tokenizer tables cost ~1 s at a 152k vocabulary.
         with self._lock:
+            if self._closed:
+                # A compile racing close() (input processing runs off the engine thread)
+                # must not build a fresh backend that nobody would free.
+                raise EngineClosed("the engine is closed")
             if self._backend is None:
                 self._backend = StructuredBackend(
                     self._tokenizer, self.vocab_size, self.eos_token_ids
                 )
             return self._backend
+
+    def close(self) -> None:
+        """Drop every grammar and the compile cache (with the backend's tokenizer tables)."""
+        with self._lock:
+            self._closed = True
+            self._backend = None
+        self.grammars.clear()
 
     def stats(self) -> CompileStats:
         return self._backend.stats if self._backend is not None else CompileStats()

@@ -55,6 +55,11 @@ class MultiModalCache:
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= evicted.nbytes
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
     @property
     def num_bytes(self) -> int:
         return self._bytes
