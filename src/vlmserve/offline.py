@@ -16,12 +16,12 @@ from typing import Any
 from vlmserve.config import EngineConfig, MediaConfig
 from vlmserve.engine.engine import build_engine
 from vlmserve.engine.loading import set_cpu_threads
+from vlmserve.engine.prompts import PromptInput, to_prompt
 from vlmserve.multimodal.chat_media import LoadedChatMedia, load_chat_media
 from vlmserve.multimodal.fetch import MediaConnector
 from vlmserve.multimodal.prompt import ChatMedia, build_chat_prompt
-from vlmserve.types import RequestOutput, SamplingParams
+from vlmserve.types import Prompt, RequestOutput, SamplingParams
 
-Prompt = str | dict[str, Any]
 Conversation = list[dict[str, Any]]
 
 
@@ -57,11 +57,13 @@ class LLM:
 
     def generate(
         self,
-        prompts: Prompt | Sequence[Prompt],
+        prompts: PromptInput | Sequence[PromptInput],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in the order of the prompts."""
-        batch = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
+        given = [prompts] if isinstance(prompts, (str, dict, Prompt)) else list(prompts)
+        # vLLM's dict forms become typed prompts here, all before any request is queued.
+        batch = [to_prompt(prompt) for prompt in given]
         params = self._params(sampling_params, len(batch))
         order = []
         try:
@@ -91,7 +93,7 @@ class LLM:
         )
         if template is None:
             raise ValueError("the model has no chat template; pass chat_template=")
-        prompts: list[Prompt] = []
+        prompts: list[PromptInput] = []
         for conversation in conversations:
             chat = build_chat_prompt(
                 conversation, template, self.engine.tokenizer.special_tokens, add_generation_prompt

@@ -126,6 +126,31 @@ class SamplingParams:
 
 
 @dataclass
+class MediaInput:
+    """One image or video of a prompt. Within a modality, items fill the prompt's vision
+    placeholders in order."""
+
+    modality: str  # "image" | "video"
+    # An image: a PIL image. A video: its frames, a list of PIL images. None: the item is
+    # named by `uuid` alone and served from the engine's media cache.
+    data: Any = None
+    uuid: str | None = None  # names the item in the media cache (instead of a content hash)
+    fps: float | None = None  # a video's sampling rate (None: the engine's default, 2)
+
+
+@dataclass
+class Prompt:
+    """What the engine runs: exactly one of `text` and `token_ids`, plus media items.
+
+    The serving layer hands the engine this, never a dict; vLLM's dict prompts are converted
+    once, at the engine's entry (`vlmserve.engine.prompts.to_prompt`)."""
+
+    text: str | None = None
+    token_ids: list[int] | None = None
+    media: list[MediaInput] = field(default_factory=list)
+
+
+@dataclass
 class Logprob:
     logprob: float
     rank: int | None = None  # 1-based rank in the distribution

@@ -1,5 +1,5 @@
-"""One engine on the tiny model for the whole session; a fresh app (own metrics) per test,
-driven in-process through httpx's ASGI transport."""
+"""One engine on the tiny model for the whole session; a fresh app (own registry over that
+engine, own metrics) per test, driven in-process through httpx's ASGI transport."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from PIL import Image
 
 from vlmserve.api.app import create_app
 from vlmserve.api.server_config import ServerConfig
-from vlmserve.api.state import ModelInfo
 from vlmserve.config import EngineConfig, MediaConfig
 from vlmserve.engine.async_engine import AsyncEngine
 from vlmserve.engine.engine import LLMEngine, build_engine
+from vlmserve.registry import ModelHandle, ModelInfo, ModelRegistry
 
 MODEL = "tiny"
 MAX_IMAGES = 2
@@ -68,12 +68,17 @@ async def offline_resolver(host: str, port: int) -> list[Any]:
     raise OSError(f"name resolution is disabled in tests ({host})")
 
 
+def single_model(engine: AsyncEngine) -> ModelRegistry:
+    """A registry serving the session's engine as MODEL. Never closed by the tests: the
+    engine outlives every app."""
+    return ModelRegistry([ModelHandle(ModelInfo.from_engine(engine.engine, MODEL), engine)])
+
+
 def make_app(
     engine: AsyncEngine, media_config: MediaConfig | None = None, **config: Any
 ) -> FastAPI:
-    model = ModelInfo.from_engine(engine.engine, MODEL)
     return create_app(
-        engine, model, ServerConfig(**config), media_config, media_resolver=offline_resolver
+        single_model(engine), ServerConfig(**config), media_config, media_resolver=offline_resolver
     )
 
 

@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
-from tests.api.conftest import MAX_IMAGES, MODEL, assert_error, chat_body, client_for
+from tests.api.conftest import MAX_IMAGES, assert_error, chat_body, client_for, single_model
 from tests.multimodal.fakes import (
     PUBLIC_IP,
     FakeInternet,
@@ -39,7 +39,6 @@ from tests.multimodal.test_fetch_http import drip, endless
 from tests.multimodal.test_image import png_bomb
 from vlmserve.api.app import create_app
 from vlmserve.api.server_config import ServerConfig
-from vlmserve.api.state import ModelInfo
 from vlmserve.config import MediaConfig, MediaFetchTimeout
 from vlmserve.engine.async_engine import AsyncEngine
 from vlmserve.multimodal.fetch import Resolver, TransportFactory
@@ -56,8 +55,7 @@ def attack_app(
     resolver: Resolver = resolver_must_not_be_called,
     transport: TransportFactory = transport_must_not_be_built,
 ) -> FastAPI:
-    model = ModelInfo.from_engine(engine.engine, MODEL)
-    return create_app(engine, model, ServerConfig(), media_config, resolver, transport)
+    return create_app(single_model(engine), ServerConfig(), media_config, resolver, transport)
 
 
 def image(url: str | None = None, uuid: str | None = None) -> list[dict[str, Any]]:

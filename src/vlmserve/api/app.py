@@ -1,13 +1,12 @@
-"""The app factory: a FastAPI app around an engine that is already loaded and running.
+"""The app factory: a FastAPI app in front of a model registry whose models are ready.
 
-Taking a ready engine (rather than loading one in a lifespan hook) keeps the app cheap to
-build in tests and means the app never exists without its model. Middleware order, outside
-in: catch-all 500 guard -> request counter -> body size limit -> FastAPI.
+Taking the registry (rather than loading models in a lifespan hook) keeps the app cheap to
+build in tests; whoever built the registry closes it. Every route reaches a model through the
+registry (`state.serving.model(alias)`), even with one model. Middleware order, outside in:
+catch-all 500 guard -> request counter -> body size limit -> FastAPI.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.routing import Route
@@ -16,20 +15,17 @@ import vlmserve
 from vlmserve.api import chat, completions, errors, routes
 from vlmserve.api.body_limit import BodySizeLimitMiddleware
 from vlmserve.api.errors import CatchAllMiddleware
-from vlmserve.api.media import MediaLoader, MeteredConnector
 from vlmserve.api.metrics import Metrics, RequestCountMiddleware
 from vlmserve.api.server_config import ServerConfig
-from vlmserve.api.state import ModelInfo, ServingState
+from vlmserve.api.state import ServingState
 from vlmserve.config import MediaConfig
 from vlmserve.multimodal.fetch import Resolver, TransportFactory, resolve_host
-
-if TYPE_CHECKING:
-    from vlmserve.engine.async_engine import AsyncEngine
+from vlmserve.registry import ModelRegistry
+from vlmserve.serving import MediaLoader, MeteredConnector, Serving
 
 
 def create_app(
-    engine: AsyncEngine,
-    model: ModelInfo,
+    models: ModelRegistry,
     config: ServerConfig | None = None,
     media_config: MediaConfig | None = None,
     media_resolver: Resolver = resolve_host,
@@ -44,9 +40,12 @@ def create_app(
         version=vlmserve.__version__,
         description="OpenAI-compatible serving of vision-language models. See docs/api.md.",
     )
-    metrics = Metrics(engine.stats)
-    media = MediaLoader(MeteredConnector(media_config, metrics, media_resolver, media_transport))
-    app.state.vlm = ServingState(engine, model, config, media, metrics)
+    # The registry's stats, not an engine's: metrics must not keep an unloaded engine alive.
+    metrics = Metrics(models.engine_stats)
+    connector = MeteredConnector(
+        media_config, metrics.observe_media, media_resolver, media_transport
+    )
+    app.state.vlm = ServingState(Serving(models, MediaLoader(connector)), config, metrics)
     known: list[Route] = []
     for router in (chat.router, completions.router, routes.router):
         app.include_router(router)

@@ -1,4 +1,5 @@
-"""POST /v1/chat/completions: messages -> chat template -> engine, answered whole or as SSE."""
+"""POST /v1/chat/completions: parse (pydantic) -> the serving layer (model, template, media,
+generation) -> the answer, whole or as SSE. Nothing here but HTTP shapes."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from vlmserve.api.auth import require_api_key
-from vlmserve.api.errors import APIError
-from vlmserve.api.generation import Generation
 from vlmserve.api.logprobs import chat_logprobs
+from vlmserve.api.metrics import RequestTimer
 from vlmserve.api.protocol import ChatCompletionRequest
 from vlmserve.api.responses import (
     ChatChoice,
@@ -28,7 +27,7 @@ from vlmserve.api.responses import (
 )
 from vlmserve.api.sampling import chat_sampling_params, client_param
 from vlmserve.api.sse import STREAM_RESPONSES, sse_response
-from vlmserve.api.state import ServingState, get_state
+from vlmserve.api.state import get_state
 from vlmserve.api.streaming import (
     ChunkWriter,
     Delta,
@@ -36,45 +35,19 @@ from vlmserve.api.streaming import (
     chunk_writer,
     stream_events,
 )
-from vlmserve.api.usage import check_model, usage
-from vlmserve.multimodal.prompt import PromptError, build_chat_prompt
-from vlmserve.types import CompletionOutput, SamplingParams
+from vlmserve.api.usage import usage
+from vlmserve.registry import ModelInfo
+from vlmserve.serving import ChatRequest, Generation, ServingError
+from vlmserve.types import CompletionOutput
 
 logger = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-async def _prompt(state: ServingState, body: ChatCompletionRequest) -> dict[str, Any]:
-    template = state.model.chat_template
-    if template is None:
-        raise APIError(
-            400,
-            "this model has no chat template; start the server with --chat-template",
-            "messages",
-        )
-    messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    try:
-        chat = build_chat_prompt(messages, template, state.model.reserved_tokens)
-    except PromptError as exc:
-        raise APIError(400, str(exc), exc.param) from exc
-    # Counted before anything is fetched: a request over the limit costs no bandwidth.
-    for modality in ("image", "video"):
-        count = sum(1 for ref in chat.media if ref.modality == modality)
-        limit = state.model.media_limits.get(modality, 0)
-        if count > limit:
-            raise APIError(
-                400,
-                f"{count} {modality}s in one request; this server allows at most {limit} "
-                "(--limit-mm-per-prompt)",
-                "messages",
-            )
-    return await state.media.prompt(chat)
-
-
-def _logprobs(state: ServingState, k: int | None, c: CompletionOutput) -> ChoiceLogprobs | None:
+def _logprobs(model: ModelInfo, k: int | None, c: CompletionOutput) -> ChoiceLogprobs | None:
     if k is None or c.logprobs is None:
         return None
-    return ChoiceLogprobs(content=chat_logprobs(c.token_ids, c.logprobs, k, state.model.decode))
+    return ChoiceLogprobs(content=chat_logprobs(c.token_ids, c.logprobs, k, model.decode))
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAM_RESPONSES)
@@ -82,57 +55,61 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request
 ) -> ChatCompletion | StreamingResponse:
     state = get_state(request)
-    check_model(state, body.model)
+    # Validated before the model is acquired: a bad request never costs a model load.
     params = chat_sampling_params(body)
-    prompt = await _prompt(state, body)
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    chat = ChatRequest(messages, params, request_id=f"chatcmpl-{uuid.uuid4().hex}")
     if body.user is not None:  # OpenAI's end-user id: for tracing abuse back, so it is logged
-        logger.info("%s from user %r", request_id, body.user)
-    generation = Generation(state, prompt, params, request_id)
-    try:
-        await generation.start()
-    except APIError as exc:
-        exc.param = client_param(body, exc.param)
-        raise
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(_stream(state, body, params, generation, request_id, include_usage))
-    final = await generation.final(request)
+        logger.info("%s from user %r", chat.request_id, body.user)
+    async with contextlib.AsyncExitStack() as held:
+        handle = await held.enter_async_context(state.serving.model(body.model))
+        try:
+            generation = await state.serving.start_chat(
+                handle, chat, RequestTimer(state.metrics).observe
+            )
+        except ServingError as exc:
+            exc.param = client_param(body, exc.param)
+            raise
+        held.push_async_callback(generation.aclose)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = _stream(
+                handle.info, body.n, params.logprobs, generation, chat.request_id, include_usage
+            )
+            # The stream now holds the model and the engine request until it ends.
+            return sse_response(events, held.pop_all().aclose)
+        final = await generation.final(request.is_disconnected)
     choices = [
         ChatChoice(
             index=c.index,
             message=ChatMessageOut(content=c.text),
-            logprobs=_logprobs(state, params.logprobs, c),
+            logprobs=_logprobs(handle.info, params.logprobs, c),
             finish_reason=c.finish_reason,
         )
         for c in final.outputs
     ]
     return ChatCompletion(
-        id=request_id,
+        id=chat.request_id,
         created=int(time.time()),
-        model=state.model.name,
+        model=handle.info.name,
         choices=choices,
         usage=usage(final),
     )
 
 
 async def _stream(
-    state: ServingState,
-    body: ChatCompletionRequest,
-    params: SamplingParams,
+    model: ModelInfo,
+    n: int,
+    k: int | None,
     generation: Generation,
     request_id: str,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    k = params.logprobs
     chunk: ChunkWriter[ChatChunkChoice] = chunk_writer(
-        ChatCompletionChunk, request_id, state.model.name, include_usage
+        ChatCompletionChunk, request_id, model.name, include_usage
     )
     yield chunk(
-        [
-            ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))
-            for i in range(body.n)
-        ],
+        [ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content="")) for i in range(n)],
         None,
     )
 
@@ -141,7 +118,7 @@ async def _stream(
         lps = None
         if k is not None and c.logprobs is not None:
             content = chat_logprobs(
-                c.token_ids[d.first_token :], c.logprobs[d.first_token :], k, state.model.decode
+                c.token_ids[d.first_token :], c.logprobs[d.first_token :], k, model.decode
             )
             lps = ChoiceLogprobs(content=content)
         return ChatChunkChoice(
@@ -151,7 +128,7 @@ async def _stream(
             finish_reason=c.finish_reason,
         )
 
-    tracker = DeltaTracker(body.n, k is not None)
+    tracker = DeltaTracker(n, k is not None)
     events = stream_events(generation.outputs(), tracker, choice, chunk, include_usage)
     async with contextlib.aclosing(events):
         async for event in events:

@@ -18,6 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlmserve.api.responses import ErrorResponse
+from vlmserve.serving.errors import ClientDisconnected, ServingError
+
+__all__ = ["APIError", "ClientDisconnected", "ServingError", "error_body", "install"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,27 +68,9 @@ UNSUPPORTED_FIELDS = frozenset(
 )
 
 
-class APIError(Exception):
-    """A request the server refuses; raised anywhere in a handler, rendered by `install`."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        code: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-        self.headers = dict(headers or {})
-
-
-class ClientDisconnected(Exception):
-    """The client left before the answer was ready; the request was aborted."""
+class APIError(ServingError):
+    """A request the HTTP layer itself refuses (validation, auth). Like every `ServingError`
+    raised below it, rendered by `install`."""
 
 
 def error_body(
@@ -101,7 +86,7 @@ def error_body(
     }
 
 
-def error_response(error: APIError) -> JSONResponse:
+def error_response(error: ServingError) -> JSONResponse:
     return JSONResponse(
         error_body(error.status, error.message, error.param, error.code),
         status_code=error.status,
@@ -151,8 +136,8 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> APIError:
     return APIError(400, message, described[0][1] if described else None)
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, APIError)
+async def _serving_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServingError)
     return error_response(exc)
 
 
@@ -176,7 +161,7 @@ async def _client_disconnected(_: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnected, _client_disconnected)
-    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
 

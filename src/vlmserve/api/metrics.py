@@ -1,13 +1,14 @@
 """Prometheus metrics. One registry per app, so several apps (tests) never share counters.
 
-Engine gauges and counters (caches, preemptions, grammar compiles) are read from
-`AsyncEngine.stats()` at scrape time rather than pushed, so they cost nothing between scrapes.
+Engine gauges and counters (caches, preemptions, grammar compiles) are read through the model
+registry at scrape time, one series per loaded model (label `model`), rather than pushed:
+they cost nothing between scrapes, and metrics never keep an unloaded engine alive.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -23,40 +24,45 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
+EngineStatsSource = Callable[[], Iterable[tuple[str, EngineStats]]]  # (model, stats) pairs
+
+_GAUGES = (
+    ("num_requests_waiting", "Sequences waiting to be scheduled", "num_waiting"),
+    ("num_requests_running", "Sequences in the running batch", "num_running"),
+    ("kv_cache_usage_ratio", "Fraction of KV-cache blocks in use", "kv_cache_usage"),
+)
+_COUNTERS = (
+    ("prefix_cache_queries", "Prefix-cache block lookups", "prefix_cache_queries"),
+    ("prefix_cache_hits", "Prefix-cache block hits", "prefix_cache_hits"),
+    ("mm_cache_hits", "Vision-embedding cache hits", "mm_cache_hits"),
+    ("mm_cache_misses", "Vision-embedding cache misses", "mm_cache_misses"),
+    ("num_preemptions", "Sequences preempted for KV-cache space", "num_preemptions"),
+    ("grammar_cache_hits", "Grammar compile-cache hits", "grammar_cache_hits"),
+    ("grammar_compiles", "Grammars compiled (cache misses)", "grammar_compiles"),
+    ("grammar_compile_seconds", "Seconds spent compiling grammars", "grammar_compile_seconds"),
+)
+
+
 class _EngineCollector(Collector):
-    def __init__(self, stats: Callable[[], EngineStats]) -> None:
+    def __init__(self, stats: EngineStatsSource) -> None:
         self.stats = stats
 
     def collect(self) -> Iterator[Metric]:
-        s = self.stats()
-        yield GaugeMetricFamily(
-            "vlmserve_num_requests_waiting", "Sequences waiting to be scheduled", s.num_waiting
-        )
-        yield GaugeMetricFamily(
-            "vlmserve_num_requests_running", "Sequences in the running batch", s.num_running
-        )
-        yield GaugeMetricFamily(
-            "vlmserve_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use", s.kv_cache_usage
-        )
-        for name, doc, value in (
-            ("prefix_cache_queries", "Prefix-cache block lookups", s.prefix_cache_queries),
-            ("prefix_cache_hits", "Prefix-cache block hits", s.prefix_cache_hits),
-            ("mm_cache_hits", "Vision-embedding cache hits", s.mm_cache_hits),
-            ("mm_cache_misses", "Vision-embedding cache misses", s.mm_cache_misses),
-            ("num_preemptions", "Sequences preempted for KV-cache space", s.num_preemptions),
-            ("grammar_cache_hits", "Grammar compile-cache hits", s.grammar_cache_hits),
-            ("grammar_compiles", "Grammars compiled (cache misses)", s.grammar_compiles),
-            (
-                "grammar_compile_seconds",
-                "Seconds spent compiling grammars",
-                s.grammar_compile_seconds,
-            ),
-        ):
-            yield CounterMetricFamily(f"vlmserve_{name}", doc, value)
+        per_model = list(self.stats())
+        for name, doc, attr in _GAUGES:
+            gauge = GaugeMetricFamily(f"vlmserve_{name}", doc, labels=["model"])
+            for model, s in per_model:
+                gauge.add_metric([model], getattr(s, attr))
+            yield gauge
+        for name, doc, attr in _COUNTERS:
+            counter = CounterMetricFamily(f"vlmserve_{name}", doc, labels=["model"])
+            for model, s in per_model:
+                counter.add_metric([model], getattr(s, attr))
+            yield counter
 
 
 class Metrics:
-    def __init__(self, stats: Callable[[], EngineStats]) -> None:
+    def __init__(self, stats: EngineStatsSource) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(

@@ -11,13 +11,13 @@ from vlmserve.api.auth import require_admin_key, require_api_key
 from vlmserve.api.errors import ERROR_RESPONSES, error_body
 from vlmserve.api.responses import ModelCard, ModelList
 from vlmserve.api.state import get_state
-from vlmserve.api.usage import check_model
+from vlmserve.registry import ModelInfo, RegistryError
+from vlmserve.serving.errors import registry_error
 
 router = APIRouter()
 
 
-def _card(request: Request) -> ModelCard:
-    model = get_state(request).model
+def _card(model: ModelInfo) -> ModelCard:
     return ModelCard(
         id=model.name, created=model.created, root=model.root, max_model_len=model.max_model_len
     )
@@ -25,15 +25,19 @@ def _card(request: Request) -> ModelCard:
 
 @router.get("/v1/models", dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
 async def list_models(request: Request) -> ModelList:
-    return ModelList(data=[_card(request)])
+    return ModelList(data=[_card(status.info) for status in get_state(request).models.list()])
 
 
 @router.get(
     "/v1/models/{model:path}", dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES
 )
 async def retrieve_model(model: str, request: Request) -> ModelCard:
-    check_model(get_state(request), model)
-    return _card(request)
+    # Looked up, not acquired: describing a model must never load it.
+    try:
+        status = get_state(request).models.status(model)
+    except RegistryError as exc:
+        raise registry_error(exc) from exc
+    return _card(status.info)
 
 
 @router.get("/health")
@@ -44,9 +48,14 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready", responses={503: ERROR_RESPONSES[503]})
 async def ready(request: Request) -> JSONResponse:
-    """Readiness: the model is loaded (it is before the app exists) and the engine loop runs."""
-    if not get_state(request).engine.alive:
-        body = error_body(503, "the engine loop is not running", code="engine_dead")
+    """Readiness: every model the registry must serve is loaded and its engine loop runs."""
+    models = get_state(request).models
+    if models.closed:
+        body = error_body(503, "the server is shutting down", code="shutting_down")
+        return JSONResponse(body, status_code=503)
+    problems = models.problems()
+    if problems:
+        body = error_body(503, "; ".join(problems), code="engine_dead")
         return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready"})
 

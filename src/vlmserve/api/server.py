@@ -1,5 +1,6 @@
 """`vlmserve serve`: the process owner. Sets process-wide settings, builds the engine off the
-event loop, starts it, serves the app with uvicorn, and closes the engine on the way out."""
+event loop, starts it, puts it in the model registry, serves the app with uvicorn, and
+closes the registry (drain, then close every engine) on the way out."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import uvicorn
 
 from vlmserve.api.app import create_app
 from vlmserve.api.server_config import ServerConfig
-from vlmserve.api.state import ModelInfo
 from vlmserve.config import EngineConfig, MediaConfig
 from vlmserve.engine.async_engine import AsyncEngine
 from vlmserve.engine.engine import build_engine
 from vlmserve.engine.loading import set_cpu_threads
+from vlmserve.registry import ModelHandle, ModelInfo, ModelRegistry
 
 logger = logging.getLogger(__name__)
+
+# uvicorn has let open connections finish before this; what is left is a safety margin.
+SHUTDOWN_DRAIN_S = 30.0
 
 
 def run_server(
@@ -35,9 +39,10 @@ async def serve(
 ) -> None:
     engine = await asyncio.to_thread(build_engine, engine_config)
     async_engine = AsyncEngine(engine, max_waiting=config.max_waiting).start()
+    model = ModelInfo.from_engine(engine, config.served_model_name)
+    models = ModelRegistry([ModelHandle(model, async_engine)])
     try:
-        model = ModelInfo.from_engine(engine, config.served_model_name)
-        app = create_app(async_engine, model, config, media_config)
+        app = create_app(models, config, media_config)
         server = uvicorn.Server(
             uvicorn.Config(app, host=config.host, port=config.port, log_level="info")
         )
@@ -46,4 +51,4 @@ async def serve(
         )
         await server.serve()
     finally:
-        await asyncio.to_thread(async_engine.close)
+        await models.close(SHUTDOWN_DRAIN_S)

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
 from vlmserve.api.errors import ERROR_RESPONSES
 
@@ -35,10 +36,30 @@ def sse_event(payload: BaseModel | dict[str, Any], exclude: set[str] | None = No
     return f"data: {data}\n\n".encode()
 
 
-def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
-    # no-cache and X-Accel-Buffering keep proxies from holding tokens back.
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+class _EventStream(StreamingResponse):
+    """A stream whose `on_close` runs however the response ends: finished, failed, or the
+    client gone before the first event (when the event iterator may never have started,
+    so its own `finally` would not run)."""
+
+    def __init__(self, events: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]]):
+        # no-cache and X-Accel-Buffering keep proxies from holding tokens back.
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.on_close()
+
+
+def sse_response(
+    events: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]]
+) -> StreamingResponse:
+    """`events` as an SSE response; `on_close` releases what the stream held (the engine
+    request, the model) once the response is over, whatever ended it."""
+    return _EventStream(events, on_close)

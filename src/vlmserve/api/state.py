@@ -1,59 +1,31 @@
-"""What every handler reaches through `request.app.state.vlm`: the engine, the facts about
-the served model the HTTP layer needs, configuration, media loading and metrics."""
+"""What every handler reaches through `request.app.state.vlm`: the serving layer (with the
+model registry and media loading), configuration and metrics."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from vlmserve.api.metrics import Metrics
 from vlmserve.api.server_config import ServerConfig
-
-if TYPE_CHECKING:
-    from vlmserve.api.media import MediaLoader
-    from vlmserve.engine.async_engine import AsyncEngine
-    from vlmserve.engine.engine import LLMEngine
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str  # what clients put in "model"
-    root: str  # where it was loaded from
-    created: int
-    max_model_len: int
-    chat_template: str | None
-    reserved_tokens: frozenset[str]  # never allowed in user text
-    media_limits: dict[str, int]  # most media items per request, by modality
-    decode: Callable[[list[int]], str]  # token ids -> text, for logprob entries
-
-    @classmethod
-    def from_engine(
-        cls, engine: LLMEngine, name: str | None, chat_template: str | None = None
-    ) -> ModelInfo:
-        tokenizer = engine.tokenizer
-        return cls(
-            name=name or engine.config.model,
-            root=engine.config.model,
-            created=int(time.time()),
-            max_model_len=engine.max_model_len,
-            chat_template=chat_template or engine.config.chat_template or tokenizer.chat_template,
-            reserved_tokens=tokenizer.special_tokens,
-            media_limits=engine.config.mm_limits,
-            decode=lambda ids: tokenizer.tokenizer.decode(ids, skip_special_tokens=False),
-        )
+from vlmserve.registry import ModelRegistry
+from vlmserve.serving import MediaLoader, Serving
 
 
 @dataclass
 class ServingState:
-    engine: AsyncEngine
-    model: ModelInfo
+    serving: Serving
     config: ServerConfig
-    media: MediaLoader
     metrics: Metrics
+
+    @property
+    def models(self) -> ModelRegistry:
+        return self.serving.models
+
+    @property
+    def media(self) -> MediaLoader:
+        return self.serving.media
 
 
 def get_state(request: Request) -> ServingState:

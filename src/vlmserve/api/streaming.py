@@ -11,9 +11,10 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from vlmserve.api.errors import APIError, error_body
+from vlmserve.api.errors import error_body
 from vlmserve.api.sse import DONE, sse_event
 from vlmserve.api.usage import usage
+from vlmserve.serving import ServingError
 from vlmserve.types import CompletionOutput, RequestOutput
 
 Choice = TypeVar("Choice")
@@ -94,7 +95,7 @@ async def stream_events(
                 deltas = tracker.deltas(output)
                 if deltas:
                     yield chunk([choice(d) for d in deltas], None)
-    except APIError as exc:
+    except ServingError as exc:
         # The status line is gone already: report in-band, as OpenAI does mid-stream.
         yield sse_event(error_body(exc.status, exc.message, exc.param, exc.code))
         yield DONE

@@ -1,21 +1,9 @@
-"""Small pieces both generation endpoints share: the model check and token usage."""
+"""Token usage, as both generation endpoints report it."""
 
 from __future__ import annotations
 
-from vlmserve.api.errors import APIError
 from vlmserve.api.responses import PromptTokensDetails, Usage
-from vlmserve.api.state import ServingState
 from vlmserve.types import RequestOutput
-
-
-def check_model(state: ServingState, model: str) -> None:
-    if model != state.model.name:
-        raise APIError(
-            404,
-            f"the model {model!r} does not exist; this server serves {state.model.name!r}",
-            "model",
-            code="model_not_found",
-        )
 
 
 def usage(output: RequestOutput) -> Usage:

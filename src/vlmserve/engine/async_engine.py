@@ -20,11 +20,11 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from vlmserve.engine.engine import LLMEngine
 from vlmserve.engine.errors import EngineClosed, EngineDead, EngineDraining, EngineOverloaded
 from vlmserve.engine.inputs import InputError, ProcessedInput
+from vlmserve.engine.prompts import PromptInput
 from vlmserve.types import RequestOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class AsyncEngine:
 
     # -- caller side (event loop) -----------------------------------------------------------
     async def generate(
-        self, prompt: str | dict[str, Any] | ProcessedInput, params: SamplingParams, request_id: str
+        self, prompt: PromptInput | ProcessedInput, params: SamplingParams, request_id: str
     ) -> AsyncIterator[RequestOutput]:
         """Yields the request's outputs as they grow; the last one has `finished=True`.
         Closing the iterator early (client gone) aborts the request and frees its blocks."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Any
 
 import torch
 
@@ -24,6 +23,7 @@ from vlmserve.engine.loading import LoadedModel, load_checkpoint
 from vlmserve.engine.memory import release_memory
 from vlmserve.engine.mm_cache import CachedItem, MultiModalCache
 from vlmserve.engine.outputs import make_request_output
+from vlmserve.engine.prompts import PromptInput, to_prompt
 from vlmserve.engine.scheduler import ScheduledBatch, Scheduler
 from vlmserve.engine.sequence import Request, Sequence
 from vlmserve.engine.stopping import append_token, check_stop
@@ -107,11 +107,12 @@ class LLMEngine:
         return max(2, budget // per_block)
 
     # -- requests ---------------------------------------------------------------------------
-    def process_input(self, prompt: str | dict[str, Any]) -> ProcessedInput:
+    def process_input(self, prompt: PromptInput) -> ProcessedInput:
+        """A typed `Prompt` as is; vLLM's string and dict forms are converted here, once."""
         self._check_open()
-        return self.inputs.process(prompt)
+        return self.inputs.process(to_prompt(prompt))
 
-    def prepare(self, prompt: str | dict[str, Any], params: SamplingParams) -> ProcessedInput:
+    def prepare(self, prompt: PromptInput, params: SamplingParams) -> ProcessedInput:
         """Everything about a request that can run off the engine thread: tokenizing,
         media preprocessing, grammar compilation. Raises InputError."""
         processed = self.process_input(prompt)
@@ -119,7 +120,7 @@ class LLMEngine:
         return processed
 
     def add_request(
-        self, request_id: str, prompt: str | dict[str, Any] | ProcessedInput, params: SamplingParams
+        self, request_id: str, prompt: PromptInput | ProcessedInput, params: SamplingParams
     ) -> Request:
         self._check_open()
         if request_id in self.requests:

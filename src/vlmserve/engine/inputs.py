@@ -2,9 +2,9 @@
 preprocessed media items (or cache hits by UUID) and M-RoPE positions.
 
 Runs on the caller's thread (the async engine uses a worker thread), never on the engine
-loop. Accepts vLLM's prompt forms: a string, `{"prompt": ...}` or
-`{"prompt_token_ids": ...}`, each with optional `multi_modal_data` / `multi_modal_uuids`.
-Every problem is an `InputError` naming the field.
+loop. Takes a typed `Prompt` (vLLM's dict forms are converted before, in prompts.py).
+Every problem is an `InputError` naming the field (the dict form's names, which the
+offline API documents).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from vlmserve.multimodal.processor import (
     to_rgb,
 )
 from vlmserve.structured import CompiledGrammar
+from vlmserve.types import MediaInput, Prompt
 
 MODALITIES = ("image", "video")
 # The sampling rate assumed for a video given without one: transformers' Qwen2.5-VL default.
@@ -67,43 +68,22 @@ def content_hash(images: list[Image.Image], extra: str = "") -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _as_list(value: Any, single: Callable[[Any], bool] | None = None) -> list[Any]:
-    if value is None:
-        return []
-    if single is not None and single(value):
-        return [value]
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _single_video(value: Any) -> bool:
-    """`{"video": frames}` or `{"video": {"frames": ...}}`: one video, not a list of them
-    (a video is never a PIL image, so a list of images can only be one video's frames)."""
-    return isinstance(value, dict) or (
-        isinstance(value, (list, tuple)) and bool(value) and isinstance(value[0], Image.Image)
-    )
-
-
-def _video_frames(video: Any, param: str) -> tuple[list[Image.Image], float]:
-    """A video as given (a list of PIL frames, or `{"frames": [...], "fps": float}`) ->
-    RGB frames and the rate they were sampled at."""
-    fps: Any = DEFAULT_VIDEO_FPS
-    if isinstance(video, dict):
-        unknown = set(video) - {"frames", "fps"}
-        if unknown:
-            raise InputError(f"{param} has unknown fields {sorted(unknown)}", param)
-        fps = video.get("fps", DEFAULT_VIDEO_FPS)
-        video = video.get("frames")
+def _video_frames(frames: Any, fps: Any, param: str) -> tuple[list[Image.Image], float]:
+    """A video's frames (a list of PIL images) and sampling rate, checked -> RGB frames and
+    the rate they were sampled at."""
+    if fps is None:
+        fps = DEFAULT_VIDEO_FPS
     is_number = isinstance(fps, (int, float)) and not isinstance(fps, bool)
     if not is_number or not math.isfinite(fps) or fps <= 0:
         raise InputError(f"{param}.fps must be a positive number, got {fps!r}", param)
-    if not isinstance(video, (list, tuple)) or not video:
+    if not isinstance(frames, (list, tuple)) or not frames:
         raise InputError(f"{param} must be a non-empty list of PIL frames", param)
-    for i, frame in enumerate(video):
+    for i, frame in enumerate(frames):
         if not isinstance(frame, Image.Image):
             raise InputError(
                 f"{param} frame {i} must be a PIL image, got {type(frame).__name__}", param
             )
-    return [to_rgb(frame) for frame in video], float(fps)
+    return [to_rgb(frame) for frame in frames], float(fps)
 
 
 class InputProcessor:
@@ -125,30 +105,40 @@ class InputProcessor:
         merge = model_config.vision.spatial_merge_size
         self.merge_area = merge * merge
 
-    def process(self, prompt: str | dict[str, Any]) -> ProcessedInput:
-        text, ids, mm_data, mm_uuids = self._parse(prompt)
-        if ids is None:
-            assert text is not None
+    def process(self, prompt: Prompt) -> ProcessedInput:
+        text, ids = prompt.text, prompt.token_ids
+        if (text is None) == (ids is None):
+            raise InputError("give exactly one of 'prompt' and 'prompt_token_ids'", "prompt")
+        if ids is not None:
+            vocab = self.config.vocab_size
+            if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+                raise InputError(
+                    f"prompt_token_ids must be ints in [0, {vocab})", "prompt_token_ids"
+                )
+            ids = list(ids)
+        elif not isinstance(text, str):
+            raise InputError("'prompt' must be a string", "prompt")
+        else:
             ids = self.tokenizer.encode(text)
         if not ids:
             raise InputError("the prompt is empty", "prompt")
-        for key in set(mm_data) | set(mm_uuids):
-            if key not in MODALITIES:
+        for item in prompt.media:
+            if item.modality not in MODALITIES:
                 raise InputError(
-                    f"multi_modal_data modality {key!r} is not supported "
+                    f"multi_modal_data modality {item.modality!r} is not supported "
                     f"(supported: {', '.join(MODALITIES)})",
                     "multi_modal_data",
                 )
         placeholders = {self.config.image_token_id: "image", self.config.video_token_id: "video"}
         slots = [(i, placeholders[t]) for i, t in enumerate(ids) if t in placeholders]
-        media = {m: self._media(m, mm_data, mm_uuids, slots) for m in MODALITIES}
+        media = {m: self._media(m, prompt.media, slots) for m in MODALITIES}
         # Items in prompt order: the placeholders decide, whatever the modality.
         taken = dict.fromkeys(MODALITIES, 0)
         items = []
         for _, modality in slots:
             index = taken[modality]
             taken[modality] += 1
-            items.append(self._item(modality, index, *media[modality][index]))
+            items.append(self._item(index, media[modality][index]))
         expanded, items = self._expand(ids, [slot for slot, _ in slots], items)
         if len(expanded) >= self.max_model_len:
             raise InputError(
@@ -167,76 +157,27 @@ class InputProcessor:
         return ProcessedInput(text, expanded, items, positions, delta)
 
     def _media(
-        self,
-        modality: str,
-        mm_data: dict[str, Any],
-        mm_uuids: dict[str, Any],
-        slots: list[tuple[int, str]],
-    ) -> list[tuple[Any, str | None]]:
-        """(data or None, uuid or None) per item of `modality`, checked against the limit
-        and the prompt's placeholders."""
-        data = _as_list(
-            mm_data.get(modality), single=_single_video if modality == "video" else None
-        )
-        uuids = _as_list(mm_uuids.get(modality))
-        if uuids and data and len(uuids) != len(data):
-            raise InputError(
-                f"{len(uuids)} {modality} uuids given for {len(data)} {modality}s",
-                "multi_modal_uuids",
-            )
-        data = data or [None] * len(uuids)
-        uuids = uuids or [None] * len(data)
+        self, modality: str, media: list[MediaInput], slots: list[tuple[int, str]]
+    ) -> list[MediaInput]:
+        """The prompt's items of `modality`, checked against the limit and the placeholders."""
+        items = [item for item in media if item.modality == modality]
         limit = self.limits.get(modality, 0)
-        if len(data) > limit:
+        if len(items) > limit:
             raise InputError(
-                f"{len(data)} {modality}s in one prompt; at most {limit} are allowed",
+                f"{len(items)} {modality}s in one prompt; at most {limit} are allowed",
                 "multi_modal_data",
             )
         count = sum(1 for _, m in slots if m == modality)
-        if count != len(data):
+        if count != len(items):
             raise InputError(
-                f"the prompt has {count} {modality} placeholders but {len(data)} {modality}s "
+                f"the prompt has {count} {modality} placeholders but {len(items)} {modality}s "
                 "were given",
                 "multi_modal_data",
             )
-        return list(zip(data, uuids))
+        return items
 
-    def _parse(
-        self, prompt: str | dict[str, Any]
-    ) -> tuple[str | None, list[int] | None, dict[str, Any], dict[str, Any]]:
-        if isinstance(prompt, str):
-            return prompt, None, {}, {}
-        if not isinstance(prompt, dict):
-            raise InputError("a prompt must be a string or a dict", "prompt")
-        unknown = set(prompt) - {
-            "prompt",
-            "prompt_token_ids",
-            "multi_modal_data",
-            "multi_modal_uuids",
-        }
-        if unknown:
-            raise InputError(f"unknown prompt fields: {sorted(unknown)}", "prompt")
-        text, ids = prompt.get("prompt"), prompt.get("prompt_token_ids")
-        if (text is None) == (ids is None):
-            raise InputError("give exactly one of 'prompt' and 'prompt_token_ids'", "prompt")
-        if ids is not None:
-            vocab = self.config.vocab_size
-            if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
-                raise InputError(
-                    f"prompt_token_ids must be ints in [0, {vocab})", "prompt_token_ids"
-                )
-            ids = list(ids)
-        elif not isinstance(text, str):
-            raise InputError("'prompt' must be a string", "prompt")
-        mm_data = prompt.get("multi_modal_data") or {}
-        mm_uuids = prompt.get("multi_modal_uuids") or {}
-        if not isinstance(mm_data, dict) or not isinstance(mm_uuids, dict):
-            raise InputError(
-                "multi_modal_data and multi_modal_uuids must be dicts", "multi_modal_data"
-            )
-        return text, ids, mm_data, mm_uuids
-
-    def _item(self, modality: str, index: int, data: Any, uuid: str | None) -> MultiModalItem:
+    def _item(self, index: int, media: MediaInput) -> MultiModalItem:
+        modality, data, uuid = media.modality, media.data, media.uuid
         param = f"multi_modal_data.{modality}[{index}]"
         if data is None:
             if uuid is None:
@@ -270,7 +211,7 @@ class InputProcessor:
             key, seconds = uuid or content_hash([image]), 1.0
             preprocess = partial(process_image, image, self.image_config)
         else:
-            frames, fps = _video_frames(data, param)
+            frames, fps = _video_frames(data, media.fps, param)
             # The sampling rate is part of the key: it moves Qwen2.5-VL's temporal positions.
             key = uuid or content_hash(frames, f"fps={fps!r}")
             seconds = self.image_config.temporal_patch_size / fps

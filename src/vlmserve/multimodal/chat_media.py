@@ -1,8 +1,8 @@
-"""Chat media parts -> decoded media, grouped by modality in prompt order.
+"""Chat media parts -> the prompt's typed media items, in prompt order.
 
 A part may carry a URL (fetched and decoded under the media policy), a PIL image or a video's
 PIL frames (offline use), or nothing but a `uuid` (served from the engine's media cache later).
-Videos become `{"frames": [...], "fps": video_fps}`: the rate their frames were sampled at."""
+A video carries `video_fps`: the rate its frames were sampled at."""
 
 from __future__ import annotations
 
@@ -17,17 +17,17 @@ from vlmserve.multimodal.formats import MediaKind
 from vlmserve.multimodal.loader import MediaRef, load_request_media
 from vlmserve.multimodal.processor import to_rgb
 from vlmserve.multimodal.prompt import ChatMedia
+from vlmserve.types import MediaInput, Prompt
 
 
 @dataclass
 class LoadedChatMedia:
-    """`data` and `uuids` keyed by modality, each list in prompt order (`None` = by uuid)."""
+    """The media items in prompt order (`data` None: named by uuid alone)."""
 
-    data: dict[str, list[Any]] = field(default_factory=dict)
-    uuids: dict[str, list[str | None]] = field(default_factory=dict)
+    items: list[MediaInput] = field(default_factory=list)
 
-    def as_prompt(self, text: str) -> dict[str, Any]:
-        return {"prompt": text, "multi_modal_data": self.data, "multi_modal_uuids": self.uuids}
+    def as_prompt(self, text: str) -> Prompt:
+        return Prompt(text=text, media=self.items)
 
 
 async def load_chat_media(media: list[ChatMedia], connector: MediaConnector) -> LoadedChatMedia:
@@ -47,18 +47,15 @@ async def load_chat_media(media: list[ChatMedia], connector: MediaConnector) -> 
     fps = connector.config.video_fps
     out = LoadedChatMedia()
     for i, m in enumerate(media):
-        item: Any
+        data: Any
         if i in by_index:
-            item = by_index[i]
-            if m.modality == "video":
-                # decode_video sampled the frames at video_fps; the engine needs the rate.
-                item = {"frames": item, "fps": fps}
+            data = by_index[i]  # a video: frames decode_video sampled at video_fps
         elif m.source is None:
-            item = None
+            data = None
         elif m.modality == "image" and isinstance(m.source, Image.Image):
-            item = to_rgb(m.source)
+            data = to_rgb(m.source)
         elif m.modality == "video" and _is_frames(m.source):
-            item = {"frames": [to_rgb(frame) for frame in m.source], "fps": fps}
+            data = [to_rgb(frame) for frame in m.source]
         else:
             wanted = "a PIL image" if m.modality == "image" else "a list of PIL frames"
             raise MediaError(
@@ -66,8 +63,9 @@ async def load_chat_media(media: list[ChatMedia], connector: MediaConnector) -> 
                 f"media item {i} must be a URL string or {wanted}, got {type(m.source).__name__}",
                 item_index=i,
             )
-        out.data.setdefault(m.modality, []).append(item)
-        out.uuids.setdefault(m.modality, []).append(m.uuid)
+        # The engine needs a video's sampling rate (it spaces M-RoPE time positions).
+        video_fps = fps if m.modality == "video" else None
+        out.items.append(MediaInput(m.modality, data, m.uuid, video_fps))
     return out
 
 

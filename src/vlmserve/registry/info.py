@@ -1,0 +1,41 @@
+"""`ModelInfo`: the facts about a served model that the layers above the engine need
+(name, limits, chat template, reserved tokens, a decoder for logprobs), taken from the
+engine once so that nobody above has to reach into it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vlmserve.engine.engine import LLMEngine
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str  # what clients put in "model"
+    root: str  # where it was loaded from
+    created: int
+    max_model_len: int
+    chat_template: str | None
+    reserved_tokens: frozenset[str]  # never allowed in user text
+    media_limits: dict[str, int]  # most media items per request, by modality
+    decode: Callable[[list[int]], str]  # token ids -> text, for logprob entries
+
+    @classmethod
+    def from_engine(
+        cls, engine: LLMEngine, name: str | None, chat_template: str | None = None
+    ) -> ModelInfo:
+        # Only the tokenizer is captured (by `decode`), never the engine: the info outlives
+        # an unloaded model's memory.
+        tokenizer = engine.tokenizer
+        return cls(
+            name=name or engine.config.model,
+            root=engine.config.model,
+            created=int(time.time()),
+            max_model_len=engine.max_model_len,
+            chat_template=chat_template or engine.config.chat_template or tokenizer.chat_template,
+            reserved_tokens=tokenizer.special_tokens,
+            media_limits=engine.config.mm_limits,
+            decode=lambda ids: tokenizer.tokenizer.decode(ids, skip_special_tokens=False),
+        )

@@ -1,0 +1,95 @@
+"""`Serving`: the transport-free entry points for answering generation requests, shared by
+the HTTP API, the content-safety app and a Ray replica.
+
+    async with serving.model(alias) as handle:          # registry: 404 / 503 as ServingError
+        generation = await serving.start_chat(handle, ChatRequest(messages, params))
+        final = await generation.final()                 # or: async for out in generation.outputs()
+
+Requests are plain dataclasses (already-validated sampling parameters, OpenAI-style messages
+as dicts); every refusal is a `ServingError`. Shaping the answer is the caller's job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlmserve.registry import ModelHandle, ModelRegistry, RegistryError
+from vlmserve.serving.errors import registry_error
+from vlmserve.serving.generation import Generation, OutputObserver
+from vlmserve.serving.media import MediaLoader
+from vlmserve.serving.prompts import chat_prompt, completion_prompt
+from vlmserve.types import RequestOutput, SamplingParams
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict[str, Any]]  # OpenAI-style; content parts as dicts
+    params: SamplingParams
+    request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    add_generation_prompt: bool = True
+
+
+@dataclass
+class CompletionRequest:
+    prompt: str | list[int]  # text, or token ids
+    params: SamplingParams
+    request_id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+
+
+class Serving:
+    def __init__(self, models: ModelRegistry, media: MediaLoader) -> None:
+        self.models = models
+        self.media = media
+
+    @contextlib.asynccontextmanager
+    async def model(self, alias: str) -> AsyncIterator[ModelHandle]:
+        """The registry's `acquire`, its refusals as `ServingError`s (unknown model: 404
+        `model_not_found`; not available now: 503 with Retry-After)."""
+        try:
+            async with self.models.acquire(alias) as handle:
+                yield handle
+        except RegistryError as exc:
+            raise registry_error(exc) from exc
+
+    async def start_chat(
+        self, handle: ModelHandle, request: ChatRequest, observe: OutputObserver | None = None
+    ) -> Generation:
+        """Template, reserved-token and media-count checks, media loading, then the engine
+        request, started: its first output is in (see `Generation`)."""
+        prompt = await chat_prompt(
+            handle.info, request.messages, self.media, request.add_generation_prompt
+        )
+        return await _started(
+            Generation(handle.engine, prompt, request.params, request.request_id, observe)
+        )
+
+    async def start_completion(
+        self,
+        handle: ModelHandle,
+        request: CompletionRequest,
+        observe: OutputObserver | None = None,
+    ) -> Generation:
+        prompt = completion_prompt(handle.info, request.prompt)
+        return await _started(
+            Generation(handle.engine, prompt, request.params, request.request_id, observe)
+        )
+
+    async def chat(self, alias: str, request: ChatRequest) -> RequestOutput:
+        """The whole answer to a chat request, for callers that do not stream."""
+        async with self.model(alias) as handle:
+            generation = await self.start_chat(handle, request)
+            return await generation.final()
+
+    async def completion(self, alias: str, request: CompletionRequest) -> RequestOutput:
+        async with self.model(alias) as handle:
+            generation = await self.start_completion(handle, request)
+            return await generation.final()
+
+
+async def _started(generation: Generation) -> Generation:
+    await generation.start()
+    return generation
