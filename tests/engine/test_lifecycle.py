@@ -220,3 +220,22 @@ def test_close_empties_the_cuda_cache(tiny_qwen2_vl: Path) -> None:
     assert held > 0
     engine.close()
     assert torch.cuda.memory_reserved() < held * 0.2
+
+
+def test_the_thread_count_belongs_to_the_process_owner(tiny_qwen2_vl: Path) -> None:
+    from vlmserve.offline import LLM
+
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    try:
+        build_engine(EngineConfig(str(tiny_qwen2_vl), max_model_len=256)).close()
+        assert torch.get_num_threads() == before  # an engine never sets it
+        with LLM(str(tiny_qwen2_vl), max_model_len=256):
+            assert torch.get_num_threads() == before  # nor does LLM unless asked
+        with LLM(str(tiny_qwen2_vl), max_model_len=256, cpu_threads=wanted) as llm:
+            assert torch.get_num_threads() == wanted
+        assert llm.engine.closed
+        with pytest.raises(ValueError, match="cpu_threads must be at least 1"):
+            LLM(str(tiny_qwen2_vl), cpu_threads=0)
+    finally:
+        torch.set_num_threads(before)
