@@ -24,9 +24,9 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048  # tokens per step (prefill chunks + decodes)
     block_size: int = 16
     num_kv_blocks: int | None = None  # None: derived from kv_cache_memory_bytes
-    # None: room for max_num_seqs sequences of min(max_model_len, 4096) tokens, at most 512 MiB
-    # (a tiny model then takes megabytes, not the whole budget).
+    # None: sized from the memory available (engine/kv_sizing.py, docs/engine.md).
     kv_cache_memory_bytes: int | None = None
+    gpu_memory_utilization: float = 0.9  # CUDA: share of the device this engine may fill
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     mm_cache_bytes: int = 256 * 1024 * 1024  # vision-embedding cache (LRU by bytes)

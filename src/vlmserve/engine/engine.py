@@ -19,6 +19,7 @@ from vlmserve.engine.detokenizer import IncrementalDetokenizer
 from vlmserve.engine.errors import EngineClosed
 from vlmserve.engine.guided import GuidedDecoding
 from vlmserve.engine.inputs import InputError, InputProcessor, ProcessedInput
+from vlmserve.engine.kv_sizing import plan_kv_cache
 from vlmserve.engine.loading import LoadedModel, load_checkpoint
 from vlmserve.engine.memory import release_memory
 from vlmserve.engine.mm_cache import CachedItem, MultiModalCache
@@ -32,10 +33,6 @@ from vlmserve.runner.sampler import SamplingRow, sample
 from vlmserve.types import FinishReason, RequestOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_MODEL_LEN = 32768
-AUTO_KV_TOKENS_PER_SEQ = 4096
-AUTO_KV_MAX_BYTES = 512 * 1024 * 1024
 
 
 class LLMEngine:
@@ -51,22 +48,15 @@ class LLMEngine:
         self.model, self.model_config = loaded.model, loaded.model_config
         self.tokenizer = loaded.tokenizer
         self.closed = False
-        self.max_model_len = min(
-            config.max_model_len or DEFAULT_MAX_MODEL_LEN, self.model_config.max_position_embeddings
+        self.kv_plan = plan_kv_cache(
+            config,
+            self.model_config,
+            kv_block_bytes(self.model, config.block_size, self.dtype),
+            self.device,
+            self.dtype,
         )
-        self.num_kv_blocks = config.num_kv_blocks or self._auto_kv_blocks()
-        num_blocks = self.num_kv_blocks
-        capacity = (num_blocks - 1) * config.block_size
-        if self.max_model_len > capacity:
-            if config.max_model_len is not None:
-                raise ValueError(
-                    f"max_model_len={config.max_model_len} does not fit in the KV cache "
-                    f"({capacity} tokens); lower it or give the cache more memory"
-                )
-            # A default context longer than the cache would turn every request that asks
-            # for "until the context is full" into a 400: shrink the context instead.
-            logger.warning("max_model_len lowered to the KV-cache capacity, %d tokens", capacity)
-            self.max_model_len = capacity
+        self.max_model_len = self.kv_plan.max_model_len
+        self.num_kv_blocks = num_blocks = self.kv_plan.num_blocks
         self.block_manager = BlockManager(
             num_blocks, config.block_size, config.enable_prefix_caching
         )
@@ -97,14 +87,6 @@ class LLMEngine:
             self.model_config.vocab_size,
             list(self.model_config.eos_token_ids),
         )
-
-    def _auto_kv_blocks(self) -> int:
-        per_block = kv_block_bytes(self.model, self.config.block_size, self.dtype)
-        budget = self.config.kv_cache_memory_bytes
-        if budget is None:
-            tokens = self.config.max_num_seqs * min(self.max_model_len, AUTO_KV_TOKENS_PER_SEQ)
-            budget = min(AUTO_KV_MAX_BYTES, tokens // self.config.block_size * per_block)
-        return max(2, budget // per_block)
 
     # -- requests ---------------------------------------------------------------------------
     def process_input(self, prompt: PromptInput) -> ProcessedInput:

@@ -37,7 +37,21 @@ def resolve_device_dtype(
     device_name = config.device
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
+    try:
+        device = torch.device(device_name)
+    except RuntimeError:
+        device = torch.device("meta")  # refused just below, with the choices
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={config.device!r} is not one of auto, cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device={config.device!r}, but CUDA is not available here (torch "
+                f"{torch.__version__}); use device='cpu' or 'auto'"
+            )
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device={config.device!r}, but this machine has {count} GPU(s)")
     names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if config.dtype == "auto":
         dtype = names.get(checkpoint_dtype, torch.float32)
