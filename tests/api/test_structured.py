@@ -101,3 +101,12 @@ async def test_uncompilable_constraints_are_400(
     response = await client.post(CHAT, json=chat_body(**fields))
     error_param = assert_error(response, 400) and response.json()["error"]["param"]
     assert error_param is not None and error_param.startswith(param), response.text
+    # The message speaks of the field the client sent, never of the other spelling.
+    message = response.json()["error"]["message"]
+    assert message.startswith(param), message
+    sent, other = (
+        ("response_format", "structured_outputs")
+        if "response_format" in fields
+        else ("structured_outputs", "response_format")
+    )
+    assert sent in message and other not in message, message

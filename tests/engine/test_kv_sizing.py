@@ -36,7 +36,10 @@ def test_cpu_default_plans_one_full_sequence_and_short_others(
     assert result.max_model_len == 32768 and result.max_model_len_note is None
     assert result.tokens == 32 * 4096  # max_num_seqs × 4096 ≥ one sequence of 32768
     assert result.bytes == result.num_blocks * BLOCK_BYTES < 100 * 2**20  # tiny stays small
-    assert "max_num_seqs 32" in result.reason
+    assert (
+        result.reason
+        == "max_num_seqs 32 × 4096 tokens, at least one max_model_len of 32768 (CPU default)"
+    )
     # The case: two sequences, a long context. One full sequence must fit.
     long = plan(model_config, max_num_seqs=2, max_model_len=32768)
     assert long.tokens >= 32768 and long.max_model_len == 32768

@@ -99,7 +99,7 @@ def test_dummy_weights_equal_the_tiny_checkpoint_for_the_same_seed(
 
 
 def test_missing_folder() -> None:
-    with pytest.raises(FileNotFoundError, match="model folder not found: /nonexistent/model"):
+    with pytest.raises(FileNotFoundError, match="model folder /nonexistent/model does not exist"):
         load_model("/nonexistent/model", torch.float32, CPU)
 
 

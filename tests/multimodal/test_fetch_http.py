@@ -130,7 +130,7 @@ async def test_redirects_are_refused_by_default(
         f"http://public.test:{server.port}/r", config_for(server), resolver, internet.factory
     )
     assert error.code is MediaErrorCode.TOO_MANY_REDIRECTS
-    assert "HTTP 301" in error.message and "media_max_redirects=0" in error.message
+    assert "HTTP 301" in error.message and "--media-max-redirects 0" in error.message
     assert server.paths() == ["/r"]
 
 
@@ -182,7 +182,7 @@ async def test_allowed_redirects_are_followed_with_a_hop_limit(
     assert server.paths() == ["/r", "/cat.png"]
     error = await fetch_error(f"{base}/loop", config, resolver, internet.factory)
     assert error.code is MediaErrorCode.TOO_MANY_REDIRECTS
-    assert "more than media_max_redirects=2" in error.message
+    assert "more than --media-max-redirects 2" in error.message
     assert server.paths().count("/loop") == 3
 
 

@@ -56,7 +56,7 @@ async def test_ip_literals_are_blocked_without_dns_or_connection(url: str, reaso
     assert error.code is MediaErrorCode.BLOCKED_ADDRESS
     assert error.status == 400
     assert reason in error.message
-    assert "allow_private_media_addresses" in error.message
+    assert "started with --allow-private-media-addresses" in error.message
 
 
 @pytest.mark.parametrize(
@@ -108,7 +108,27 @@ async def test_allowed_domain_still_may_not_resolve_to_a_private_address() -> No
 async def test_disallowed_port_is_refused_before_dns(url: str) -> None:
     error = await refused(url)
     assert error.code is MediaErrorCode.PORT_NOT_ALLOWED
-    assert "allowed_media_ports: 80, 443" in error.message
+    assert "(--allowed-media-ports 80,443)" in error.message
+    assert "--allow-private-media-addresses" not in error.message  # example.com: public
+
+
+@pytest.mark.parametrize(
+    ("url", "needs"),
+    [
+        ("http://127.0.0.1:8080/a.png", "127.0.0.1 is a loopback address"),
+        ("http://localhost:8080/a.png", "localhost is a loopback name"),
+        ("http://192.168.1.5:8080/a.png", "192.168.1.5 is a private address (RFC 1918)"),
+    ],
+)
+async def test_local_test_server_refusal_names_every_flag_it_needs(url: str, needs: str) -> None:
+    error = await refused(url)
+    assert error.message.endswith(
+        "the server must be started with --allowed-media-ports 80,443,8080 and "
+        f"--allow-private-media-addresses ({needs})"
+    )
+    # With the private flag already on, only the port is left to name.
+    error = await refused(url, MediaConfig(allow_private_media_addresses=True))
+    assert error.message.endswith("started with --allowed-media-ports 80,443,8080")
 
 
 @pytest.mark.parametrize(
@@ -122,7 +142,7 @@ async def test_other_schemes_are_refused(url: str) -> None:
 async def test_file_urls_are_disabled_by_default() -> None:
     error = await refused("file:///etc/passwd")
     assert error.code is MediaErrorCode.SCHEME_NOT_ALLOWED
-    assert "allowed_local_media_path" in error.message
+    assert "--allowed-local-media-path DIR" in error.message
 
 
 @pytest.mark.parametrize(

@@ -76,6 +76,12 @@ class APIError(ServingError):
 def error_body(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
+    """OpenAI's error shape. Every refusal's body is built here, so this is also where
+    refusals are logged: the client reads the reason in the body, the operator in the log
+    (at info, next to uvicorn's access line for the same request)."""
+    if 400 <= status < 499:
+        where = f" (param: {param})" if param else ""
+        logger.info("refused with %d: %s%s", status, message, where)
     return {
         "error": {
             "message": message,

@@ -12,6 +12,7 @@ import uvicorn
 
 from vlmserve.api.app import create_app
 from vlmserve.api.server_config import ServerConfig
+from vlmserve.api.startup_log import log_startup_summary
 from vlmserve.config import EngineConfig, MediaConfig
 from vlmserve.engine.async_engine import AsyncEngine
 from vlmserve.engine.engine import build_engine
@@ -43,12 +44,12 @@ async def serve(
     models = ModelRegistry([ModelHandle(model, async_engine)])
     try:
         app = create_app(models, config, media_config)
+        # log_config=None: uvicorn's loggers go through the process's logging setup (the
+        # CLI's --log-level and format), not a configuration of uvicorn's own.
         server = uvicorn.Server(
-            uvicorn.Config(app, host=config.host, port=config.port, log_level="info")
+            uvicorn.Config(app, host=config.host, port=config.port, log_config=None)
         )
-        logger.info(
-            "serving %s as %r on http://%s:%d", model.root, model.name, config.host, config.port
-        )
+        log_startup_summary(engine, model, config, media_config)
         await server.serve()
     finally:
         await models.close(SHUTDOWN_DRAIN_S)

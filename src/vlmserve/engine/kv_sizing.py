@@ -94,13 +94,13 @@ def plan_kv_cache(
         room = int(available * CPU_KV_RAM_FRACTION) // block_bytes
         num_blocks = min(wanted, room)
         reason = (
-            f"room for {tokens} tokens (max_num_seqs {config.max_num_seqs} × "
-            f"{min(max_len, CPU_TOKENS_PER_SEQ)}, at least one max_model_len of {max_len})"
+            f"max_num_seqs {config.max_num_seqs} × {min(max_len, CPU_TOKENS_PER_SEQ)} tokens, "
+            f"at least one max_model_len of {max_len} (CPU default)"
         )
         if room < wanted:
             reason = (
                 f"{CPU_KV_RAM_FRACTION:.0%} of the {format_bytes(available)} of memory "
-                f"available; {reason.removeprefix('room for ')} wanted"
+                f"available; {tokens} tokens wanted ({reason})"
             )
     num_blocks = max(2, num_blocks)
     capacity = (num_blocks - 1) * block_size

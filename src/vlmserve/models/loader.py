@@ -68,11 +68,20 @@ def resolve_model_folder(model: str, weights: bool = True) -> Path:
         return path
     looks_local = model.startswith((".", "/", "~")) or model.count("/") != 1 or path.exists()
     if looks_local:
-        raise FileNotFoundError(f"model folder not found: {model}")
+        raise FileNotFoundError(
+            f"model folder {model} does not exist (a Hugging Face hub id looks like owner/name)"
+        )
     from huggingface_hub import snapshot_download
 
     patterns = _HUB_PATTERNS if weights else [p for p in _HUB_PATTERNS if "safetensors" not in p]
-    return Path(snapshot_download(repo_id=model, allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(repo_id=model, allow_patterns=patterns))
+    except OSError as exc:  # no network, offline mode, unknown or gated repository
+        detail = " ".join(str(exc).split())
+        raise FileNotFoundError(
+            f"model {model!r} is not a local folder, and the Hugging Face hub did not provide "
+            f"it (no network, HF_HUB_OFFLINE, or a wrong id?): {detail[:300]}"
+        ) from exc
 
 
 def read_checkpoint(
@@ -117,8 +126,9 @@ def _weight_files(folder: Path) -> list[Path]:
     if single.is_file():
         return [single]
     raise FileNotFoundError(
-        f"no weights in {folder}: expected {_SINGLE_FILE} or {_INDEX_FILE} "
-        "(or use load_format='dummy')"
+        f"no weights in {folder}: expected {_SINGLE_FILE} or {_INDEX_FILE}; a checkpoint "
+        "without weights (such as make-tiny-model --preset 7b) runs with random weights "
+        "under load_format='dummy'"
     )
 
 

@@ -53,6 +53,14 @@ async def resolve_host(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
+def _local_hint(host: str, ip: IPAddress | None) -> str | None:
+    """Why a host is not public, as far as is known before any DNS lookup: a literal
+    address, or a name reserved for this machine (RFC 6761's `localhost`)."""
+    if ip is not None:
+        return blocked_reason(ip)
+    return "loopback name" if host == "localhost" or host.endswith(".localhost") else None
+
+
 @dataclass(frozen=True)
 class _Target:
     """One checked http(s) URL, split into what the pinned request needs."""
@@ -164,9 +172,9 @@ class MediaConnector:
                     await response.aclose()
             if hops == max_redirects:
                 limit = (
-                    "redirects are disabled (media_max_redirects=0)"
+                    "redirects are off on this server (--media-max-redirects 0)"
                     if max_redirects == 0
-                    else f"more than media_max_redirects={max_redirects} redirects"
+                    else f"more than --media-max-redirects {max_redirects} redirects"
                 )
                 raise MediaError(
                     MediaErrorCode.TOO_MANY_REDIRECTS,
@@ -212,15 +220,23 @@ class MediaConnector:
         if patterns and not domain_allowed(host, patterns):
             raise MediaError(
                 MediaErrorCode.DOMAIN_NOT_ALLOWED,
-                f"host {host!r} is not in allowed_media_domains",
+                f"host {host!r} is not in the server's --allowed-media-domains "
+                f"({','.join(patterns)})",
                 item_index,
             )
         port = port if port is not None else (443 if scheme == "https" else 80)
         if port not in self.config.allowed_media_ports:
-            allowed = ", ".join(map(str, self.config.allowed_media_ports))
+            allowed = ",".join(map(str, self.config.allowed_media_ports))
+            # Everything the URL still needs, in one message: a local test media server
+            # (127.0.0.1:8080) needs the port and the private-address flag.
+            needs = f"--allowed-media-ports {allowed},{port}"
+            reason = None if self.config.allow_private_media_addresses else _local_hint(host, ip)
+            if reason is not None:
+                needs += f" and --allow-private-media-addresses ({host} is a {reason})"
             raise MediaError(
                 MediaErrorCode.PORT_NOT_ALLOWED,
-                f"port {port} is not allowed (allowed_media_ports: {allowed})",
+                f"port {port} is not allowed (--allowed-media-ports {allowed}); to fetch this "
+                f"URL the server must be started with {needs}",
                 item_index,
             )
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -251,8 +267,9 @@ class MediaConnector:
                     how = "is" if target.ip is not None else "resolves to"
                     raise MediaError(
                         MediaErrorCode.BLOCKED_ADDRESS,
-                        f"host {target.host!r} {how} {ip}, a {reason}; media may only be "
-                        "fetched from public addresses (allow_private_media_addresses is off)",
+                        f"host {target.host!r} {how} {ip}, a {reason}; media are fetched "
+                        "from public addresses only, unless the server is started with "
+                        "--allow-private-media-addresses (trusted networks only)",
                         item_index,
                     )
         return addresses

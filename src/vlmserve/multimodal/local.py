@@ -68,7 +68,8 @@ def load_file_url(url: str, item_index: int, kind: MediaKind, config: MediaConfi
     if config.allowed_local_media_path is None:
         raise MediaError(
             MediaErrorCode.SCHEME_NOT_ALLOWED,
-            "file: URLs are disabled on this server (allowed_local_media_path is not set)",
+            "file: URLs are off on this server (start it with --allowed-local-media-path DIR "
+            "to allow files under DIR)",
             item_index,
         )
     parts = urlsplit(url)

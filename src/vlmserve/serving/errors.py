@@ -17,7 +17,11 @@ RETRY_AFTER_S = 1
 
 
 class ServingError(Exception):
-    """A request refused or failed; `param` names the request field at fault, if any."""
+    """A request refused or failed; `param` names the request field at fault, if any.
+
+    The message names the field the way `param` does: giving `param` a new name (the
+    engine says `structured_outputs.json` where the client sent `response_format`) renames
+    it in the message too, so a client is never told about a field it did not send."""
 
     def __init__(
         self,
@@ -30,9 +34,19 @@ class ServingError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.param = param
+        self._param = param
         self.code = code
         self.headers = dict(headers or {})
+
+    @property
+    def param(self) -> str | None:
+        return self._param
+
+    @param.setter
+    def param(self, name: str | None) -> None:
+        if self._param and name and name != self._param:
+            self.message = self.message.replace(self._param, name)
+        self._param = name
 
 
 class ClientDisconnected(Exception):

@@ -1,0 +1,112 @@
+"""Start-up failures are one line naming the flag, with exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlmserve.api import server
+from vlmserve.cli import main
+from vlmserve.cli.errors import flag_names, in_flag_words
+from vlmserve.cli.main import _parsers
+from vlmserve.models.tiny import make_tiny_model
+
+
+@pytest.fixture(autouse=True)
+def never_serve(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A case that wrongly starts would serve forever: fail it instead."""
+
+    async def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the server started although start-up should have failed")
+
+    monkeypatch.setattr(server.uvicorn.Server, "serve", refuse)
+    monkeypatch.setenv("VLMSERVE_CACHE", str(tmp_path / "cache"))
+
+
+def one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("vlmserve serve: error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def weightless_7b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("seven_b"), preset="7b")
+
+
+def test_missing_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(["serve", "/nonexistent/Qwen2-VL-2B-Instruct"], capsys)
+    assert "model folder /nonexistent/Qwen2-VL-2B-Instruct does not exist" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda(tiny_qwen2_vl: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(["serve", str(tiny_qwen2_vl), "--device", "cuda"], capsys)
+    assert "--device cuda, but CUDA is not available here" in line
+    assert "use --device cpu" in line
+
+
+def test_max_model_len_too_big_for_the_cache(
+    tiny_qwen2_vl: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["serve", str(tiny_qwen2_vl), "--max-model-len", "30000"]
+    line = one_line_error([*argv, "--kv-cache-memory-bytes", "1MiB"], capsys)
+    assert "--max-model-len 30000 does not fit in the KV cache of 2032 tokens" in line
+    assert "lower --max-model-len or give the cache more memory (--kv-cache-memory-bytes" in line
+
+
+def test_weightless_7b_folder_names_the_flag(
+    weightless_7b: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = one_line_error(["serve", str(weightless_7b)], capsys)
+    assert f"no weights in {weightless_7b}" in line and "--load-format dummy" in line
+    assert "load_format" not in line
+
+
+def test_missing_chat_template(tiny_qwen2_vl: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(["serve", str(tiny_qwen2_vl), "--chat-template", "/nope.j2"], capsys)
+    assert "--chat-template /nope.j2: No such file or directory" in line
+
+
+def test_bad_media_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(["serve", "/m", "--allowed-media-ports", "0"], capsys)
+    assert "--allowed-media-ports must be in 1..65535" in line
+
+
+def test_hub_id_without_the_hub_is_one_line_with_status_2(tmp_path: Path) -> None:
+    """A real process: the exit status and stderr the user sees. Offline mode stands in for
+    "no network" (the same error path, and tests never leave loopback)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    run = subprocess.run(
+        [sys.executable, "-m", "vlmserve.cli", "serve", "Qwen/Qwen2-VL-2B-Instruct"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("vlmserve serve: error: model 'Qwen/Qwen2-VL-2B-Instruct' is not")
+    assert "Hugging Face hub did not provide it" in lines[0]
+
+
+def test_field_names_become_flags() -> None:
+    flags = flag_names(_parsers()[1]["serve"])
+    said = in_flag_words(
+        "max_model_len=40000 does not fit; load_format='dummy' or raise\n"
+        "gpu_memory_utilization; max_bytes_per_item must be > 0 in /tmp/tiny-qwen2_vl",
+        flags,
+    )
+    assert said == (
+        "--max-model-len 40000 does not fit; --load-format dummy or raise "
+        "--gpu-memory-utilization; --media-max-bytes-per-item must be > 0 in /tmp/tiny-qwen2_vl"
+    )
