@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 
 from vlmserve.models.base import VLModel
 from vlmserve.models.config import ModelConfig, load_model_config
+from vlmserve.models.progress import Progress
 from vlmserve.models.weights import materialize, meta_model, random_weights
 
 _SINGLE_FILE = "model.safetensors"
@@ -89,19 +90,37 @@ def read_checkpoint(
 ) -> dict[str, torch.Tensor]:
     """All tensors of the folder's safetensors file(s), renamed to hub names."""
     tensors: dict[str, torch.Tensor] = {}
-    for file in _weight_files(folder):
+    files = _weight_files(folder)
+    with Progress(f"loading weights from {folder}", _count_tensors(files), "tensors") as progress:
+        for file in files:
+            try:
+                with safe_open(str(file), framework="pt", device="cpu") as handle:
+                    for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                        key = canonical_name(name)
+                        if key in tensors:
+                            raise ValueError(
+                                f"tensor {key} appears twice (again as {name} in {file})"
+                            )
+                        tensors[key] = handle.get_tensor(name).to(device=device, dtype=dtype)
+                        progress.update()
+            except (SafetensorError, OSError) as exc:
+                raise ValueError(
+                    f"cannot read {file} (corrupt or truncated safetensors?): {exc}"
+                ) from exc
+    return tensors
+
+
+def _count_tensors(files: list[Path]) -> int:
+    """For the progress bar; reads only the headers. An unreadable file counts 0 here and
+    is reported by the read itself."""
+    count = 0
+    for file in files:
         try:
             with safe_open(str(file), framework="pt", device="cpu") as handle:
-                for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                    key = canonical_name(name)
-                    if key in tensors:
-                        raise ValueError(f"tensor {key} appears twice (again as {name} in {file})")
-                    tensors[key] = handle.get_tensor(name).to(device=device, dtype=dtype)
-        except (SafetensorError, OSError) as exc:
-            raise ValueError(
-                f"cannot read {file} (corrupt or truncated safetensors?): {exc}"
-            ) from exc
-    return tensors
+                count += len(handle.keys())
+        except (SafetensorError, OSError):
+            pass
+    return count
 
 
 def canonical_name(name: str) -> str:

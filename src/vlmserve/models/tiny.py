@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from vlmserve.models.config import Arch, parse_model_config
+from vlmserve.models.progress import step
 from vlmserve.models.tiny_tokenizer import CHAT_TEMPLATE, train_tokenizer
 from vlmserve.models.weights import meta_model, random_weights
 
@@ -74,7 +75,7 @@ def make_tiny_model(
     `tokenizer_size`: ordinary (learned) BPE tokens; the special tokens follow them.
     `vocab_size`: embedding rows, i.e. the logits width (default: the tokenizer padded to a
     multiple of 64; the 7b preset's 152064). Qwen2-VL's real sizes are 151643 and 152064:
-    a model with the real vocabulary costs ~20 s of tokenizer training."""
+    a model with the real vocabulary costs ~40 s of tokenizer training."""
     if arch not in _ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose from {sorted(_ARCHITECTURES)}")
     if preset not in _TEXT:
@@ -88,7 +89,8 @@ def make_tiny_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = train_tokenizer(tokenizer_size)
+    with step(f"training a {tokenizer_size}-token tokenizer"):
+        tokenizer = train_tokenizer(tokenizer_size)
     ids = {name: _token_id(tokenizer, f"<|{name}|>") for name in _TOKEN_NAMES}
     tokenizer.save(str(out / "tokenizer.json"))
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from vlmserve.models.config import ModelConfig
+from vlmserve.models.progress import Progress
 from vlmserve.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from vlmserve.models.qwen2_vl import Qwen2VLForConditionalGeneration
 from vlmserve.models.vl_model import QwenVLModel
@@ -45,11 +46,15 @@ def random_weights(
     """Seeded random tensors for every parameter, drawn in float32 in declaration order."""
     generator = torch.Generator(device=device).manual_seed(seed)
     tensors = {}
-    for name, shape in parameter_shapes(model).items():
-        values = torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
-        is_norm_scale = len(shape) == 1 and name.endswith("weight")
-        values = 1.0 + _NORM_NOISE * values if is_norm_scale else _STD * values
-        tensors[name] = values.to(dtype)
+    shapes = parameter_shapes(model)
+    total = sum(shape.numel() for shape in shapes.values())
+    with Progress("drawing random weights", total, "parameters") as progress:
+        for name, shape in shapes.items():
+            values = torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
+            is_norm_scale = len(shape) == 1 and name.endswith("weight")
+            values = 1.0 + _NORM_NOISE * values if is_norm_scale else _STD * values
+            tensors[name] = values.to(dtype)
+            progress.update(shape.numel())
     return tensors
 
 
