@@ -4,7 +4,7 @@ rest, and whether every sampled output of a compiled schema validates.
 Outputs come from the random-logit driver (adversarial logits, forced tokens, budget-aware
 closing) at budgets from the shortest valid output upwards. Usage:
 
-    python benchmarks/jsonschemabench.py [--data DIR] [--limit N] [--samples K]
+    .venv/bin/python benchmarks/jsonschemabench.py [--data DIR] [--limit N] [--samples K]
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=3, help="outputs per compiled schema")
     parser.add_argument("--seconds-per-schema", type=float, default=5.0)
     args = parser.parse_args()
+    if not args.data.is_dir():
+        parser.error(
+            f"--data {args.data}: no such folder. It holds JSONSchemaBench's schemas, one "
+            "folder per subset of *.json files (github.com/guidance-ai/jsonschemabench, "
+            "data/); the machines this was built on keep a copy in ../shared/data"
+        )
 
     tokenizer = train_byte_level_bpe(4000, stdlib_sources(40))
     eos = [tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>")]

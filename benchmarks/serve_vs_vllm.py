@@ -1,7 +1,7 @@
 """vlmserve vs vLLM's CPU build over HTTP: same model folders, same client, same requests.
 
-    python benchmarks/serve_vs_vllm.py [--models tiny,small] [--levels 1,8,32]
-                                       [--requests 16,32,64] [--skip-vllm]
+    .venv/bin/python benchmarks/serve_vs_vllm.py [--models tiny,small] [--levels 1,8,32]
+                                                [--requests 16,32,64] [--skip-vllm]
 
 Each request is a content-safety classification: system prompt, one 448x448 PNG as a base64
 data URL, a strict JSON schema (`response_format` json_schema), greedy, `max_tokens` 100.
@@ -371,9 +371,15 @@ def main() -> int:
     peer_python = args.vllm_venv / "bin" / "python"
     with_vllm = not args.skip_vllm
     if with_vllm and not (peer_python.is_file() and (PEER_DIR / "serve.sh").is_file()):
+        where = (
+            f"install it with {PEER_DIR / 'install.sh'}"
+            if PEER_DIR.is_dir()
+            else f"its scripts live in {PEER_DIR}, a folder next to the clone on the machines "
+            "this was built on, not in the repository (docs/benchmarks.md)"
+        )
         print(
             f"vLLM CPU peer not found ({peer_python}, {PEER_DIR / 'serve.sh'}); it is not part "
-            f"of CI. Install it with {PEER_DIR / 'install.sh'}. Measuring vlmserve alone."
+            f"of CI: {where}. Measuring vlmserve alone."
         )
         with_vllm = False
     print(

@@ -2,7 +2,7 @@
 token, jump-ahead and budget-aware closing per token, compile cold vs cached, and end to end
 through `vlmserve.offline.LLM`: output tokens/s constrained vs unconstrained at batch 1/8/32.
 
-    python benchmarks/structured_overhead.py [--tokenizer PATH] [--batches 1,8,32] [--skip-e2e]
+    .venv/bin/python benchmarks/structured_overhead.py [--tokenizer PATH] [--batches 1,8,32] [--skip-e2e]
 
 The model is the `tiny` preset with Qwen2-VL's real vocabulary (151,643 learned BPE tokens
 + the Qwen-VL specials, 152,064 logits rows), generated once into .cache/ (~30 s). Without

@@ -80,7 +80,10 @@ def test_startup_summary_and_refusals(tiny_qwen2_vl: Path, tmp_path: Path) -> No
     assert "Qwen2-VL, 2.0 M parameters, " in model and " on cpu, 1 torch thread" in model
     kv = line("vlmserve.server: KV cache ")
     assert "sized by --max-num-seqs 2 × 4096 tokens, at least one --max-model-len of 32768" in kv
-    assert "--max-model-len 32768; up to 2 sequences at once, 2048 tokens per step" in text
+    assert (
+        "context: --max-model-len 32768; batches: up to --max-num-seqs 2 sequences, "
+        "--max-num-batched-tokens 2048 tokens per step; prefix caching on" in text
+    )
     security = line("vlmserve.server: security: ")
     assert security.endswith(
         "API key on, /metrics open; media: img.example.com on ports 80,443, private "

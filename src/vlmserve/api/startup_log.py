@@ -43,7 +43,7 @@ def startup_summary(
     count = torch.get_num_threads()
     threads = f", {count} torch thread{'s' * (count > 1)}" if engine.device.type == "cpu" else ""
     weights = "random weights (load format dummy)" if engine_config.load_format == "dummy" else ""
-    context = f"max_model_len {engine.max_model_len}"
+    context = f"context: max_model_len {engine.max_model_len}"
     if plan.max_model_len_note:
         context += f" ({plan.max_model_len_note})"
     host = f"[{config.host}]" if ":" in config.host else config.host
@@ -54,8 +54,9 @@ def startup_summary(
         f"{str(engine.dtype).removeprefix('torch.')} on {engine.device}{threads}",
         f"KV cache {format_bytes(plan.bytes)} = {plan.tokens} tokens in {plan.num_blocks - 1} "
         f"blocks of {plan.block_size}; sized by {plan.reason}",
-        f"{context}; up to {engine_config.max_num_seqs} sequences at once, "
-        f"{engine_config.max_num_batched_tokens} tokens per step; prefix caching "
+        f"{context}; batches: up to max_num_seqs {engine_config.max_num_seqs} sequences, "
+        f"max_num_batched_tokens {engine_config.max_num_batched_tokens} tokens per step; "
+        "prefix caching "
         f"{_on(engine_config.enable_prefix_caching)}, chunked prefill "
         f"{_on(engine_config.enable_chunked_prefill)}",
         f"security: API key {_on(config.api_key is not None)}, /metrics "

@@ -85,8 +85,11 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        elapsed = time.monotonic() - self.started
         counted = f" ({self.done:,} {self.unit})" if self.total else ""
-        logger.info("%s: done in %.1f s%s", self.what, time.monotonic() - self.started, counted)
+        # A step too short to have been waited for is not news (tiny models, warm caches).
+        level = logging.INFO if elapsed >= 1 or self._last_log > self.started else logging.DEBUG
+        logger.log(level, "%s: done in %.1f s%s", self.what, elapsed, counted)
 
     def __enter__(self) -> Progress:
         return self
