@@ -45,7 +45,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "%(default)" in text or action.default in (None, argparse.SUPPRESS):
+        said = "%(default)" in text or "(default" in text  # in the help's own words
+        if said or action.default in (None, argparse.SUPPRESS):
             return text
         if not action.option_strings and action.nargs not in (argparse.OPTIONAL, "*"):
             return text
@@ -56,6 +57,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         if shown.default not in (None, argparse.SUPPRESS):
             shown.default = show_default(shown.default).replace("%", "%%")
         return super()._expand_help(shown)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser: shows every flag's default, whoever adds the command."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 class CommaList(argparse.Action):

@@ -9,7 +9,7 @@ import sys
 import vlmserve
 from vlmserve.cli.config_file import apply_config_file
 from vlmserve.cli.errors import flag_names, in_flag_words
-from vlmserve.cli.help import LIST_FLAG_HINT, CommaList, HelpFormatter
+from vlmserve.cli.help import LIST_FLAG_HINT, CommaList, CommandParser, HelpFormatter
 from vlmserve.cli.logs import LEVELS
 from vlmserve.cli.serve import add_serve_parser
 from vlmserve.cli.tiny import add_tiny_parser
@@ -46,7 +46,9 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
         default="info",
         help="vlmserve's and uvicorn's log level (other libraries: warnings and errors)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=CommandParser
+    )
     add_serve_parser(sub, common, HelpFormatter)
     add_tiny_parser(sub, common, HelpFormatter)
     safety_cli.add_parsers(sub)
