@@ -79,6 +79,9 @@ class LLMEngine:
             self.max_model_len,
         )
         self.requests: dict[str, Request] = {}
+        # Requests whose every sequence finished inside add_request (a grammar forced the
+        # whole output): reported by the next step, which owes them their final output.
+        self._finished_at_admission: list[Request] = []
         self._seq_ids = itertools.count()
         self._seed_rng = torch.Generator().manual_seed(config.seed)
         self.stop_ids = frozenset(self.model_config.eos_token_ids)
@@ -155,9 +158,21 @@ class LLMEngine:
             for seq in request.sequences:
                 self.guided.attach(seq, processed.grammar, max_out)  # may raise InputError
         for seq in request.sequences:
-            self._append_forced(seq)  # a grammar may force the first tokens
-            self.scheduler.add(seq)
+            if not seq.is_finished:  # else a sibling failed below
+                try:
+                    self._append_forced(seq)  # a grammar may force the first tokens, or all
+                except RuntimeError as exc:
+                    self._fail(seq, exc)
+            if seq.is_finished:
+                # Its whole output is known: it never needs a step, a KV block or its grammar.
+                self._release(seq)
+            else:
+                self.scheduler.add(seq)
         self.requests[request_id] = request
+        if request.finished:
+            # No step will sample it, so no step would report it: the next one does.
+            request.metrics.first_token_time = time.time()
+            self._finished_at_admission.append(request)
         return request
 
     def _generator(self, params: SamplingParams, index: int) -> torch.Generator | None:
@@ -174,6 +189,7 @@ class LLMEngine:
         request = self.requests.pop(request_id, None)
         if request is None:
             return None
+        self._finished_at_admission = [r for r in self._finished_at_admission if r is not request]
         for seq in request.sequences:
             if not seq.is_finished:
                 seq.finish_reason = FinishReason.ABORT
@@ -206,13 +222,15 @@ class LLMEngine:
     # -- the loop ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         self._check_open()
+        touched = {r.request_id: r for r in self._finished_at_admission}
+        self._finished_at_admission.clear()
         batch = self.scheduler.schedule()
-        if batch.empty:
-            return []
-        sampling, logits = self._run(batch)
-        if sampling:
-            self._sample(sampling, logits)
-        return self._collect({seq.request.request_id: seq.request for seq in sampling})
+        if not batch.empty:
+            sampling, logits = self._run(batch)
+            if sampling:
+                self._sample(sampling, logits)
+            touched.update({seq.request.request_id: seq.request for seq in sampling})
+        return self._collect(touched)
 
     def _run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         """Encode the batch's pending media, run the model, commit the computed KV blocks.
