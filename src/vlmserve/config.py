@@ -38,6 +38,12 @@ class EngineConfig:
         return {**DEFAULT_LIMIT_MM_PER_PROMPT, **self.limit_mm_per_prompt}
 
     chat_template: str | None = None  # a Jinja template overriding the tokenizer's
+    # Structured outputs (docs/structured.md): a constraint whose grammar takes longer to
+    # compile is refused (None: no deadline); compiles run on their own threads, at most
+    # max_pending_grammar_compiles queued or running (more are refused with a 429).
+    grammar_compile_timeout: float | None = 5.0
+    grammar_compile_workers: int = 2
+    max_pending_grammar_compiles: int = 8
 
 
 @dataclass(frozen=True)

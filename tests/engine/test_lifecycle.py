@@ -83,15 +83,15 @@ async def test_requests_after_close_fail_at_once(engine: AsyncEngine) -> None:
 async def test_an_add_racing_close_fails_its_caller(engine: AsyncEngine) -> None:
     """A request still in input processing when close() runs is refused when it posts."""
     params = SamplingParams(max_tokens=4)
-    ready = engine.engine.prepare("racing", params)
+    ready = engine.engine.process_input("racing")
     entered, release = threading.Event(), threading.Event()
 
-    def slow_prepare(*_: Any) -> Any:
+    def slow_process_input(*_: Any) -> Any:
         entered.set()
         release.wait(PROMPT_S)
         return ready
 
-    engine.engine.prepare = slow_prepare  # type: ignore[method-assign]
+    engine.engine.process_input = slow_process_input  # type: ignore[method-assign]
     task = asyncio.create_task(anext(engine.generate("racing", params, "racing")))
     assert await asyncio.to_thread(entered.wait, PROMPT_S)
     await asyncio.to_thread(engine.close)

@@ -168,7 +168,7 @@ class AsyncEngine:
             processed = (
                 prompt
                 if isinstance(prompt, ProcessedInput)
-                else await asyncio.to_thread(self.engine.prepare, prompt, params)
+                else await self._prepare(prompt, params)
             )
             outputs: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
             add = _Add(request_id, processed, params, asyncio.get_running_loop(), outputs)
@@ -193,6 +193,15 @@ class AsyncEngine:
                 return False
             self._commands.put(command)
             return True
+
+    async def _prepare(self, prompt: PromptInput, params: SamplingParams) -> ProcessedInput:
+        # The grammar first, on its own bounded pool (a refused constraint costs no
+        # tokenizing; a full pool raises GrammarCompilerBusy, an EngineOverloaded); then
+        # tokens and media on the default pool.
+        grammar = await asyncio.wrap_future(self.engine.guided.submit_compile(params))
+        processed = await asyncio.to_thread(self.engine.process_input, prompt)
+        processed.grammar = grammar
+        return processed
 
     def stats(self) -> EngineStats:
         e = self.engine

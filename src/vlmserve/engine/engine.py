@@ -89,6 +89,9 @@ class LLMEngine:
             self.tokenizer.tokenizer,
             self.model_config.vocab_size,
             list(self.model_config.eos_token_ids),
+            config.grammar_compile_timeout,
+            config.grammar_compile_workers,
+            config.max_pending_grammar_compiles,
         )
 
     # -- requests ---------------------------------------------------------------------------

@@ -3,6 +3,11 @@
 `compile()` turns a request's constraint into a `CompiledGrammar` (llguidance grammar, two
 validated template matchers and the shortest valid output) and caches it by constraint.
 `new_request()` copies the templates into a `RequestGrammar`, which is cheap.
+
+A compile has a deadline (`compile_timeout`): a constraint that costs more is refused
+rather than holding a compile thread for tens of seconds. Failures are cached too, so the
+same constraint sent again is refused at once, and callers compiling a constraint that is
+already being compiled wait for that compile instead of starting their own.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import llguidance
@@ -29,6 +35,11 @@ from vlmserve.structured.errors import StructuredOutputError
 from vlmserve.structured.request import SEARCH_NODES, RequestGrammar, TokenView
 from vlmserve.types import StructuredOutputsParams
 
+DEFAULT_COMPILE_TIMEOUT_S = 5.0
+# A constraint refused for its compile time may compile on a quieter machine: its refusal is
+# remembered this long, other failures (deterministic) as long as the cache keeps them.
+TIMEOUT_FAILURE_TTL_S = 60.0
+
 
 @dataclass
 class CompileStats:
@@ -37,6 +48,8 @@ class CompileStats:
     hits: int = 0
     misses: int = 0
     compile_seconds: float = 0.0
+    failures: int = 0  # compiles that ended in an error (timeouts included)
+    failure_hits: int = 0  # constraints refused from the failure cache
 
 
 @dataclass(frozen=True)
@@ -68,9 +81,13 @@ class StructuredBackend:
         vocab_size: int,
         eos_token_ids: list[int],
         cache_size: int = 256,
+        compile_timeout: float | None = DEFAULT_COMPILE_TIMEOUT_S,
     ) -> None:
         if not eos_token_ids:
             raise ValueError("eos_token_ids must not be empty")
+        if compile_timeout is not None and compile_timeout <= 0:
+            raise ValueError(f"compile_timeout must be > 0 seconds, got {compile_timeout}")
+        self.compile_timeout = compile_timeout
         self.vocab_size = vocab_size
         self.eos_token_ids = list(eos_token_ids)
         self.tokenizer = llguidance.LLTokenizer(
@@ -80,6 +97,9 @@ class StructuredBackend:
         self.stats = CompileStats()
         self._cache: OrderedDict[str, CompiledGrammar] = OrderedDict()
         self._cache_size = cache_size
+        # key -> (error, expiry as time.monotonic(), or None: kept until evicted)
+        self._failures: OrderedDict[str, tuple[StructuredOutputError, float | None]] = OrderedDict()
+        self._inflight: dict[str, Future[CompiledGrammar]] = {}
         self._lock = threading.Lock()
 
     def _token_view(self, tokenizer: tokenizers.Tokenizer) -> TokenView:
@@ -106,33 +126,113 @@ class StructuredBackend:
             eos_token_ids=frozenset(self.eos_token_ids),
         )
 
+    def cached(self, params: StructuredOutputsParams) -> CompiledGrammar | None:
+        """The compiled constraint if the cache has it, None if it must be compiled; raises
+        StructuredOutputError for a constraint that failed before. Never compiles."""
+        key = self._key(params)
+        with self._lock:
+            return self._lookup(key)
+
     def compile(self, params: StructuredOutputsParams) -> CompiledGrammar:
         """Compile (or fetch from the cache) a constraint. Raises StructuredOutputError."""
-        try:
-            key = _cache_key(params)
-        except ValueError as exc:
-            raise StructuredOutputError(str(exc), param="structured_outputs") from exc
+        key = self._key(params)
         with self._lock:
-            cached = self._cache.get(key)
+            cached = self._lookup(key)
             if cached is not None:
-                self._cache.move_to_end(key)
-                self.stats.hits += 1
                 return cached
-        compiled = self._compile_uncached(params, key)
-        with self._lock:
-            self.stats.misses += 1
-            self.stats.compile_seconds += compiled.compile_seconds
-            self._cache[key] = compiled
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            running = self._inflight.get(key)
+            if running is None:
+                self._inflight[key] = Future()
+        if running is not None:
+            return running.result()  # the same constraint is being compiled: share it
+        try:
+            compiled = self._compile_uncached(params, key)
+        except StructuredOutputError as exc:
+            self._finish(key, exc)
+            raise
+        except BaseException as exc:  # a bug, not the constraint's fault: not cached
+            self._finish(key, exc)
+            raise
+        self._finish(key, compiled)
         return compiled
 
+    @staticmethod
+    def _key(params: StructuredOutputsParams) -> str:
+        try:
+            return _cache_key(params)
+        except ValueError as exc:
+            raise StructuredOutputError(str(exc), param="structured_outputs") from exc
+
+    def _lookup(self, key: str) -> CompiledGrammar | None:
+        """Cache hit, or the remembered failure raised again; call with the lock held."""
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            self.stats.hits += 1
+            return cached
+        failure = self._failures.get(key)
+        if failure is not None:
+            error, expiry = failure
+            if expiry is None or time.monotonic() < expiry:
+                self._failures.move_to_end(key)
+                self.stats.failure_hits += 1
+                raise _again(error)
+            del self._failures[key]
+        return None
+
+    def _finish(self, key: str, result: CompiledGrammar | BaseException) -> None:
+        with self._lock:
+            future = self._inflight.pop(key)
+            if isinstance(result, CompiledGrammar):
+                self.stats.misses += 1
+                self.stats.compile_seconds += result.compile_seconds
+                self._cache[key] = result
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+            elif isinstance(result, StructuredOutputError):
+                self.stats.failures += 1
+                timed_out = isinstance(result.__cause__, TimeoutError)
+                expiry = time.monotonic() + TIMEOUT_FAILURE_TTL_S if timed_out else None
+                self._failures[key] = (result, expiry)
+                while len(self._failures) > self._cache_size:
+                    self._failures.popitem(last=False)
+        if isinstance(result, CompiledGrammar):
+            future.set_result(result)
+        else:
+            future.set_exception(
+                _again(result) if isinstance(result, StructuredOutputError) else result
+            )
+
     def _compile_uncached(self, params: StructuredOutputsParams, key: str) -> CompiledGrammar:
+        param = f"structured_outputs.{params.kind()}"
+        try:
+            return self._compile_within(params, key, param, self._deadline())
+        except TimeoutError as exc:
+            raise StructuredOutputError(
+                f"{param}: compiling this constraint took longer than {self.compile_timeout} s "
+                "(the grammar compile deadline); make it smaller or simpler",
+                param=param,
+            ) from exc
+
+    def _deadline(self) -> float | None:
+        if self.compile_timeout is None:
+            return None
+        return time.monotonic() + self.compile_timeout
+
+    def _compile_within(
+        self, params: StructuredOutputsParams, key: str, param: str, deadline: float | None
+    ) -> CompiledGrammar:
+        def check_deadline() -> None:
+            # llguidance's own steps are native and bounded by its limits; the deadline is
+            # checked between them and inside the closer's search.
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError
+
         start = time.perf_counter()
         kind = params.kind()
-        param = f"structured_outputs.{kind}"
         grammar = build_grammar(params)
         for tokenizer in (self.tokenizer, byte_tokenizer()):
+            check_deadline()
             # The byte vocabulary has no special tokens: a grammar naming one fails here.
             is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
                 grammar, tokenizer
@@ -141,12 +241,14 @@ class StructuredBackend:
                 raise StructuredOutputError(
                     f"{param} is invalid: {messages[0].strip()}", param=param
                 )
+        check_deadline()
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
         byte_matcher = new_byte_matcher(grammar)
         for m in (matcher, byte_matcher):
             if m.is_error():
                 raise StructuredOutputError(f"{param} is invalid: {m.get_error()}", param=param)
-        shortest = shortest_completion(byte_matcher, Nesting(), SEARCH_NODES)
+        check_deadline()
+        shortest = shortest_completion(byte_matcher, Nesting(), SEARCH_NODES, deadline=deadline)
         if shortest is None:
             raise StructuredOutputError(
                 f"{param}: no valid output found in {SEARCH_NODES} search steps (needed for "
@@ -195,3 +297,11 @@ class StructuredBackend:
             self.tokens,
             max_tokens,
         )
+
+
+def _again(error: StructuredOutputError) -> StructuredOutputError:
+    """A fresh copy of a remembered error: one exception object raised in several threads
+    would share (and grow) one traceback."""
+    return StructuredOutputError(
+        error.message, param=error.param, keyword=error.keyword, path=error.path
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import time
 from dataclasses import dataclass
 
 import llguidance
@@ -117,11 +118,21 @@ def _candidate_bytes(matcher: llguidance.LLMatcher, one_per_class: bool) -> list
     return candidates
 
 
+@dataclass(frozen=True)
+class _Deadline:
+    at: float | None
+
+    def check(self) -> None:
+        if self.at is not None and time.monotonic() > self.at:
+            raise TimeoutError("the search for a valid completion ran past its deadline")
+
+
 def shortest_completion(
     matcher: llguidance.LLMatcher,
     nesting: Nesting,
     max_nodes: int,
     max_levels: int = DEFAULT_MAX_LEVELS,
+    deadline: float | None = None,
 ) -> bytes | None:
     """Bytes that take a byte-vocabulary matcher from its state to an accepting one.
 
@@ -133,14 +144,21 @@ def shortest_completion(
     matcher is not modified. None when the search visits `max_nodes` matcher states (a
     count, not a clock: results must not depend on machine load), the beam runs past
     `max_levels`, or every path hits a matcher error (llguidance's lexer limits).
+    `deadline` (a `time.monotonic()` value) only bounds a caller's wait: past it the search
+    raises TimeoutError (compiles use it; a grammar can make each state cost ~100 us).
     """
     budget = [max_nodes]
-    found = _search(matcher, nesting, min(ASTAR_MAX_NODES, max_nodes), budget)
-    return found if found is not None else _beam(matcher, nesting, max_levels, budget)
+    stop = _Deadline(deadline)
+    found = _search(matcher, nesting, min(ASTAR_MAX_NODES, max_nodes), budget, stop)
+    return found if found is not None else _beam(matcher, nesting, max_levels, budget, stop)
 
 
 def _search(
-    matcher: llguidance.LLMatcher, nesting: Nesting, max_expansions: int, budget: list[int]
+    matcher: llguidance.LLMatcher,
+    nesting: Nesting,
+    max_expansions: int,
+    budget: list[int],
+    stop: _Deadline,
 ) -> bytes | None:
     if matcher.is_accepting():
         return b""
@@ -159,6 +177,7 @@ def _search(
         if not heap:
             return None
         budget[0] -= 1
+        stop.check()
         _, neg_cost, _, parent, byte, path, run, state = heapq.heappop(heap)
         cost = -neg_cost
         node = parent.deep_copy()
@@ -188,7 +207,11 @@ def _search(
 
 
 def _beam(
-    matcher: llguidance.LLMatcher, nesting: Nesting, max_levels: int, budget: list[int]
+    matcher: llguidance.LLMatcher,
+    nesting: Nesting,
+    max_levels: int,
+    budget: list[int],
+    stop: _Deadline,
 ) -> bytes | None:
     # Entries: (rank, node, path, forced bytes so far, run, nesting); lower rank is better.
     beam = [(0, matcher, b"", 0, 0, nesting)]
@@ -201,6 +224,7 @@ def _beam(
                 budget[0] -= 1
                 if budget[0] < 0:
                     return None
+                stop.check()
                 node = parent.deep_copy()
                 node.consume_token(byte)
                 forced = node.compute_ff_bytes()
