@@ -35,6 +35,12 @@ from vlmserve.structured import CompiledGrammar
 from vlmserve.types import MediaInput, Prompt
 
 MODALITIES = ("image", "video")
+# A text prompt longer than max_model_len x this many characters is refused before it is
+# tokenized: tokenizing costs ~1-4 s per MiB here, and such a prompt would be refused for
+# its token count anyway. Text averages 3-5 characters per token (English ~4, code ~3.4 with
+# these tokenizers); only pathological text (long runs of one character) that would still
+# have fit is refused by this bound. See docs/engine.md.
+MAX_CHARS_PER_TOKEN = 8
 # The sampling rate assumed for a video given without one: transformers' Qwen2.5-VL default.
 DEFAULT_VIDEO_FPS = 2.0
 
@@ -102,6 +108,7 @@ class InputProcessor:
         self.mm_cache = mm_cache
         self.limits = limit_mm_per_prompt
         self.max_model_len = max_model_len
+        self.max_prompt_chars = max_model_len * MAX_CHARS_PER_TOKEN
         merge = model_config.vision.spatial_merge_size
         self.merge_area = merge * merge
 
@@ -110,6 +117,13 @@ class InputProcessor:
         if (text is None) == (ids is None):
             raise InputError("give exactly one of 'prompt' and 'prompt_token_ids'", "prompt")
         if ids is not None:
+            # Placeholder expansion only adds tokens: a list this long can never fit.
+            if len(ids) >= self.max_model_len:
+                raise InputError(
+                    f"the prompt is {len(ids)} tokens; this model's context is "
+                    f"{self.max_model_len} tokens and at least one must be left to generate",
+                    "prompt_token_ids",
+                )
             vocab = self.config.vocab_size
             if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
                 raise InputError(
@@ -118,6 +132,13 @@ class InputProcessor:
             ids = list(ids)
         elif not isinstance(text, str):
             raise InputError("'prompt' must be a string", "prompt")
+        elif len(text) > self.max_prompt_chars:
+            raise InputError(
+                f"the prompt is {len(text)} characters; with a context of "
+                f"{self.max_model_len} tokens at most {self.max_prompt_chars} are accepted "
+                f"({MAX_CHARS_PER_TOKEN} per token), so it cannot fit",
+                "prompt",
+            )
         else:
             ids = self.tokenizer.encode(text)
         if not ids:

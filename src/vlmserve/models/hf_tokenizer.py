@@ -22,7 +22,9 @@ class TokenizerBundle:
         return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        # encode_batch releases the GIL while it works (encode holds it: one long prompt
+        # froze the event loop and the engine thread for seconds); same ids.
+        return list(self.tokenizer.encode_batch([text], add_special_tokens=False)[0].ids)
 
 
 def load_tokenizer(folder: str | Path) -> TokenizerBundle:
