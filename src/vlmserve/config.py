@@ -77,6 +77,10 @@ class MediaConfig:
     rgba_background_color: tuple[int, int, int] = (255, 255, 255)
     video_fps: float = 2.0  # frames sampled per second of video
     video_max_frames: int = 32
+    # Decoding work per video, which its bytes do not bound (static frames compress to
+    # almost nothing): frames decoded to take the samples (sampled or skipped), and seconds.
+    video_max_decoded_frames: int = 2048
+    video_decode_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         timeout = self.media_fetch_timeout
@@ -118,6 +122,11 @@ class MediaConfig:
             ),
             (self.video_fps > 0, "video_fps must be > 0"),
             (self.video_max_frames >= 1, "video_max_frames must be >= 1"),
+            (
+                self.video_max_decoded_frames >= self.video_max_frames,
+                "video_max_decoded_frames must be >= video_max_frames",
+            ),
+            (self.video_decode_timeout > 0, "video_decode_timeout must be > 0"),
         ]
         for ok, message in checks:
             if not ok:

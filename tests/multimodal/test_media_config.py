@@ -29,6 +29,8 @@ def test_defaults_are_the_safe_ones() -> None:
         ({"allowed_local_media_path": "relative/dir"}, "absolute"),
         ({"rgba_background_color": (0, 0, 256)}, "rgba_background_color"),
         ({"video_fps": 0}, "video_fps"),
+        ({"video_max_frames": 8, "video_max_decoded_frames": 7}, "video_max_decoded_frames"),
+        ({"video_decode_timeout": 0}, "video_decode_timeout"),
     ],
 )
 def test_invalid_values_are_refused(overrides: dict[str, object], fragment: str) -> None:

@@ -14,7 +14,12 @@ _MEDIA_IO_KEYS = {
         "rgba_background_color": "rgba_background_color",
         "formats": "allowed_image_formats",
     },
-    "video": {"fps": "video_fps", "num_frames": "video_max_frames"},
+    "video": {
+        "fps": "video_fps",
+        "num_frames": "video_max_frames",
+        "max_decoded_frames": "video_max_decoded_frames",
+        "decode_timeout": "video_decode_timeout",
+    },
 }
 
 

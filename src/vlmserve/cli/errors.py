@@ -20,6 +20,8 @@ _ALIASES = {
     "rgba_background_color": "--media-io-kwargs image.rgba_background_color",
     "video_fps": "--media-io-kwargs video.fps",
     "video_max_frames": "--media-io-kwargs video.num_frames",
+    "video_max_decoded_frames": "--media-io-kwargs video.max_decoded_frames",
+    "video_decode_timeout": "--media-io-kwargs video.decode_timeout",
 }
 # `name=value` with a quoted or bare value, or a bare snake_case name.
 _ASSIGNMENT = re.compile(r"\b([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;)]+)")

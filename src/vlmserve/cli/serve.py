@@ -257,7 +257,8 @@ def _media_flags(media: Any) -> None:
         metavar="JSON",
         default={},
         help='decoding options as JSON: {"image": {"max_pixels": int, "rgba_background_color": '
-        '[r, g, b], "formats": ["PNG", ...]}, "video": {"fps": float, "num_frames": int}}',
+        '[r, g, b], "formats": ["PNG", ...]}, "video": {"fps": float, "num_frames": int, '
+        '"max_decoded_frames": int, "decode_timeout": seconds}}',
     )
 
 
