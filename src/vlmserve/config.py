@@ -69,6 +69,7 @@ class MediaConfig:
     max_bytes_per_item: int = 20 * 1024 * 1024
     max_bytes_per_request: int = 64 * 1024 * 1024
     max_concurrent_fetches: int = 16  # network fetches in flight per connector (server-wide)
+    max_fetches_per_request: int = 4  # of those, at most this many for any one request
     allowed_local_media_path: str | None = None  # file: URLs are refused unless this is set
     max_data_url_size: int = 8 * 1024 * 1024  # characters of a data: URL, checked before decoding
     # Decompression-bomb guard, read from the image header before any pixel is decoded.
@@ -108,6 +109,7 @@ class MediaConfig:
                 "media byte limits must be > 0",
             ),
             (self.max_concurrent_fetches >= 1, "max_concurrent_fetches must be >= 1"),
+            (self.max_fetches_per_request >= 1, "max_fetches_per_request must be >= 1"),
             (self.max_image_pixels >= 1, "max_image_pixels must be >= 1"),
             (
                 self.allowed_local_media_path is None

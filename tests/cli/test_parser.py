@@ -73,10 +73,12 @@ def test_flags_map_to_configs() -> None:
         media_config(parse_args(["serve", "--media-io-kwargs", '{"audio": {}}']))
 
 
-def test_video_decoding_limits_come_from_media_io_kwargs() -> None:
+def test_media_work_limits_map_to_media_config() -> None:
     limits = '{"video": {"max_decoded_frames": 500, "decode_timeout": 2.5}}'
     media = media_config(parse_args(["serve", "--media-io-kwargs", limits]))
     assert (media.video_max_decoded_frames, media.video_decode_timeout) == (500, 2.5)
+    per_request = parse_args(["serve", "--media-max-fetches-per-request", "2"])
+    assert media_config(per_request).max_fetches_per_request == 2
 
 
 def test_media_fetch_timeout_takes_three_numbers_as_docs_media_says() -> None:

@@ -101,3 +101,44 @@ async def test_images_and_videos_mix_in_one_request() -> None:
     assert isinstance(frames, list) and len(frames) == 3
     assert not isinstance(picture, list) and picture.getpixel((0, 0)) == (3, 252, 7)
     assert await load_request_media([], connector) == []
+
+
+async def test_one_request_cannot_hold_every_fetch_slot(server: LocalServer) -> None:
+    """16 slow URLs in one request used to take all 16 server-wide slots for the whole
+    fetch timeout, so no other request could fetch anything meanwhile."""
+    release = asyncio.Event()
+
+    async def slow(request: Request, writer: asyncio.StreamWriter) -> None:
+        await asyncio.wait_for(release.wait(), 30)
+        await send_response(writer, IMAGES[0], headers={"Content-Type": "image/png"})
+
+    async def fast(request: Request, writer: asyncio.StreamWriter) -> None:
+        await send_response(writer, IMAGES[1], headers={"Content-Type": "image/png"})
+
+    for index in range(16):
+        server.routes[f"/slow/{index}"] = slow
+    server.routes["/fast"] = fast
+    base = f"http://127.0.0.1:{server.port}"
+    # The defaults: 16 slots server-wide, 4 for any one request.
+    connector = MediaConnector(
+        MediaConfig(allowed_media_ports=(server.port,), allow_private_media_addresses=True)
+    )
+    assert connector.config.max_concurrent_fetches == 16
+    hog = asyncio.create_task(
+        load_request_media(
+            [MediaRef(MediaKind.IMAGE, f"{base}/slow/{i}") for i in range(16)], connector
+        )
+    )
+    try:
+        for _ in range(1000):
+            if len(server.requests) >= 4:
+                break
+            await asyncio.sleep(0.01)
+        other = await asyncio.wait_for(
+            load_request_media([MediaRef(MediaKind.IMAGE, f"{base}/fast")], connector), 10
+        )
+        assert [image.getpixel((0, 0)) for image in other] == [(1, 254, 7)]
+        assert sorted(server.paths()) == ["/fast"] + [f"/slow/{i}" for i in range(4)]
+    finally:
+        release.set()
+    assert len(await hog) == 16

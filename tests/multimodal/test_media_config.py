@@ -26,6 +26,7 @@ def test_defaults_are_the_safe_ones() -> None:
         ({"media_fetch_timeout": MediaFetchTimeout(total=0)}, "media_fetch_timeout"),
         ({"max_bytes_per_item": 0}, "byte limits"),
         ({"max_concurrent_fetches": 0}, "max_concurrent_fetches"),
+        ({"max_fetches_per_request": 0}, "max_fetches_per_request"),
         ({"allowed_local_media_path": "relative/dir"}, "absolute"),
         ({"rgba_background_color": (0, 0, 256)}, "rgba_background_color"),
         ({"video_fps": 0}, "video_fps"),

@@ -71,6 +71,7 @@ def media_config(args: argparse.Namespace) -> MediaConfig:
         max_bytes_per_request=args.media_max_bytes_per_request,
         max_data_url_size=args.media_max_data_url_size,
         max_concurrent_fetches=args.media_max_concurrent_fetches,
+        max_fetches_per_request=args.media_max_fetches_per_request,
         **_media_io(args.media_io_kwargs),
     )
 

@@ -16,6 +16,7 @@ _ALIASES = {
     "max_bytes_per_request": "--media-max-bytes-per-request",
     "max_data_url_size": "--media-max-data-url-size",
     "max_concurrent_fetches": "--media-max-concurrent-fetches",
+    "max_fetches_per_request": "--media-max-fetches-per-request",
     "max_image_pixels": "--media-io-kwargs image.max_pixels",
     "rgba_background_color": "--media-io-kwargs image.rgba_background_color",
     "video_fps": "--media-io-kwargs video.fps",

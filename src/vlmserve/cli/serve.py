@@ -248,6 +248,8 @@ def _media_flags(media: Any) -> None:
         ("--media-max-data-url-size", byte_size, "8Mi", "characters of one data: URL"),
         ("--media-max-concurrent-fetches", int, defaults.max_concurrent_fetches,
          "URL fetches in flight, server-wide"),
+        ("--media-max-fetches-per-request", int, defaults.max_fetches_per_request,
+         "URL fetches in flight for one request"),
     ):  # fmt: skip
         metavar = "N" if kind is int else "CHARS" if "url" in flag else "BYTES"
         media.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"most {what}")

@@ -1,5 +1,8 @@
 """Loading all media items of one request: fetched concurrently, decoded off the event loop,
-returned in request order, with one byte budget shared by the whole request."""
+returned in request order, with one byte budget shared by the whole request. A request
+fetches at most `max_fetches_per_request` items at a time, so it never holds more than that
+share of the connector's server-wide fetch slots (16 slow URLs in one request used to hold
+all of them for the whole fetch timeout)."""
 
 from __future__ import annotations
 
@@ -35,8 +38,9 @@ async def load_request_media(
     their bytes would only cost bandwidth and budget.
     """
     budget = ByteBudget(connector.config.max_bytes_per_request)
+    share = asyncio.Semaphore(connector.config.max_fetches_per_request)
     tasks = [
-        asyncio.create_task(_load_one(ref, index, connector, budget))
+        asyncio.create_task(_load_one(ref, index, connector, budget, share))
         for index, ref in enumerate(refs)
     ]
     if not tasks:
@@ -55,9 +59,15 @@ async def load_request_media(
 
 
 async def _load_one(
-    ref: MediaRef, index: int, connector: MediaConnector, budget: ByteBudget
+    ref: MediaRef,
+    index: int,
+    connector: MediaConnector,
+    budget: ByteBudget,
+    share: asyncio.Semaphore,
 ) -> LoadedMedia:
-    data = await connector.fetch(ref.url, index, kind=ref.kind, budget=budget)
+    # The request's share first: waiting for it holds none of the server-wide slots.
+    async with share:
+        data = await connector.fetch(ref.url, index, kind=ref.kind, budget=budget)
     decode = decode_image if ref.kind is MediaKind.IMAGE else decode_video
     # Decoding is CPU work: a thread keeps the event loop (and other requests) responsive.
     return await asyncio.to_thread(decode, data, index, connector.config)
