@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+from types import FrameType
 
 import uvicorn
 
@@ -50,6 +52,20 @@ async def serve(
             uvicorn.Config(app, host=config.host, port=config.port, log_config=None)
         )
         log_startup_summary(engine, model, config, media_config)
+        _take_reraised_sigterm()
         await server.serve()
     finally:
         await models.close(SHUTDOWN_DRAIN_S)
+
+
+def _take_reraised_sigterm() -> None:
+    """uvicorn shuts down gracefully on SIGTERM, then raises the signal again; with the default
+    handler that kills the process (exit 143) before the registry is closed. This handler takes
+    that one re-raise and puts the default back, so the process closes the registry and exits
+    0, and a later SIGTERM (a close that hangs) still ends it at once. Installed only now: a
+    SIGTERM during the model load keeps its default effect."""
+
+    def restore_default(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, restore_default)
