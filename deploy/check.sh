@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Offline checks of the deployment artefacts (no cluster, no Docker daemon):
+#   - hadolint on deploy/Dockerfile (exceptions are justified inline);
+#   - every kustomize tree (base, overlays/*) rendered with `kubectl kustomize`, validated
+#     strictly (unknown fields are errors) against the Kubernetes schemas of K8S_VERSIONS,
+#     with a kind that has no schema counted as a failure, then checked for fit by
+#     deploy/check_manifests.py (probes vs the server's routes, volumes, selectors, HPA);
+#   - ruff on deploy/*.py, bash -n on deploy/*.sh.
+# Tools come pinned from deploy/requirements.txt into deploy/.venv.
+set -euo pipefail
+LOG_TAG=check
+# shellcheck source=deploy/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# The oldest minor version still widely run by managed clusters, and the newest with schemas.
+K8S_VERSIONS="${K8S_VERSIONS:-1.30.0 1.37.0}"
+
+mkdir -p "$WORK_DIR"
+ensure_tools_venv
+bin="$TOOLS_VENV/bin"
+rendered="$(mktemp -d)"
+trap 'rm -rf "$rendered"' EXIT
+
+log "hadolint deploy/Dockerfile"
+timeout 120 "$bin/hadolint" "$DEPLOY_DIR/Dockerfile" || die "hadolint"
+
+trees=("$DEPLOY_DIR/k8s/base" "$DEPLOY_DIR"/k8s/overlays/*/)
+for tree in "${trees[@]}"; do
+    name="$(basename "$tree")"
+    out="$rendered/$name.yaml"
+    timeout 120 "$bin/kubectl" kustomize "$tree" > "$out" || die "kubectl kustomize $tree"
+    for version in $K8S_VERSIONS; do
+        report="$(timeout 300 "$bin/kubernetes-validate" --strict --quiet \
+            -k "$version" "$out" 2>&1)" || {
+            echo "$report" >&2
+            die "$name does not validate against Kubernetes $version"
+        }
+        # --quiet prints only warnings and errors: a warning is a kind without a schema.
+        [[ -z "$report" ]] || {
+            echo "$report" >&2
+            die "$name: not every object was validated against Kubernetes $version"
+        }
+    done
+    timeout 60 "$bin/python" "$DEPLOY_DIR/check_manifests.py" "$name" "$out" \
+        || die "$name: manifests do not fit together"
+    log "$name: $(grep -c '^kind:' "$out") objects valid for Kubernetes ${K8S_VERSIONS// /, }"
+done
+
+log "ruff and bash -n on deploy/"
+(cd "$REPO_ROOT" && timeout 120 "$bin/ruff" check deploy && timeout 120 "$bin/ruff" format --check deploy) \
+    || die "ruff on deploy/"
+for script in "$DEPLOY_DIR"/*.sh; do bash -n "$script" || die "bash -n $script"; done
+log "PASSED"
