@@ -100,10 +100,12 @@ if [[ "$SMOKE_NO_CACHE" == 1 ]]; then no_cache=(--no-cache); fi
 
 # The legacy builder (dockerd 20.10 from Debian has no buildx plugin next to it) leaves the
 # builder stage as an untagged image: tagging it keeps it, and with it the layer cache of
-# torch, when the superseded images of earlier runs are pruned below.
+# torch, when the superseded images of earlier runs are pruned below. --force-rm: a failed
+# step's container would otherwise stay and pin its image against that pruning.
 build() {
-    DOCKER_BUILDKIT=0 timeout 1500 docker build --network host -f "$DEPLOY_DIR/Dockerfile" \
-        "${build_args[@]}" "$@" "$REPO_ROOT" >> "$WORK_DIR/build.log" 2>&1 || {
+    DOCKER_BUILDKIT=0 timeout 1500 docker build --network host --force-rm \
+        -f "$DEPLOY_DIR/Dockerfile" "${build_args[@]}" "$@" "$REPO_ROOT" \
+        >> "$WORK_DIR/build.log" 2>&1 || {
         tail -40 "$WORK_DIR/build.log" >&2
         die "docker build (full log: $WORK_DIR/build.log)"
     }
