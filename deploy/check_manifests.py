@@ -3,16 +3,21 @@ server. Run by deploy/check.sh on each `kubectl kustomize` output:
 
     python deploy/check_manifests.py OVERLAY_NAME RENDERED.yaml
 
-Checks that the probes hit routes the server has, on a port the container declares, with a
-startup budget that covers liveness; that every volume, claim, selector and HPA target
-resolves; that the HPA scales on metrics the server exports; and that the image variant
-(cpu / cuda) matches the GPU request. Exits 1 listing every failure.
+Checks that the container's arguments are flags `vlmserve serve` accepts (parsed by the CLI
+itself, so this runs with the project's venv); that the probes hit routes the server has, on
+a port the container declares, with a startup budget that covers liveness; that every volume,
+claim, selector and HPA target resolves; that the HPA scales on metrics the server exports;
+and that the image variant (cpu / cuda) matches the GPU request. Exits 1 listing every
+failure.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,36 @@ def server_routes() -> set[str]:
 
 
 def server_metrics() -> set[str]:
-    return set(re.findall(r'"(vlmserve_[a-z_]+)"', (API / "metrics.py").read_text()))
+    """The metric families /metrics serves, asked of the server's own registry."""
+    from vlmserve.api.metrics import Metrics
+
+    return {family.name for family in Metrics(lambda: []).registry.collect()}
+
+
+def check_args(args: list[str], errors: list[str]) -> None:
+    """Parses the arguments as the image's entrypoint would pass them, with a stand-in for
+    the keys file the Secret provides."""
+    from vlmserve.cli import parse_args
+    from vlmserve.cli.configs import build_configs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = Path(tmp) / "keys.yaml"
+        keys.write_text("api-key: stand-in-key\nadmin-api-key: stand-in-admin-key\n")
+        argv = [a.replace(f"{KEYS_MOUNT}/keys.yaml", str(keys)) for a in args]
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                parsed = parse_args(["serve", "--host", "0.0.0.0", *argv])
+            build_configs(parsed, parsed.model or "tiny", None, None)
+        except SystemExit:
+            reason = (stderr.getvalue().strip().splitlines() or ["no message"])[-1]
+            errors.append(f"vlmserve serve refuses the args: {reason}")
+            return
+        except ValueError as exc:
+            errors.append(f"vlmserve serve refuses the args: {exc}")
+            return
+    if parsed.api_key is None or parsed.admin_api_key is None:
+        errors.append("the keys file does not set api-key and admin-api-key")
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -85,6 +119,7 @@ def check_pod(pod: dict[str, Any], claims: set[str], overlay: str, errors: list[
     if shm.get("medium") != "Memory":
         errors.append("/dev/shm must be a memory-backed emptyDir")
     args = container.get("args", [])
+    check_args(args, errors)
     if f"--config={KEYS_MOUNT}/keys.yaml" not in args:
         errors.append("args must read the API keys file (--config)")
     if not any(a.startswith("--cpu-threads=") for a in args):
