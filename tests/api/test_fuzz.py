@@ -31,9 +31,15 @@ def _aim(case: schemathesis.Case) -> None:
             body["model"] = MODEL
         # Keep generation short: the point is input handling, not long outputs. A body
         # without a budget would generate until the context is full (~1000 tokens here),
-        # longer than the 10 s read timeout on a loaded 2-core machine.
-        body.pop("max_completion_tokens", None)
-        body["max_tokens"] = 4
+        # longer than the 10 s read timeout on a loaded 2-core machine. Only valid values
+        # are changed: capping an invalid one would make a negative case valid, which
+        # schemathesis then fails as "schema-violating request accepted".
+        for field in ("max_tokens", "max_completion_tokens"):
+            value = body.get(field)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 4:
+                body[field] = 4
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            body["max_tokens"] = 4
 
 
 def test_fuzz_openapi(app: FastAPI) -> None:
