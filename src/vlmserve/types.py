@@ -148,6 +148,8 @@ class Prompt:
     text: str | None = None
     token_ids: list[int] | None = None
     media: list[MediaInput] = field(default_factory=list)
+    # Requests share prefix-cache blocks only when their salts are equal (vLLM's name).
+    cache_salt: str | None = None
 
 
 @dataclass

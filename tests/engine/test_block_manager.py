@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import torch
 
+from tests.engine.hash_collision import BLOCK_A, BLOCK_B
 from vlmserve.engine.block_manager import BlockManager
 from vlmserve.engine.sequence import MultiModalItem, Request, Sequence
 from vlmserve.types import SamplingParams
 
 
 def make_seq(
-    tokens: list[int], items: list[MultiModalItem] | None = None, seq_id: int = 0
+    tokens: list[int],
+    items: list[MultiModalItem] | None = None,
+    seq_id: int = 0,
+    cache_salt: str | None = None,
 ) -> Sequence:
     request = Request(
-        f"r{seq_id}", None, tokens, items or [], torch.zeros(3, len(tokens)), 0, SamplingParams(), 8
+        f"r{seq_id}",
+        None,
+        tokens,
+        items or [],
+        torch.zeros(3, len(tokens)),
+        0,
+        SamplingParams(),
+        8,
+        cache_salt=cache_salt,
     )
     seq = Sequence(seq_id, request, 0, list(tokens), detokenizer=None)  # type: ignore[arg-type]
     request.sequences.append(seq)
@@ -78,3 +90,35 @@ def test_allocate_fails_without_side_effects() -> None:
     assert seq.block_table == [] and bm.num_free_blocks == 2
     assert bm.allocate(seq, 8)
     assert bm.usage() == 1.0
+
+
+def test_blocks_colliding_under_pythons_hash_do_not_share_kv() -> None:
+    # The stored pair collides under the old naming, hash((parent, tuple(tokens), items)).
+    assert BLOCK_A != BLOCK_B
+    assert hash((None, tuple(BLOCK_A), ())) == hash((None, tuple(BLOCK_B), ()))
+    bm = BlockManager(num_blocks=16, block_size=16, enable_prefix_caching=True)
+    suffix = [7, 8, 9]
+    run_prefill(bm, make_seq(BLOCK_A + suffix))
+    other = make_seq(BLOCK_B + suffix, seq_id=1)
+    bm.allocate_prefix(other)
+    assert other.num_computed_tokens == 0 and other.num_cached_tokens == 0
+    same = make_seq(BLOCK_A + suffix, seq_id=2)
+    bm.allocate_prefix(same)
+    assert same.num_computed_tokens == 16
+
+
+def test_cache_salt_separates_prefixes_and_the_seed_renames_blocks() -> None:
+    bm = BlockManager(num_blocks=16, block_size=4, enable_prefix_caching=True)
+    run_prefill(bm, make_seq(list(range(9)), cache_salt="tenant-1"))
+    for seq_id, salt, cached in ((1, "tenant-2", 0), (2, None, 0), (3, "tenant-1", 8)):
+        seq = make_seq(list(range(9)), seq_id=seq_id, cache_salt=salt)
+        bm.allocate_prefix(seq)
+        assert seq.num_computed_tokens == cached, salt
+    # Block names depend on the engine's random seed: not computable ahead of time.
+    a = BlockManager(num_blocks=4, block_size=4, enable_prefix_caching=True)
+    b = BlockManager(num_blocks=4, block_size=4, enable_prefix_caching=True)
+    first, second = make_seq(list(range(5))), make_seq(list(range(5)), seq_id=1)
+    a.allocate_prefix(first)
+    b.allocate_prefix(second)
+    assert first.block_hashes != second.block_hashes
+    assert len(first.block_hashes[0]) == 32  # a SHA-256 digest

@@ -1,43 +1,72 @@
 """Paged KV-cache bookkeeping: block allocation, reference counts and the prefix cache.
 
-A full block is named by a hash chained over its tokens, the tokens before it, and the
-multimodal items (by key) whose placeholders fall in it — the placeholder token ids alone
-are the same for every image, so without the item keys two different images would share
-cached blocks. Freed blocks keep their hash and stay reusable until they are reallocated,
-oldest-freed first.
+A full block is named by a SHA-256 digest chained over its tokens, the digest of the blocks
+before it, and the multimodal items (by key) whose placeholders fall in it — the placeholder
+token ids alone are the same for every image, so without the item keys two different images
+would share cached blocks. A match is trusted without comparing tokens, so the name must be
+collision-resistant: Python's `hash()` is not (issue 9 found two 16-token blocks with equal
+tuple hashes, and one prompt was answered from the other's KV). The chain starts from a root
+digest of a per-engine random seed and the request's cache salt, so requests with different
+salts never share blocks. Freed blocks keep their digest and stay reusable until they are
+reallocated, oldest-freed first.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import struct
+from array import array
 from collections import OrderedDict
 
 from vlmserve.engine.sequence import Sequence
 
 NULL_BLOCK = 0  # reserved: padded block-table entries point here
+SEED_BYTES = 32
 
 
-def block_hash(parent: int | None, seq: Sequence, block_index: int, block_size: int) -> int:
+def root_digest(seed: bytes, cache_salt: str | None) -> bytes:
+    """Where a request's chain of block digests starts: requests share cached blocks only
+    when their salts are equal. `surrogatepass` keeps any str hashable (offline callers)."""
+    salt = (cache_salt or "").encode("utf-8", "surrogatepass")
+    return hashlib.sha256(seed + struct.pack("<Q", len(salt)) + salt).digest()
+
+
+def block_hash(parent: bytes, seq: Sequence, block_index: int, block_size: int) -> bytes:
+    """SHA-256 of the parent digest, the block's token ids (fixed width: the block size fixes
+    their count) and each multimodal item in the block, every variable-length field
+    length-prefixed so that no two different inputs share an encoding."""
     start = block_index * block_size
     end = start + block_size
-    # A video's temporal spacing changes its M-RoPE positions, so it is part of the name too.
-    items = tuple(
-        (item.key, item.offset - start, item.seconds_per_grid)
-        for item in seq.request.mm_items
-        if item.overlaps(start, end)
-    )
-    return hash((parent, tuple(seq.token_ids[start:end]), items))
+    digest = hashlib.sha256(parent)
+    digest.update(array("I", seq.token_ids[start:end]).tobytes())
+    for item in seq.request.mm_items:
+        if item.overlaps(start, end):
+            key = item.key.encode("utf-8", "surrogatepass")
+            # A video's temporal spacing changes its M-RoPE positions: part of the name too.
+            digest.update(struct.pack("<Q", len(key)) + key)
+            digest.update(struct.pack("<qd", item.offset - start, item.seconds_per_grid))
+    return digest.digest()
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_prefix_caching: bool,
+        seed: bytes | None = None,
+    ) -> None:
         if num_blocks < 2:
             raise ValueError(f"the KV cache needs at least 2 blocks, got {num_blocks}")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks
-        self.hashes: list[int | None] = [None] * num_blocks
-        self.cached: dict[int, int] = {}  # block hash -> block id
+        # Random per engine (tests may fix it): block digests cannot be precomputed offline.
+        self.seed = seed if seed is not None else os.urandom(SEED_BYTES)
+        self.hashes: list[bytes | None] = [None] * num_blocks
+        self.cached: dict[bytes, int] = {}  # block digest -> block id
         # Free blocks in reuse order; an OrderedDict lets a prefix hit take one from the middle.
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_blocks))
         self.num_prefix_queries = 0
@@ -127,7 +156,11 @@ class BlockManager:
         num_full = num_tokens // self.block_size
         while len(seq.block_hashes) < num_full:
             i = len(seq.block_hashes)
-            parent = seq.block_hashes[-1] if seq.block_hashes else None
+            parent = (
+                seq.block_hashes[-1]
+                if seq.block_hashes
+                else root_digest(self.seed, seq.request.cache_salt)
+            )
             seq.block_hashes.append(block_hash(parent, seq, i, self.block_size))
 
     def slot(self, seq: Sequence, position: int) -> int:

@@ -141,6 +141,7 @@ class LLMEngine:
             processed.mrope_delta,
             params,
             max_out,
+            cache_salt=processed.cache_salt,
         )
         for index in range(params.n):
             seq = Sequence(

@@ -62,6 +62,7 @@ class ProcessedInput:
     mrope_positions: torch.Tensor
     mrope_delta: int
     grammar: CompiledGrammar | None = None  # compiled with the request's sampling params
+    cache_salt: str | None = None
 
 
 def content_hash(images: list[Image.Image], extra: str = "") -> str:
@@ -175,7 +176,9 @@ class InputProcessor:
             self.config,
             [item.seconds_per_grid for item in videos],
         )
-        return ProcessedInput(text, expanded, items, positions, delta)
+        if prompt.cache_salt is not None and not isinstance(prompt.cache_salt, str):
+            raise InputError("'cache_salt' must be a string", "cache_salt")
+        return ProcessedInput(text, expanded, items, positions, delta, cache_salt=prompt.cache_salt)
 
     def _media(
         self, modality: str, media: list[MediaInput], slots: list[tuple[int, str]]

@@ -2,7 +2,8 @@
 
 Accepted: a string; `{"prompt": str}` or `{"prompt_token_ids": [int]}`, each with optional
 `multi_modal_data` (`{"image": img | [img], "video": frames | {"frames", "fps"} | [...]}`)
-and `multi_modal_uuids` (the same shape, a uuid or None per item). Only the shape is checked
+and `multi_modal_uuids` (the same shape, a uuid or None per item), and `cache_salt` (a
+string: requests share prefix-cache blocks only with equal salts). Only the shape is checked
 here; what the values mean (token ranges, limits, placeholders) is checked by the input
 processor for every prompt, typed or converted.
 """
@@ -18,7 +19,7 @@ from vlmserve.engine.inputs import InputError
 from vlmserve.types import MediaInput, Prompt
 
 PromptInput = str | dict[str, Any] | Prompt
-_FIELDS = {"prompt", "prompt_token_ids", "multi_modal_data", "multi_modal_uuids"}
+_FIELDS = {"prompt", "prompt_token_ids", "multi_modal_data", "multi_modal_uuids", "cache_salt"}
 
 
 def to_prompt(prompt: PromptInput) -> Prompt:
@@ -42,7 +43,10 @@ def to_prompt(prompt: PromptInput) -> Prompt:
     for modality in dict.fromkeys([*mm_data, *mm_uuids]):
         media.extend(_items(str(modality), mm_data.get(modality), mm_uuids.get(modality)))
     return Prompt(
-        text=prompt.get("prompt"), token_ids=list(ids) if ids is not None else None, media=media
+        text=prompt.get("prompt"),
+        token_ids=list(ids) if ids is not None else None,
+        media=media,
+        cache_salt=prompt.get("cache_salt"),
     )
 
 

@@ -52,6 +52,8 @@ class Request:
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.time()))
     sequences: list[Sequence] = field(default_factory=list)
     error: str | None = None
+    # Requests share prefix-cache blocks only when their salts are equal (vLLM's name).
+    cache_salt: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -75,7 +77,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0  # tokens whose keys and values are in the cache
     block_table: list[int] = field(default_factory=list)
-    block_hashes: list[int] = field(default_factory=list)  # hashes of full prompt blocks
+    block_hashes: list[bytes] = field(default_factory=list)  # digests of full blocks
     num_cached_tokens: int = 0  # prompt tokens that came from the prefix cache
     num_forced_tokens: int = 0
     output_logprobs: list[dict[int, Logprob]] = field(default_factory=list)
