@@ -96,7 +96,7 @@ class LLM:
         prompts: list[PromptInput] = []
         for conversation in conversations:
             chat = build_chat_prompt(
-                conversation, template, self.engine.tokenizer.special_tokens, add_generation_prompt
+                conversation, template, self.engine.tokenizer.reserved_tokens, add_generation_prompt
             )
             media = asyncio.run(self._load_media(chat.media))
             prompts.append(media.as_prompt(chat.text))

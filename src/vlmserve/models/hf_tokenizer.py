@@ -14,7 +14,9 @@ from tokenizers import Tokenizer
 class TokenizerBundle:
     tokenizer: Tokenizer
     chat_template: str | None
-    special_tokens: frozenset[str]  # added special tokens: never allowed in user text
+    # Every added token, `special` or not: the tokenizer matches added tokens anywhere in
+    # text, so caller text containing one could forge turns, placeholders or tool calls.
+    reserved_tokens: frozenset[str]
     eos_token: str | None
 
     @property
@@ -46,10 +48,8 @@ def load_tokenizer(folder: str | Path) -> TokenizerBundle:
         if template is None and candidate.is_file():
             text = candidate.read_text()
             template = json.loads(text)["chat_template"] if name.endswith(".json") else text
-    special = frozenset(
-        tok.content for tok in tokenizer.get_added_tokens_decoder().values() if tok.special
-    )
+    reserved = frozenset(tok.content for tok in tokenizer.get_added_tokens_decoder().values())
     eos = config.get("eos_token")
     if isinstance(eos, dict):
         eos = eos.get("content")
-    return TokenizerBundle(tokenizer, template, special, eos)
+    return TokenizerBundle(tokenizer, template, reserved, eos)

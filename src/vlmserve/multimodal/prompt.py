@@ -3,17 +3,24 @@
 Text and media parts keep exactly the order they were given in, across all messages: the
 template sees each media part as `{"type": "image"}` / `{"type": "video"}` at its place and
 emits the model's vision placeholder there; the media themselves are returned in the same
-order. User text may not contain the model's reserved tokens (a user could otherwise forge
-image placeholders or turn boundaries).
+order. Caller text may not contain the model's reserved tokens, alone or joined with its
+neighbours in the rendered prompt (reserved.py): it could otherwise forge image placeholders
+or turn boundaries.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import Template
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from vlmserve.multimodal.reserved import ForgedToken, TextSlot, check_rendered
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 TEXT_PARTS = ("text",)
@@ -46,6 +53,12 @@ class ChatPrompt:
 _ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
 
 
+@functools.lru_cache(maxsize=16)
+def _compile(template: str) -> Template:
+    # Compiling costs milliseconds; a server renders the same template for every request.
+    return _ENV.from_string(template)
+
+
 def _check_text(text: Any, param: str, reserved: frozenset[str]) -> str:
     if not isinstance(text, str):
         raise PromptError(f"{param} must be a string", param)
@@ -76,13 +89,19 @@ def _media_part(part: dict[str, Any], kind: str, param: str) -> ChatMedia:
     return ChatMedia(modality, url, uuid, param)
 
 
-def normalize_messages(
-    messages: list[dict[str, Any]], reserved: frozenset[str]
-) -> tuple[list[dict[str, Any]], list[ChatMedia]]:
+@dataclass
+class NormalizedChat:
+    messages: list[dict[str, Any]]  # what the template sees
+    media: list[ChatMedia]
+    texts: list[TextSlot]  # every caller text, in the order the template is given them
+
+
+def normalize_messages(messages: list[dict[str, Any]], reserved: frozenset[str]) -> NormalizedChat:
     if not isinstance(messages, list) or not messages:
         raise PromptError("messages must be a non-empty list", "messages")
     out: list[dict[str, Any]] = []
     media: list[ChatMedia] = []
+    texts: list[TextSlot] = []
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -94,9 +113,9 @@ def normalize_messages(
             )
         content = message.get("content")
         if isinstance(content, str):
-            out.append(
-                {"role": role, "content": _check_text(content, f"{param}.content", reserved)}
-            )
+            text = _check_text(content, f"{param}.content", reserved)
+            texts.append(TextSlot(f"{param}.content", text))
+            out.append({"role": role, "content": text})
             continue
         if not isinstance(content, list):
             raise PromptError(
@@ -107,12 +126,9 @@ def normalize_messages(
             pparam = f"{param}.content[{j}]"
             kind = part.get("type") if isinstance(part, dict) else None
             if kind in TEXT_PARTS:
-                parts.append(
-                    {
-                        "type": "text",
-                        "text": _check_text(part.get("text"), f"{pparam}.text", reserved),
-                    }
-                )
+                text = _check_text(part.get("text"), f"{pparam}.text", reserved)
+                texts.append(TextSlot(f"{pparam}.text", text))
+                parts.append({"type": "text", "text": text})
             elif kind in IMAGE_PARTS or kind in VIDEO_PARTS:
                 if role != "user":
                     raise PromptError(
@@ -130,7 +146,24 @@ def normalize_messages(
                     f"{pparam}.type {kind!r} is not a known content part type", f"{pparam}.type"
                 )
         out.append({"role": role, "content": parts})
-    return out, media
+    return NormalizedChat(out, media, texts)
+
+
+def _with_texts(messages: list[dict[str, Any]], text_of: Callable[[int], str]) -> list[Any]:
+    """`messages` with the i-th caller text (in `NormalizedChat.texts` order) -> text_of(i)."""
+    counter = itertools.count()
+    out = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            content = text_of(next(counter))
+        else:
+            content = [
+                {"type": "text", "text": text_of(next(counter))} if p["type"] == "text" else p
+                for p in content
+            ]
+        out.append({**message, "content": content})
+    return out
 
 
 def build_chat_prompt(
@@ -139,11 +172,22 @@ def build_chat_prompt(
     reserved: frozenset[str],
     add_generation_prompt: bool = True,
 ) -> ChatPrompt:
-    normalized, media = normalize_messages(messages, reserved)
+    """Render `messages` through `template`. `reserved`: every token text only the template
+    may place (the tokenizer's added tokens)."""
+    chat = normalize_messages(messages, reserved)
     try:
-        text = _ENV.from_string(template).render(
-            messages=normalized, add_generation_prompt=add_generation_prompt
-        )
+        compiled = _compile(template)
+
+        def render(text_of: Callable[[int], str]) -> str:
+            return compiled.render(
+                messages=_with_texts(chat.messages, text_of),
+                add_generation_prompt=add_generation_prompt,
+            )
+
+        text = compiled.render(messages=chat.messages, add_generation_prompt=add_generation_prompt)
+        check_rendered(render, text, chat.texts, reserved)
     except TemplateError as exc:
         raise PromptError(f"the chat template failed on these messages: {exc}", "messages") from exc
-    return ChatPrompt(text, media)
+    except ForgedToken as exc:
+        raise PromptError(str(exc), exc.params[0] if exc.params else "messages") from exc
+    return ChatPrompt(text, chat.media)

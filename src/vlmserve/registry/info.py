@@ -35,7 +35,7 @@ class ModelInfo:
             created=int(time.time()),
             max_model_len=engine.max_model_len,
             chat_template=chat_template or engine.config.chat_template or tokenizer.chat_template,
-            reserved_tokens=tokenizer.special_tokens,
+            reserved_tokens=tokenizer.reserved_tokens,
             media_limits=engine.config.mm_limits,
             decode=lambda ids: tokenizer.tokenizer.decode(ids, skip_special_tokens=False),
         )
