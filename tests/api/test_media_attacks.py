@@ -148,6 +148,39 @@ async def test_redirect_to_loopback_is_refused_at_the_hop(
     await assert_refused(app, image("http://cdn.example/r"), 400, "302", "too_many_redirects")
 
 
+@pytest.mark.parametrize("redirects", [0, 2])
+async def test_a_redirect_to_a_data_url_is_a_400_naming_the_part(
+    async_engine: AsyncEngine, server: LocalServer, internet: FakeInternet, redirects: int
+) -> None:
+    # Any public host can answer this; httpx parses the Location even with redirects off.
+    server.routes["/r"] = redirect(
+        "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    )
+    config = MediaConfig(media_max_redirects=redirects)
+    app = attack_app(async_engine, config, public("cdn.example"), internet.factory)
+    await assert_refused(app, image("http://cdn.example/r"), 400, "redirect", "invalid_url")
+
+
+async def test_a_200_kb_url_path_is_a_400_naming_the_part(
+    async_engine: AsyncEngine, internet: FakeInternet
+) -> None:
+    app = attack_app(async_engine, None, public("cdn.example"), internet.factory)
+    url = "http://cdn.example/" + "a" * 200_000
+    await assert_refused(app, image(url), 400, "URL too long", "invalid_url")
+    assert internet.destinations == []
+
+
+async def test_a_nul_in_a_file_url_is_a_400(async_engine: AsyncEngine, tmp_path: Path) -> None:
+    app = attack_app(async_engine, MediaConfig(allowed_local_media_path=str(tmp_path)))
+    await assert_refused(app, image(f"file://{tmp_path}/x%00.png"), 400, "NUL", "invalid_url")
+
+
+async def test_a_non_ascii_data_url_is_a_400(async_engine: AsyncEngine) -> None:
+    app = attack_app(async_engine)
+    url = "data:image/png;base64,iVBORw0KGgoé"
+    await assert_refused(app, image(url), 400, "ASCII", "corrupt_data")
+
+
 async def test_dns_rebinding_cannot_reach_loopback(
     async_engine: AsyncEngine, server: LocalServer, internet: FakeInternet
 ) -> None:

@@ -166,6 +166,40 @@ async def test_redirect_from_a_public_server_to_a_forbidden_target_is_refused(
     assert len(internet.sent) == 1  # the forbidden hop was never sent anywhere
 
 
+@pytest.mark.parametrize("redirects", [0, 3])
+@pytest.mark.parametrize(
+    "location",
+    [
+        "data:image/png;base64,iVBORw0KGgo=",  # httpx parses Location even with redirects off
+        "data:" + "A" * 70_000,
+        "http://[::1/x",
+    ],
+)
+async def test_an_unparsable_redirect_location_is_refused_not_500(
+    server: LocalServer, internet: FakeInternet, location: str, redirects: int
+) -> None:
+    resolver = StubResolver({"public.test": [[PUBLIC_IP]]})
+    server.routes["/r"] = redirect(location)
+    config = config_for(server, media_max_redirects=redirects)
+    error = await fetch_error(
+        f"http://public.test:{server.port}/r", config, resolver, internet.factory
+    )
+    assert error.code in (MediaErrorCode.INVALID_URL, MediaErrorCode.FETCH_FAILED)
+    assert server.paths() == ["/r"]
+
+
+@pytest.mark.parametrize("path", ["/\ud800.png", "/" + "a" * 200_000])
+async def test_a_url_httpx_cannot_encode_is_invalid_not_500(
+    server: LocalServer, internet: FakeInternet, path: str
+) -> None:
+    resolver = StubResolver({"public.test": [[PUBLIC_IP]]})
+    error = await fetch_error(
+        f"http://public.test:{server.port}{path}", config_for(server), resolver, internet.factory
+    )
+    assert error.code is MediaErrorCode.INVALID_URL
+    assert server.paths() == []
+
+
 async def test_allowed_redirects_are_followed_with_a_hop_limit(
     server: LocalServer, internet: FakeInternet
 ) -> None:

@@ -92,6 +92,7 @@ async def test_data_url_decoded_size_counts_against_item_and_request_limits() ->
         ("data:image/png;base64,iVBO$w0K", MediaErrorCode.CORRUPT_DATA, "base64"),
         ("data:image/png;base64,iVBORw0KGgo", MediaErrorCode.CORRUPT_DATA, "base64"),  # padding
         ("data:image/png;base64,iVBO Rw0K", MediaErrorCode.CORRUPT_DATA, "base64"),
+        ("data:image/png;base64,iVBOé0K", MediaErrorCode.CORRUPT_DATA, "ASCII"),  # was a 500
     ],
 )
 async def test_bad_data_urls_are_refused(url: str, code: MediaErrorCode, fragment: str) -> None:
@@ -166,4 +167,18 @@ async def test_file_url_other_failures(media_root: Path) -> None:
         error = await load_error(f"file://{media_root}/{name}", config)
         assert error.code is code, name
     error = await load_error(f"file://otherhost{media_root}/cat.png", config)
+    assert error.code is MediaErrorCode.INVALID_URL
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file://{root}/cat%00.png",  # os calls raise ValueError: embedded null byte
+        "file://{root}/\ud800.png",  # ... and UnicodeEncodeError
+        "file://[::1/cat.png",  # urlsplit raises ValueError
+    ],
+)
+async def test_file_urls_the_os_cannot_take_are_invalid_not_500(media_root: Path, url: str) -> None:
+    config = MediaConfig(allowed_local_media_path=str(media_root))
+    error = await load_error(url.format(root=media_root), config)
     assert error.code is MediaErrorCode.INVALID_URL

@@ -171,3 +171,28 @@ def test_budget_too_small_for_the_shortest_output(backend: StructuredBackend) ->
     with pytest.raises(StructuredOutputError, match=f"needs {shortest} tokens") as info:
         backend.new_request(compiled, shortest - 1)
     assert info.value.param == "max_tokens"
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+@pytest.mark.parametrize("depth", [129, 900, 20_000])
+def test_schema_depth_is_bounded_before_any_recursive_walk(
+    backend: StructuredBackend, depth: int
+) -> None:
+    # 900 was a RecursionError in copy.deepcopy; at 20,000 json.dumps (the cache key) was.
+    error = _error(backend, json=_nested(depth), strict=True)
+    assert error.param == "structured_outputs.json"
+    assert "nests deeper than 128 levels" in str(error)
+    assert error.path is not None and error.path.startswith("/items/items")
+
+
+def test_schema_size_is_bounded(backend: StructuredBackend) -> None:
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(60_000)}}
+    error = _error(backend, json=schema)
+    assert "more than 100000 JSON values" in str(error)
+    assert backend.compile(StructuredOutputsParams(json=_nested(60))).kind == "json"

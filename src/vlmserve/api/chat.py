@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from vlmserve.api.auth import require_api_key
+from vlmserve.api.json_body import StrictJSONRoute
 from vlmserve.api.logprobs import chat_logprobs
 from vlmserve.api.metrics import RequestTimer
 from vlmserve.api.protocol import ChatCompletionRequest
@@ -41,7 +42,7 @@ from vlmserve.serving import ChatRequest, Generation, ServingError
 from vlmserve.types import CompletionOutput
 
 logger = logging.getLogger(__name__)
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_api_key)], route_class=StrictJSONRoute)
 
 
 def _logprobs(model: ModelInfo, k: int | None, c: CompletionOutput) -> ChoiceLogprobs | None:

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from vlmserve import serving
 from vlmserve.api.auth import require_api_key
+from vlmserve.api.json_body import StrictJSONRoute
 from vlmserve.api.logprobs import completion_logprobs
 from vlmserve.api.metrics import RequestTimer
 from vlmserve.api.protocol import CompletionRequest
@@ -33,7 +34,7 @@ from vlmserve.registry import ModelInfo
 from vlmserve.types import CompletionOutput
 
 logger = logging.getLogger(__name__)
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_api_key)], route_class=StrictJSONRoute)
 
 
 def _logprobs(

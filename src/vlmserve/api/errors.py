@@ -73,6 +73,12 @@ class APIError(ServingError):
     raised below it, rendered by `install`."""
 
 
+def _encodable(text: str | None) -> str | None:
+    """Text that can go out as UTF-8: a message quoting the client's input could carry a
+    lone surrogate, and the JSON response would then fail to encode (a 500)."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -84,10 +90,10 @@ def error_body(
         logger.info("refused with %d: %s%s", status, message, where)
     return {
         "error": {
-            "message": message,
+            "message": _encodable(message),
             "type": _TYPES.get(status, "server_error"),
-            "param": param,
-            "code": code,
+            "param": _encodable(param),
+            "code": _encodable(code),
         }
     }
 
@@ -157,7 +163,9 @@ async def _http_exception(_: Request, exc: Exception) -> JSONResponse:
     message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
     if exc.status_code == 404:
         message = "no such route; see /openapi.json"
-    return error_response(APIError(exc.status_code, message, headers=exc.headers))
+    # The body parser (json_body.BodyError) names the field; FastAPI's own exceptions do not.
+    param = getattr(exc, "param", None)
+    return error_response(APIError(exc.status_code, message, param, headers=exc.headers))
 
 
 async def _client_disconnected(_: Request, exc: Exception) -> JSONResponse:

@@ -182,7 +182,14 @@ class MediaConnector:
                     item_index,
                 )
             hops += 1
-            url = urljoin(url, location)  # the next hop is checked from scratch
+            try:
+                url = urljoin(url, location)  # the next hop is checked from scratch
+            except ValueError as exc:
+                raise MediaError(
+                    MediaErrorCode.INVALID_URL,
+                    f"{target.host} redirected to an invalid URL: {exc}",
+                    item_index,
+                ) from None
 
     def _check_url(self, url: str, item_index: int) -> _Target:
         def invalid(reason: str) -> MediaError:
@@ -289,10 +296,10 @@ class MediaConnector:
         extensions = {"sni_hostname": target.host} if target.ip is None else {}
         last_error = ""
         for ip in addresses:  # all checked; the next one is tried only if connecting fails
-            request = client.build_request(
-                "GET", target.pinned_url(ip), headers=headers, extensions=extensions
-            )
             try:
+                request = client.build_request(
+                    "GET", target.pinned_url(ip), headers=headers, extensions=extensions
+                )
                 return await client.send(request, stream=True)
             except httpx.ConnectError as exc:
                 last_error = str(exc)
@@ -302,6 +309,15 @@ class MediaConnector:
                 raise MediaError(
                     MediaErrorCode.FETCH_FAILED,
                     f"fetching from {target.host} failed: {exc}",
+                    item_index,
+                ) from None
+            except (httpx.InvalidURL, ValueError) as exc:
+                # Not HTTPErrors: a URL httpx cannot encode (a lone surrogate, a path over
+                # 64 KiB), or a redirect's Location it cannot parse — httpx reads Location
+                # even with redirects off (`data:...` from any public host raised this).
+                raise MediaError(
+                    MediaErrorCode.INVALID_URL,
+                    f"invalid media URL or redirect from {target.host}: {exc}",
                     item_index,
                 ) from None
         raise MediaError(

@@ -7,7 +7,6 @@ a file from its metadata.
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 import stat
 from urllib.parse import unquote, urlsplit
@@ -51,7 +50,7 @@ def load_data_url(
         # validate=True: any character outside the alphabet, or bad padding, is an error
         # rather than being skipped (lenient decoders let payloads smuggle extra data).
         data = base64.b64decode(payload, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or a non-ASCII payload
         raise MediaError(
             MediaErrorCode.CORRUPT_DATA, f"data URL is not valid base64: {exc}", item_index
         ) from None
@@ -72,12 +71,24 @@ def load_file_url(url: str, item_index: int, kind: MediaKind, config: MediaConfi
             "to allow files under DIR)",
             item_index,
         )
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. file://[::1/x
+        raise MediaError(
+            MediaErrorCode.INVALID_URL, f"invalid file: URL: {exc}", item_index
+        ) from None
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
         raise MediaError(
             MediaErrorCode.INVALID_URL, "file: URLs must be file:///absolute/path", item_index
         )
     requested = unquote(parts.path)
+    if "\x00" in requested or not _encodable(requested):
+        # The OS calls below would raise ValueError (embedded NUL) or UnicodeEncodeError.
+        raise MediaError(
+            MediaErrorCode.INVALID_URL,
+            "file: URL paths may not contain NUL bytes or lone surrogates",
+            item_index,
+        )
     # realpath first: `..` segments and symlinks are resolved before the containment check,
     # so neither can lead outside the allowed directory.
     path = os.path.realpath(requested)
@@ -104,10 +115,22 @@ def load_file_url(url: str, item_index: int, kind: MediaKind, config: MediaConfi
         _check_item_size(info.st_size, item_index, config)
         with os.fdopen(os.dup(fd), "rb") as file:
             data = file.read(info.st_size)
+    except OSError as exc:  # EIO, a file truncated or removed underneath us, ...
+        raise MediaError(
+            MediaErrorCode.FETCH_FAILED, f"cannot read {requested!r}: {exc.strerror}", item_index
+        ) from None
     finally:
         os.close(fd)
     require_allowed_format(data, kind, item_index, config)
     return data
+
+
+def _encodable(path: str) -> bool:
+    try:
+        os.fsencode(path)
+    except UnicodeError:
+        return False
+    return True
 
 
 def _check_item_size(num_bytes: int, item_index: int, config: MediaConfig) -> None:

@@ -33,6 +33,7 @@ from vlmserve.structured.closer import (
 from vlmserve.structured.compiler import build_grammar
 from vlmserve.structured.errors import StructuredOutputError
 from vlmserve.structured.request import SEARCH_NODES, RequestGrammar, TokenView
+from vlmserve.structured.schema import check_bounds
 from vlmserve.types import StructuredOutputsParams
 
 DEFAULT_COMPILE_TIMEOUT_S = 5.0
@@ -70,6 +71,8 @@ def _cache_key(params: StructuredOutputsParams) -> str:
         # Invalid JSON is reported by the compile; the raw text is a fine key meanwhile.
         with contextlib.suppress(json.JSONDecodeError):
             value = json.loads(value)
+    if isinstance(value, dict):  # json.dumps below recurses: bound the depth first
+        check_bounds(value, f"structured_outputs.{kind}")
     # No sort_keys: property order is part of the constraint (it fixes the output order).
     return json.dumps([kind, value, params.strict if kind in ("json", "structural_tag") else None])
 
@@ -160,6 +163,8 @@ class StructuredBackend:
     def _key(params: StructuredOutputsParams) -> str:
         try:
             return _cache_key(params)
+        except StructuredOutputError:
+            raise
         except ValueError as exc:
             raise StructuredOutputError(str(exc), param="structured_outputs") from exc
 

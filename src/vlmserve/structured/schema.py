@@ -35,6 +35,12 @@ _SCHEMA_SINGLE = (
 # Applicators that merge a node with other subschemas: narrowing one side of a merge (strict
 # mode's additionalProperties=false) could make a satisfiable schema unsatisfiable.
 _MERGING = ("allOf", "$ref")
+# Bounds on a schema's JSON, checked before anything walks it: the walks below, copy.deepcopy,
+# json.dumps and llguidance's conversion all recurse (a 900-deep schema was a RecursionError
+# in deepcopy; 20,000 levels overflow llguidance's stack, a segfault). 128 levels hold 64
+# nested object schemas.
+MAX_SCHEMA_DEPTH = 128
+MAX_SCHEMA_VALUES = 100_000
 
 
 def load_schema(value: dict[str, Any] | str, param: str) -> dict[str, Any]:
@@ -48,6 +54,7 @@ def load_schema(value: dict[str, Any] | str, param: str) -> dict[str, Any]:
         raise StructuredOutputError(
             f"{param} must be a JSON schema object, got {type(value).__name__}", param=param
         )
+    check_bounds(value, param)
     if "x-guidance" in value:
         # Those options (lenient, separators, whitespace) would override our enforcement.
         raise StructuredOutputError(
@@ -57,6 +64,33 @@ def load_schema(value: dict[str, Any] | str, param: str) -> dict[str, Any]:
             path="/x-guidance",
         )
     return value
+
+
+def check_bounds(schema: dict[str, Any], param: str) -> None:
+    """StructuredOutputError if the schema nests deeper than MAX_SCHEMA_DEPTH or holds more
+    than MAX_SCHEMA_VALUES JSON values. Iterative, so any depth is safe to check."""
+    stack: list[tuple[Any, str, int]] = [(schema, "", 0)]
+    count = 0
+    while stack:
+        node, path, depth = stack.pop()
+        count += 1
+        if count > MAX_SCHEMA_VALUES:
+            raise StructuredOutputError(
+                f"{param}: the schema holds more than {MAX_SCHEMA_VALUES} JSON values",
+                param=param,
+            )
+        if depth > MAX_SCHEMA_DEPTH:
+            shown = "/".join(path.split("/")[:9])  # the first levels say where
+            raise StructuredOutputError(
+                f"{param}: the schema nests deeper than {MAX_SCHEMA_DEPTH} levels "
+                f"(at '{shown}/...')",
+                param=param,
+                path=shown,
+            )
+        if isinstance(node, dict):
+            stack.extend((v, _pointer(path, k), depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, _pointer(path, i), depth + 1) for i, v in enumerate(node))
 
 
 def _pointer(path: str, key: str | int) -> str:
