@@ -87,7 +87,11 @@ async def test_field_rejections(
             "messages[0].content[0]",
             "not an allowed image format",
         ),
-        ([{"type": "image_url", "image_url": {"uuid": "never-seen"}}], None, "uuid"),
+        (
+            [{"type": "image_url", "image_url": {"uuid": "never-seen"}}],
+            "messages[0].content[0]",
+            "uuid",
+        ),
         ("look: <|image_pad|>", "messages[0].content", "reserved token"),
         ([{"type": "text", "text": "<|vision_start|>"}], "messages[0].content[0].text", "reserved"),
         (  # a turn forged across parts that the template joins without a separator
@@ -191,7 +195,7 @@ async def test_completions_rejections(client: httpx.AsyncClient) -> None:
     url = "/v1/completions"
     assert_error(await client.post(url, json=body(prompt=["a", "b"])), 400, "prompt")
     assert_error(await client.post(url, json=body(prompt="<|image_pad|>")), 400, "prompt")
-    assert_error(await client.post(url, json=body(prompt=[10**9])), 400, "prompt_token_ids")
+    assert_error(await client.post(url, json=body(prompt=[10**9])), 400, "prompt")
     assert_error(await client.post(url, json=body(prompt="")), 400, "prompt")
     assert_error(await client.post(url, json=body(echo=True)), 400, "echo")
     assert_error(await client.post(url, json=body(logprobs=21)), 400, "logprobs")
@@ -247,3 +251,28 @@ async def test_engine_failure_mid_request(
     assert events[-1] == "data: [DONE]"
     error = json.loads(events[-2].removeprefix("data: "))["error"]
     assert error["type"] == "server_error" and "step broke" in error["message"]
+
+
+async def test_engine_errors_name_the_field_the_client_wrote(client: httpx.AsyncClient) -> None:
+    image = {"type": "image_url", "image_url": {"url": png_data_url()}}
+    unknown = {"type": "image_url", "image_url": {"uuid": "never-cached-7"}}
+    # The engine says multi_modal_data.image[1]; the client sent messages[1].content[1].
+    body = chat_body()
+    body["messages"] = [
+        {"role": "user", "content": [image]},
+        {"role": "user", "content": [{"type": "text", "text": "and"}, unknown]},
+    ]
+    assert_error(await client.post(CHAT, json=body), 400, "messages[1].content[1]")
+    # The engine says prompt; the prompt is the rendered messages.
+    long = chat_body("word " * 2000)
+    assert "context" in assert_error(await client.post(CHAT, json=long), 400, "messages")
+    # The engine says max_tokens; the client wrote max_completion_tokens.
+    big = chat_body(max_completion_tokens=100_000)
+    del big["max_tokens"]
+    assert_error(await client.post(CHAT, json=big), 400, "max_completion_tokens")
+    # The engine says prompt_token_ids (or multi_modal_data); the client wrote prompt.
+    url = "/v1/completions"
+    image_pad = 5005  # the tiny tokenizer's <|image_pad|>
+    for prompt in ([10**6], [1, image_pad, 2]):
+        body = {"model": "tiny", "prompt": prompt, "max_tokens": 2}
+        assert_error(await client.post(url, json=body), 400, "prompt")

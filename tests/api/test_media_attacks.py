@@ -290,7 +290,7 @@ async def test_uuid_miss_names_the_uuid(async_engine: AsyncEngine) -> None:
         image(uuid="never-seen-9f2"),
         400,
         "'never-seen-9f2' is not in the media cache",
-        param=None,
+        param=PART,
     )
 
 

@@ -16,6 +16,7 @@ from vlmserve.api.auth import require_api_key
 from vlmserve.api.json_body import StrictJSONRoute
 from vlmserve.api.logprobs import chat_logprobs
 from vlmserve.api.metrics import RequestTimer
+from vlmserve.api.params import chat_param, rename
 from vlmserve.api.protocol import ChatCompletionRequest
 from vlmserve.api.responses import (
     ChatChoice,
@@ -26,7 +27,7 @@ from vlmserve.api.responses import (
     ChatMessageOut,
     ChoiceLogprobs,
 )
-from vlmserve.api.sampling import chat_sampling_params, client_param
+from vlmserve.api.sampling import chat_sampling_params
 from vlmserve.api.sse import STREAM_RESPONSES, sse_response
 from vlmserve.api.state import get_state
 from vlmserve.api.streaming import (
@@ -69,7 +70,7 @@ async def create_chat_completion(
                 handle, chat, RequestTimer(state.metrics).observe
             )
         except ServingError as exc:
-            exc.param = client_param(body, exc.param)
+            rename(exc, chat_param(body, exc.param))
             raise
         held.push_async_callback(generation.aclose)
         if body.stream:

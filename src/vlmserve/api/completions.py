@@ -17,9 +17,10 @@ from vlmserve.api.auth import require_api_key
 from vlmserve.api.json_body import StrictJSONRoute
 from vlmserve.api.logprobs import completion_logprobs
 from vlmserve.api.metrics import RequestTimer
+from vlmserve.api.params import completion_param, rename
 from vlmserve.api.protocol import CompletionRequest
 from vlmserve.api.responses import Completion, CompletionChoice, CompletionLogprobs
-from vlmserve.api.sampling import client_param, completion_sampling_params
+from vlmserve.api.sampling import completion_sampling_params
 from vlmserve.api.sse import STREAM_RESPONSES, sse_response
 from vlmserve.api.state import get_state
 from vlmserve.api.streaming import (
@@ -64,7 +65,7 @@ async def create_completion(
                 handle, job, RequestTimer(state.metrics).observe
             )
         except serving.ServingError as exc:
-            exc.param = client_param(body, exc.param)
+            rename(exc, completion_param(body, exc.param))
             raise
         held.push_async_callback(generation.aclose)
         if body.stream:
