@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from types import SimpleNamespace
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -10,6 +13,7 @@ import vlmserve
 from tests.api.conftest import MODEL, assert_error, chat_body, client_for, make_app
 from tests.api.test_chat import sse_events
 from vlmserve.engine.async_engine import AsyncEngine
+from vlmserve.registry import ModelInfo
 
 
 async def test_models(client: httpx.AsyncClient) -> None:
@@ -19,6 +23,21 @@ async def test_models(client: httpx.AsyncClient) -> None:
     assert card["id"] == MODEL and card["object"] == "model" and card["max_model_len"] == 1024
     assert (await client.get(f"/v1/models/{MODEL}")).json() == card
     assert_error(await client.get("/v1/models/other"), 404, "model")
+    # The model was loaded from a folder on the server: its path is nobody's business.
+    assert card["root"] == MODEL
+
+
+def test_model_root_is_the_hub_id_or_the_served_name(async_engine: AsyncEngine) -> None:
+    engine = async_engine.engine
+    hub = SimpleNamespace(
+        tokenizer=engine.tokenizer,
+        config=replace(engine.config, model="Qwen/Qwen2-VL-2B-Instruct"),
+        max_model_len=engine.max_model_len,
+    )
+    assert ModelInfo.from_engine(hub, "qwen").root == "Qwen/Qwen2-VL-2B-Instruct"  # type: ignore[arg-type]
+    local = ModelInfo.from_engine(engine, None)  # served under its folder's path, as given
+    assert local.root == local.name == engine.config.model
+    assert ModelInfo.from_engine(engine, "tiny").root == "tiny"
 
 
 async def test_probes_and_version(client: httpx.AsyncClient) -> None:

@@ -48,7 +48,7 @@ def startup_summary(
         context += f" ({plan.max_model_len_note})"
     host = f"[{config.host}]" if ":" in config.host else config.host
     return [
-        f"model {model.name!r} from {model.root}: "
+        f"model {model.name!r} from {engine_config.model}: "
         f"{_ARCH_NAMES.get(engine.model_config.arch, engine.model_config.arch)}, "
         f"{parameters / 1e6:.1f} M parameters{', ' + weights if weights else ''}, "
         f"{str(engine.dtype).removeprefix('torch.')} on {engine.device}{threads}",

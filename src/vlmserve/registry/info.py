@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from vlmserve.engine.engine import LLMEngine
 
@@ -14,7 +15,7 @@ from vlmserve.engine.engine import LLMEngine
 @dataclass(frozen=True)
 class ModelInfo:
     name: str  # what clients put in "model"
-    root: str  # where it was loaded from
+    root: str  # the hub id it came from, or `name` for a local folder (never a server path)
     created: int
     max_model_len: int
     chat_template: str | None
@@ -29,9 +30,10 @@ class ModelInfo:
         # Only the tokenizer is captured (by `decode`), never the engine: the info outlives
         # an unloaded model's memory.
         tokenizer = engine.tokenizer
+        name = name or engine.config.model
         return cls(
-            name=name or engine.config.model,
-            root=engine.config.model,
+            name=name,
+            root=name if Path(engine.config.model).exists() else engine.config.model,
             created=int(time.time()),
             max_model_len=engine.max_model_len,
             chat_template=chat_template or engine.config.chat_template or tokenizer.chat_template,

@@ -180,7 +180,12 @@ def build_grammar(params: StructuredOutputsParams) -> str:
             raise StructuredOutputError(
                 f"{_param('choice')} must be a non-empty list of strings", param=_param("choice")
             )
-        return llguidance.grammar_from("choice", json.dumps(choices))
+        # One lexeme, not llguidance's `choice` grammar: that puts every alternative in the
+        # parser's row, which refuses more than 2,000 items (a satisfiable 5,000-item choice
+        # was an error). As a lexeme the alternatives live in the lexer's lazy automaton:
+        # 20,000 items compile in well under a second.
+        literals = " | ".join(json.dumps(choice) for choice in choices)
+        return llguidance.grammar_from("lark", f"start: CHOICE\nCHOICE: {literals}")
     if kind == "grammar":
         assert params.grammar is not None
         return lark_grammar(params.grammar)
