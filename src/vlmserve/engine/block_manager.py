@@ -42,7 +42,7 @@ def block_hash(parent: bytes, seq: Sequence, block_index: int, block_size: int) 
     digest.update(array("I", seq.token_ids[start:end]).tobytes())
     for item in seq.request.mm_items:
         if item.overlaps(start, end):
-            key = item.key.encode("utf-8", "surrogatepass")
+            key = (item.digest or item.key).encode("utf-8", "surrogatepass")
             # A video's temporal spacing changes its M-RoPE positions: part of the name too.
             digest.update(struct.pack("<Q", len(key)) + key)
             digest.update(struct.pack("<qd", item.offset - start, item.seconds_per_grid))

@@ -277,7 +277,8 @@ class LLMEngine:
             item.embeddings = emb
             item.pixel_values = None
             self.mm_cache.put(
-                item.key, CachedItem(item.modality, item.grid_thw, emb, item.seconds_per_grid)
+                item.key,
+                CachedItem(item.modality, item.grid_thw, emb, item.seconds_per_grid, item.digest),
             )
 
     def _chunk(self, seq: Sequence, n: int) -> SeqChunk:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlmserve.engine.mm_cache import MultiModalCache
+from vlmserve.engine.mm_cache import MultiModalCache, cache_key
 from vlmserve.engine.sequence import MultiModalItem
 from vlmserve.models.config import ModelConfig
 from vlmserve.models.hf_tokenizer import TokenizerBundle
@@ -160,7 +160,7 @@ class InputProcessor:
         for _, modality in slots:
             index = taken[modality]
             taken[modality] += 1
-            items.append(self._item(index, media[modality][index]))
+            items.append(self._item(index, media[modality][index], prompt.cache_salt))
         expanded, items = self._expand(ids, [slot for slot, _ in slots], items)
         if len(expanded) >= self.max_model_len:
             raise InputError(
@@ -200,13 +200,15 @@ class InputProcessor:
             )
         return items
 
-    def _item(self, index: int, media: MediaInput) -> MultiModalItem:
+    def _item(self, index: int, media: MediaInput, namespace: str | None) -> MultiModalItem:
+        """`namespace`: the request's cache salt; UUIDs and content hashes are looked up in
+        it only (see mm_cache.py)."""
         modality, data, uuid = media.modality, media.data, media.uuid
         param = f"multi_modal_data.{modality}[{index}]"
         if data is None:
             if uuid is None:
                 raise InputError(f"{param} is None and has no uuid", param)
-            cached = self.mm_cache.get(uuid)
+            cached = self.mm_cache.get(cache_key(namespace, uuid))
             if cached is None:
                 raise InputError(
                     f"{modality} uuid {uuid!r} is not in the media cache; "
@@ -219,37 +221,41 @@ class InputProcessor:
                 )
             return MultiModalItem(
                 modality,
-                uuid,
+                cache_key(namespace, uuid),
                 0,
                 0,
                 cached.grid_thw,
                 None,
                 cached.embeddings,
                 cached.seconds_per_grid,
+                cached.digest,
             )
         preprocess: Callable[[], VisionInput]
         if modality == "image":
             if not isinstance(data, Image.Image):
                 raise InputError(f"{param} must be a PIL image, got {type(data).__name__}", param)
             image = to_rgb(data)  # transparency onto white, as transformers does
-            key, seconds = uuid or content_hash([image]), 1.0
+            digest, seconds = content_hash([image]), 1.0
             preprocess = partial(process_image, image, self.image_config)
         else:
             frames, fps = _video_frames(data, media.fps, param)
-            # The sampling rate is part of the key: it moves Qwen2.5-VL's temporal positions.
-            key = uuid or content_hash(frames, f"fps={fps!r}")
+            # The sampling rate is part of the hash: it moves Qwen2.5-VL's temporal positions.
+            digest = content_hash(frames, f"fps={fps!r}")
             seconds = self.image_config.temporal_patch_size / fps
             preprocess = partial(process_video, frames, self.image_config)
-        cached = self.mm_cache.get(key)
+        key = cache_key(namespace, uuid or digest)
+        # Data sent under a cached UUID must be what the UUID names: other data is computed
+        # (and replaces the entry), never answered from the cache.
+        cached = self.mm_cache.get(key, digest)
         if cached is not None:
             return MultiModalItem(
-                modality, key, 0, 0, cached.grid_thw, None, cached.embeddings, seconds
+                modality, key, 0, 0, cached.grid_thw, None, cached.embeddings, seconds, digest
             )
         try:
             pixels, grid = preprocess()
         except ValueError as exc:  # sizes the processor cannot take: the caller's input
             raise InputError(f"{param}: {exc}", param) from exc
-        return MultiModalItem(modality, key, 0, 0, grid, pixels, None, seconds)
+        return MultiModalItem(modality, key, 0, 0, grid, pixels, None, seconds, digest)
 
     def _expand(
         self, ids: list[int], slots: list[int], items: list[MultiModalItem]

@@ -34,6 +34,9 @@ class MultiModalItem:
     # Seconds between a video's temporal patches (Qwen2.5-VL spaces their M-RoPE positions
     # by it); 1.0 for images, which have one temporal patch.
     seconds_per_grid: float = 1.0
+    # What the item is, whatever it is called: the content hash. Prefix-cache blocks are
+    # named by it, so two images sent under one UUID never share KV.
+    digest: str | None = None
 
     def overlaps(self, start: int, end: int) -> bool:
         return self.offset < end and start < self.offset + self.length
