@@ -18,6 +18,7 @@ from vlmserve.api.errors import CatchAllMiddleware
 from vlmserve.api.metrics import Metrics, RequestCountMiddleware
 from vlmserve.api.server_config import ServerConfig
 from vlmserve.api.state import ServingState
+from vlmserve.api.tenants import Tenants
 from vlmserve.config import MediaConfig
 from vlmserve.multimodal.fetch import Resolver, TransportFactory, resolve_host
 from vlmserve.registry import ModelRegistry
@@ -46,6 +47,7 @@ def create_app(
         media_config, metrics.observe_media, media_resolver, media_transport
     )
     app.state.vlm = ServingState(Serving(models, MediaLoader(connector)), config, metrics)
+    app.state.tenants = Tenants(config.api_key, config.admin_api_key, config.api_keys_file)
     known: list[Route] = []
     for router in (chat.router, completions.router, routes.router):
         app.include_router(router)

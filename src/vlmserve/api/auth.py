@@ -1,49 +1,67 @@
-"""Bearer-token checks. Keys are compared with `hmac.compare_digest` so response timing does
-not reveal how much of a guess was right.
+"""Bearer-token checks and per-key limits (the keys and tenants themselves: tenants.py).
 
-/v1/* needs `api_key` when one is set (the admin key is accepted there too); /metrics needs
-`admin_api_key` when one is set. /health, /ready and /version stay open for probes.
+/v1/* needs a key when `--api-key` or `--api-keys-file` is set (the admin key is accepted
+there too); the request then runs as the key's tenant (`request.state.tenant`) and holds one
+of the key's concurrency slots until its response has ended, streams included. /metrics
+needs `admin_api_key` when one is set, compared with `hmac.compare_digest` so response
+timing does not reveal how much of a guess was right. /health, /ready and /version stay
+open for probes.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator
 
 from fastapi import Request
 
 from vlmserve.api.errors import APIError
+from vlmserve.api.tenants import Tenant, Tenants
 
 
-def _bearer(request: Request) -> str | None:
+def _bearer(request: Request) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-def _check(request: Request, keys: list[str]) -> None:
-    token = _bearer(request)
-    if token is None:
+    if scheme.lower() != "bearer" or not token.strip():
         raise APIError(
             401,
             "missing API key: send 'Authorization: Bearer <key>'",
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    given = token.encode()
-    # Every key is compared (no early exit), so timing does not say which key matched.
-    matches = [hmac.compare_digest(given, key.encode()) for key in keys]
-    if not any(matches):
-        raise APIError(
-            401, "invalid API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
-        )
+    return token.strip()
 
 
-async def require_api_key(request: Request) -> None:
-    config = request.app.state.vlm.config
-    if config.api_key is not None:
-        _check(request, [k for k in (config.api_key, config.admin_api_key) if k is not None])
+def _invalid() -> APIError:
+    return APIError(
+        401, "invalid API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def request_tenant(request: Request) -> Tenant | None:
+    """The tenant `require_api_key` found; None when the server has no keys."""
+    tenant: Tenant | None = getattr(request.state, "tenant", None)
+    return tenant
+
+
+async def require_api_key(request: Request) -> AsyncIterator[None]:
+    # A dependency with `yield`: FastAPI runs the rest after the response has been sent,
+    # so the key's slot is held for the whole stream.
+    tenants: Tenants = request.app.state.tenants
+    request.state.tenant = None
+    if not tenants.required:
+        yield
+        return
+    grant = tenants.lookup(_bearer(request))
+    if grant is None:
+        raise _invalid()
+    with tenants.limiter.admit(grant):
+        request.state.tenant = grant.tenant
+        yield
 
 
 async def require_admin_key(request: Request) -> None:
     config = request.app.state.vlm.config
-    if config.admin_api_key is not None:
-        _check(request, [config.admin_api_key])
+    if config.admin_api_key is not None and not hmac.compare_digest(
+        _bearer(request).encode(), config.admin_api_key.encode()
+    ):
+        raise _invalid()

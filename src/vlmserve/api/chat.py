@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from vlmserve.api.auth import require_api_key
+from vlmserve.api.auth import request_tenant, require_api_key
 from vlmserve.api.json_body import StrictJSONRoute
 from vlmserve.api.logprobs import chat_logprobs
 from vlmserve.api.metrics import RequestTimer
@@ -37,6 +37,7 @@ from vlmserve.api.streaming import (
     chunk_writer,
     stream_events,
 )
+from vlmserve.api.tenants import cache_salt
 from vlmserve.api.usage import usage
 from vlmserve.registry import ModelInfo
 from vlmserve.serving import ChatRequest, Generation, ServingError
@@ -60,7 +61,12 @@ async def create_chat_completion(
     # Validated before the model is acquired: a bad request never costs a model load.
     params = chat_sampling_params(body)
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    chat = ChatRequest(messages, params, request_id=f"chatcmpl-{uuid.uuid4().hex}")
+    chat = ChatRequest(
+        messages,
+        params,
+        request_id=f"chatcmpl-{uuid.uuid4().hex}",
+        cache_salt=cache_salt(request_tenant(request), body.cache_salt),
+    )
     if body.user is not None:  # OpenAI's end-user id: for tracing abuse back, so it is logged
         logger.info("%s from user %r", chat.request_id, body.user)
     async with contextlib.AsyncExitStack() as held:

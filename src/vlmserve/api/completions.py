@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from vlmserve import serving
-from vlmserve.api.auth import require_api_key
+from vlmserve.api.auth import request_tenant, require_api_key
 from vlmserve.api.json_body import StrictJSONRoute
 from vlmserve.api.logprobs import completion_logprobs
 from vlmserve.api.metrics import RequestTimer
@@ -30,6 +30,7 @@ from vlmserve.api.streaming import (
     chunk_writer,
     stream_events,
 )
+from vlmserve.api.tenants import cache_salt
 from vlmserve.api.usage import usage
 from vlmserve.registry import ModelInfo
 from vlmserve.types import CompletionOutput
@@ -55,7 +56,12 @@ async def create_completion(
     state = get_state(request)
     # Validated before the model is acquired: a bad request never costs a model load.
     params = completion_sampling_params(body)
-    job = serving.CompletionRequest(body.prompt, params, request_id=f"cmpl-{uuid.uuid4().hex}")
+    job = serving.CompletionRequest(
+        body.prompt,
+        params,
+        request_id=f"cmpl-{uuid.uuid4().hex}",
+        cache_salt=cache_salt(request_tenant(request), body.cache_salt),
+    )
     if body.user is not None:  # OpenAI's end-user id: for tracing abuse back, so it is logged
         logger.info("%s from user %r", job.request_id, body.user)
     async with contextlib.AsyncExitStack() as held:

@@ -216,6 +216,13 @@ class SamplingFields(StrictModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
+    cache_salt: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="vLLM extension: requests share cached prompt prefixes and media UUIDs "
+        "only when their salts (and tenants) are equal",
+    )
 
     @field_validator("stop")
     @classmethod

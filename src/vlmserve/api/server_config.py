@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from vlmserve.api.tenants import load_keys_file
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -18,6 +20,8 @@ class ServerConfig:
     served_model_name: str | None = None  # None: the model argument as given
     api_key: str | None = None  # required on /v1/* when set
     admin_api_key: str | None = None  # required on /metrics when set
+    # YAML or JSON: key -> tenant and limits (docs/security.md); re-read when it changes.
+    api_keys_file: str | None = None
     max_request_body_bytes: int = 32 * 1024 * 1024
     max_waiting: int = 1024  # requests in flight before new ones get 429
     # torch intra-op threads for the whole process (the server owns it, not an engine);
@@ -38,6 +42,8 @@ class ServerConfig:
             # compare_digest needs ASCII; an empty key would let an empty bearer in.
             if key is not None and (not key or not key.isascii()):
                 raise ValueError(f"{name} must be a non-empty ASCII string")
+        if self.api_keys_file is not None:
+            load_keys_file(self.api_keys_file)  # a bad file stops the start with its reason
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

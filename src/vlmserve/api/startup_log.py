@@ -59,7 +59,9 @@ def startup_summary(
         "prefix caching "
         f"{_on(engine_config.enable_prefix_caching)}, chunked prefill "
         f"{_on(engine_config.enable_chunked_prefill)}",
-        f"security: API key {_on(config.api_key is not None)}, /metrics "
+        f"security: API key {_on(config.api_key is not None)}"
+        + (f", tenant keys from {config.api_keys_file}" if config.api_keys_file else "")
+        + ", /metrics "
         f"{'behind the admin key' if config.admin_api_key else 'open'}; "
         f"media: {media_policy(media)}",
         f"listening on http://{host}:{config.port} (OpenAI API under /v1; GET /ready "

@@ -106,6 +106,7 @@ def build_configs(
         served_model_name=name,
         api_key=args.api_key,
         admin_api_key=args.admin_api_key,
+        api_keys_file=args.api_keys_file,
         max_request_body_bytes=args.max_request_body_bytes,
         max_waiting=args.max_waiting,
         cpu_threads=args.cpu_threads,

@@ -83,6 +83,12 @@ def _server_flags(serve: argparse.ArgumentParser) -> None:
         help="require 'Authorization: Bearer KEY' on /metrics (default: none, open)",
     )
     serve.add_argument(
+        "--api-keys-file",
+        metavar="FILE",
+        help="YAML or JSON mapping keys to tenants and their limits, re-read when it "
+        "changes (docs/security.md; default: none)",
+    )
+    serve.add_argument(
         "--chat-template",
         metavar="FILE",
         help="a Jinja chat template file (default: the tokenizer's)",

@@ -31,6 +31,7 @@ class ChatRequest:
     params: SamplingParams
     request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     add_generation_prompt: bool = True
+    cache_salt: str | None = None  # shares prefix cache and media UUIDs only with equal salts
 
 
 @dataclass
@@ -38,6 +39,7 @@ class CompletionRequest:
     prompt: str | list[int]  # text, or token ids
     params: SamplingParams
     request_id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    cache_salt: str | None = None
 
 
 class Serving:
@@ -63,6 +65,7 @@ class Serving:
         prompt = await chat_prompt(
             handle.info, request.messages, self.media, request.add_generation_prompt
         )
+        prompt.cache_salt = request.cache_salt
         return await _started(
             Generation(handle.engine, prompt, request.params, request.request_id, observe)
         )
@@ -74,6 +77,7 @@ class Serving:
         observe: OutputObserver | None = None,
     ) -> Generation:
         prompt = completion_prompt(handle.info, request.prompt)
+        prompt.cache_salt = request.cache_salt
         return await _started(
             Generation(handle.engine, prompt, request.params, request.request_id, observe)
         )
