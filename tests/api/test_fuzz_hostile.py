@@ -124,9 +124,15 @@ def media_server(request: httpx.Request) -> httpx.Response:
         return httpx.Response(302, headers={"Location": "data:image/png;base64,iVBOR"})
     if path == "/redirect-v6":
         return httpx.Response(301, headers={"Location": "http://[::1/x"})
+    # Bodies as streams, as a network delivers them: `content=` bytes would arrive already
+    # read, and the connector's streamed read would then fail on the fake, not on the input.
     if path == "/page":
-        return httpx.Response(200, headers={"Content-Type": "text/html"}, content=b"<html>")
-    return httpx.Response(200, headers={"Content-Type": "image/png"}, content=png_bytes((28, 28)))
+        return httpx.Response(
+            200, headers={"Content-Type": "text/html"}, stream=httpx.ByteStream(b"<html>")
+        )
+    return httpx.Response(
+        200, headers={"Content-Type": "image/png"}, stream=httpx.ByteStream(png_bytes((28, 28)))
+    )
 
 
 async def resolve_public(host: str, port: int) -> list[Any]:
