@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         CompletionRequest,
         Generation,
         MediaLoader,
+        ScoreRequest,
         Serving,
         ServingError,
     )
@@ -57,6 +58,7 @@ _EXPORTS = {
     "CompletionRequest": "vlmserve.serving",
     "Generation": "vlmserve.serving",
     "MediaLoader": "vlmserve.serving",
+    "ScoreRequest": "vlmserve.serving",
     "ServingError": "vlmserve.serving",
 }
 
@@ -76,6 +78,7 @@ __all__ = [
     "Prompt",
     "RequestOutput",
     "SamplingParams",
+    "ScoreRequest",
     "Serving",
     "ServingError",
     "StructuredOutputsParams",

@@ -10,28 +10,22 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from vlmserve.config import EngineConfig, MediaConfig
+from tests.serving.conftest import MODEL
 from vlmserve.engine.async_engine import AsyncEngine
-from vlmserve.engine.engine import build_engine
-from vlmserve.multimodal.fetch import MediaConnector
-from vlmserve.registry import ModelHandle, ModelInfo, ModelRegistry
 from vlmserve.serving import (
     ChatRequest,
     ClientDisconnected,
     CompletionRequest,
-    MediaLoader,
     Serving,
     ServingError,
 )
 from vlmserve.types import RequestOutput, SamplingParams
 
-MODEL = "tiny"
 GREEDY = SamplingParams(temperature=0, max_tokens=6)
 
 
@@ -51,20 +45,6 @@ def image(url: str) -> dict[str, object]:
 
 def text(value: str) -> dict[str, object]:
     return {"type": "text", "text": value}
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_qwen2_vl: Path) -> Iterator[AsyncEngine]:
-    config = EngineConfig(str(tiny_qwen2_vl), max_model_len=512, limit_mm_per_prompt={"image": 1})
-    started = AsyncEngine(build_engine(config)).start()
-    yield started
-    started.close()
-
-
-@pytest.fixture
-def serving(engine: AsyncEngine) -> Serving:
-    models = ModelRegistry([ModelHandle(ModelInfo.from_engine(engine.engine, MODEL), engine)])
-    return Serving(models, MediaLoader(MediaConnector(MediaConfig())))
 
 
 async def test_chat_with_an_image_and_a_completion(serving: Serving, engine: AsyncEngine) -> None:

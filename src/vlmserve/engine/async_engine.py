@@ -14,11 +14,12 @@ serve -> `drain(timeout)` (optional: stop admitting, let in-flight requests fini
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from vlmserve.engine.engine import LLMEngine
@@ -45,8 +46,7 @@ JOIN_TIMEOUT_S = 30.0  # a step is milliseconds to seconds; past this the thread
 @dataclass
 class _Add:
     request_id: str
-    processed: ProcessedInput
-    params: SamplingParams
+    admit: Callable[[LLMEngine], object]  # adds the request to the engine (engine thread)
     loop: asyncio.AbstractEventLoop
     outputs: asyncio.Queue[RequestOutput | BaseException]
 
@@ -153,6 +153,46 @@ class AsyncEngine:
     ) -> AsyncIterator[RequestOutput]:
         """Yields the request's outputs as they grow; the last one has `finished=True`.
         Closing the iterator early (client gone) aborts the request and frees its blocks."""
+
+        async def prepare() -> ProcessedInput:
+            if isinstance(prompt, ProcessedInput):
+                return prompt
+            return await self._prepare(prompt, params)
+
+        def admit(processed: ProcessedInput) -> Callable[[LLMEngine], object]:
+            return lambda engine: engine.add_request(request_id, processed, params)
+
+        async with contextlib.aclosing(self._submit(request_id, prepare, admit)) as outputs:
+            async for output in outputs:
+                yield output
+
+    async def score(
+        self, prompt: PromptInput, continuations: list[list[int]], request_id: str
+    ) -> RequestOutput:
+        """The teacher-forced log-probabilities of `continuations` (token id lists) after
+        `prompt` (`LLMEngine.add_scoring_request`): one completion per continuation.
+        Cancelling the caller aborts the request."""
+
+        async def prepare() -> ProcessedInput:
+            return await asyncio.to_thread(self.engine.process_input, prompt)
+
+        def admit(processed: ProcessedInput) -> Callable[[LLMEngine], object]:
+            return lambda engine: engine.add_scoring_request(request_id, processed, continuations)
+
+        final: RequestOutput | None = None
+        async with contextlib.aclosing(self._submit(request_id, prepare, admit)) as outputs:
+            async for output in outputs:
+                final = output
+        assert final is not None and final.finished
+        return final
+
+    async def _submit(
+        self,
+        request_id: str,
+        prepare: Callable[[], Awaitable[ProcessedInput]],
+        admit: Callable[[ProcessedInput], Callable[[LLMEngine], object]],
+    ) -> AsyncGenerator[RequestOutput, None]:
+        """Admission checks, input processing off the loop, then the request's outputs."""
         if self._closed:
             raise EngineClosed("the engine is closed")
         if not self._admitting:
@@ -165,13 +205,9 @@ class AsyncEngine:
         finished = False
         posted = False
         try:
-            processed = (
-                prompt
-                if isinstance(prompt, ProcessedInput)
-                else await self._prepare(prompt, params)
-            )
+            processed = await prepare()
             outputs: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-            add = _Add(request_id, processed, params, asyncio.get_running_loop(), outputs)
+            add = _Add(request_id, admit(processed), asyncio.get_running_loop(), outputs)
             if not self._post(add):
                 raise EngineClosed("the engine was closed before this request started")
             posted = True
@@ -262,7 +298,7 @@ class AsyncEngine:
             self._streams.pop(command, None)
             return
         try:
-            self.engine.add_request(command.request_id, command.processed, command.params)
+            command.admit(self.engine)
         except (InputError, ValueError) as exc:
             command.post(exc)
             return

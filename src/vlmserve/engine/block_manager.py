@@ -85,14 +85,14 @@ class BlockManager:
     def allocate_prefix(self, seq: Sequence) -> None:
         """First admission: reuse cached blocks for the longest matching full-block prefix.
 
-        At least one prompt token is left uncached so the step computes the logits the next
-        token is sampled from.
+        The positions whose logits are needed are left uncached, so the step computes them:
+        the last token (it samples the next one), or every scored position.
         """
         assert not seq.block_table
         self._extend_hashes(seq, seq.num_tokens)
         if not self.enable_prefix_caching:
             return
-        max_blocks = (seq.num_tokens - 1) // self.block_size
+        max_blocks = seq.first_logit_position // self.block_size
         hits: list[int] = []
         for h in seq.block_hashes[:max_blocks]:
             block = self.cached.get(h)

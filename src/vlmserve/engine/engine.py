@@ -26,6 +26,7 @@ from vlmserve.engine.mm_cache import CachedItem, MultiModalCache
 from vlmserve.engine.outputs import make_request_output
 from vlmserve.engine.prompts import PromptInput, to_prompt
 from vlmserve.engine.scheduler import ScheduledBatch, Scheduler
+from vlmserve.engine.scoring import ScoringPass
 from vlmserve.engine.sequence import Request, Sequence
 from vlmserve.engine.stopping import append_token, check_stop
 from vlmserve.runner.model_runner import MMSlice, ModelRunner, SeqChunk, kv_block_bytes
@@ -92,6 +93,13 @@ class LLMEngine:
             config.grammar_compile_timeout,
             config.grammar_compile_workers,
             config.max_pending_grammar_compiles,
+        )
+        self.scoring = ScoringPass(
+            self.scheduler,
+            self.tokenizer.tokenizer,
+            self.model_config.vocab_size,
+            lambda: next(self._seq_ids),
+            self._release,
         )
 
     # -- requests ---------------------------------------------------------------------------
@@ -179,6 +187,28 @@ class LLMEngine:
             self._finished_at_admission.append(request)
         return request
 
+    def add_scoring_request(
+        self, request_id: str, prompt: PromptInput | ProcessedInput, continuations: list[list[int]]
+    ) -> Request:
+        """Score `continuations` (token id lists) after `prompt`, teacher-forced, from raw
+        logits; the prompt is computed once (engine/scoring.py). Its final output has one
+        completion per continuation, whose `cumulative_logprob` is the continuation's
+        log-probability."""
+        self._check_open()
+        if request_id in self.requests:
+            raise InputError(f"request id {request_id!r} is already in use", "request_id")
+        processed = prompt if isinstance(prompt, ProcessedInput) else self.process_input(prompt)
+        request = self.scoring.new_request(
+            request_id,
+            processed,
+            continuations,
+            self.max_model_len,
+            self.block_manager.num_blocks - 1,
+            self.block_manager.block_size,
+        )
+        self.requests[request_id] = request
+        return request
+
     def _generator(self, params: SamplingParams, index: int) -> torch.Generator | None:
         if params.greedy:
             return None
@@ -234,11 +264,13 @@ class LLMEngine:
             if sampling:
                 self._sample(sampling, logits)
             touched.update({seq.request.request_id: seq.request for seq in sampling})
+            touched.update(self.scoring.advance())
         return self._collect(touched)
 
     def _run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         """Encode the batch's pending media, run the model, commit the computed KV blocks.
-        Returns the sequences whose last token was computed (they sample) and their logits."""
+        Returns the sequences whose last token was computed (they sample) and their logits;
+        scoring rows go to the scoring pass."""
         now = time.time()
         for seq in batch.sequences:
             if seq.request.metrics.first_scheduled_time is None:
@@ -252,7 +284,7 @@ class LLMEngine:
             self.block_manager.commit(seq)
             if chunk.needs_logits:
                 sampling.append(seq)
-        return sampling, logits
+        return sampling, self.scoring.take(batch.sequences, chunks, logits)
 
     def _encode_media(self, batch: ScheduledBatch) -> None:
         pending = []
@@ -296,8 +328,9 @@ class LLMEngine:
             positions=seq.positions(start, end),
             start=start,
             block_table=seq.block_table,
-            needs_logits=end == seq.num_tokens,
+            needs_logits=end == seq.num_tokens and seq.logits_from is None,
             mm=pieces,
+            logits_from=seq.logits_from,
         )
 
     def _release(self, seq: Sequence) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from vlmserve.engine.scoring import score_output
 from vlmserve.engine.sequence import Request
 from vlmserve.types import CompletionOutput, RequestOutput
 
 
 def make_request_output(request: Request, finished: bool) -> RequestOutput:
+    if request.scoring is not None:
+        return score_output(request, finished)
     outputs = []
     for seq in request.sequences:
         done = seq.is_finished

@@ -18,6 +18,7 @@ from vlmserve.types import FinishReason, Logprob, RequestMetrics, SamplingParams
 
 if TYPE_CHECKING:
     from vlmserve.engine.detokenizer import IncrementalDetokenizer
+    from vlmserve.engine.scoring import ScoringState
 
 
 @dataclass(eq=False)
@@ -57,6 +58,7 @@ class Request:
     error: str | None = None
     # Requests share prefix-cache blocks only when their salts are equal (vLLM's name).
     cache_salt: str | None = None
+    scoring: ScoringState | None = None  # a scoring request (engine/scoring.py): nothing sampled
 
     @property
     def finished(self) -> bool:
@@ -87,6 +89,8 @@ class Sequence:
     cumulative_logprob: float = 0.0
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None
+    # Scoring: the logits of every position from this one on are kept (none are sampled).
+    logits_from: int | None = None
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -111,6 +115,13 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def first_logit_position(self) -> int:
+        """The first position whose logits are needed: it must be computed, never taken from
+        the prefix cache (the last token when sampling; the first scored one when scoring)."""
+        last = self.num_tokens - 1
+        return last if self.logits_from is None else min(last, self.logits_from)
 
     def positions(self, start: int, end: int) -> torch.Tensor:
         """M-RoPE positions [3, end - start] of tokens start..end-1."""

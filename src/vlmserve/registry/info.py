@@ -1,5 +1,5 @@
 """`ModelInfo`: the facts about a served model that the layers above the engine need
-(name, limits, chat template, reserved tokens, a decoder for logprobs), taken from the
+(name, limits, chat template, reserved tokens, the tokenizer's encode and decode), taken from the
 engine once so that nobody above has to reach into it."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class ModelInfo:
     reserved_tokens: frozenset[str]  # never allowed in user text
     media_limits: dict[str, int]  # most media items per request, by modality
     decode: Callable[[list[int]], str]  # token ids -> text, for logprob entries
+    encode: Callable[[str], list[int]]  # text -> token ids, for continuations to score
 
     @classmethod
     def from_engine(
@@ -40,4 +41,5 @@ class ModelInfo:
             reserved_tokens=tokenizer.reserved_tokens,
             media_limits=engine.config.mm_limits,
             decode=lambda ids: tokenizer.tokenizer.decode(ids, skip_special_tokens=False),
+            encode=tokenizer.encode,
         )

@@ -32,6 +32,9 @@ class SeqChunk:
     block_table: list[int]
     needs_logits: bool  # the chunk ends at the sequence's last token
     mm: list[MMSlice] = field(default_factory=list)
+    # Scoring: the logits of every position of the chunk from this absolute one on (one row
+    # each), instead of the last token's.
+    logits_from: int | None = None
 
 
 def kv_block_bytes(model: VLModel, block_size: int, dtype: torch.dtype) -> int:
@@ -71,7 +74,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, chunks: list[SeqChunk]) -> torch.Tensor:
-        """Forward one step; returns float32 logits for the chunks with `needs_logits`, in order."""
+        """Forward one step; returns float32 logits in chunk order: one row for a chunk with
+        `needs_logits` (its last token), one per position from `logits_from` on for a scoring
+        chunk."""
         ids: list[int] = []
         slots: list[int] = []
         mm_rows: list[torch.Tensor] = []
@@ -91,7 +96,10 @@ class ModelRunner:
                 mm_index.extend(
                     range(base + piece.at, base + piece.at + piece.row_end - piece.row_start)
                 )
-            if chunk.needs_logits:
+            if chunk.logits_from is not None:
+                first = max(chunk.start, chunk.logits_from) - chunk.start
+                logit_index.extend(range(base + first, len(ids)))
+            elif chunk.needs_logits:
                 logit_index.append(len(ids) - 1)
         max_blocks = max(len(c.block_table) for c in chunks)
         tables = torch.zeros((len(chunks), max_blocks), dtype=torch.long)

@@ -5,6 +5,7 @@ imports no web framework (an import-linter contract)."""
 from vlmserve.serving.errors import ClientDisconnected, ServingError
 from vlmserve.serving.generation import Generation
 from vlmserve.serving.media import MediaLoader, MeteredConnector
+from vlmserve.serving.scoring import ScoreRequest
 from vlmserve.serving.service import ChatRequest, CompletionRequest, Serving
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Generation",
     "MediaLoader",
     "MeteredConnector",
+    "ScoreRequest",
     "Serving",
     "ServingError",
 ]

@@ -5,6 +5,9 @@ the HTTP API, the content-safety app and a Ray replica.
         generation = await serving.start_chat(handle, ChatRequest(messages, params))
         final = await generation.final()                 # or: async for out in generation.outputs()
 
+Apps that need one prompt for several engine requests (the safety app scores classes, then
+generates) render it once with `chat_prompt` and pass it to `score` and `start_generation`.
+
 Requests are plain dataclasses (already-validated sampling parameters, OpenAI-style messages
 as dicts); every refusal is a `ServingError`. Shaping the answer is the caller's job.
 """
@@ -22,7 +25,8 @@ from vlmserve.serving.errors import registry_error
 from vlmserve.serving.generation import Generation, OutputObserver
 from vlmserve.serving.media import MediaLoader
 from vlmserve.serving.prompts import chat_prompt, completion_prompt
-from vlmserve.types import RequestOutput, SamplingParams
+from vlmserve.serving.scoring import ScoreRequest, score_continuations
+from vlmserve.types import Prompt, RequestOutput, SamplingParams
 
 
 @dataclass
@@ -81,6 +85,37 @@ class Serving:
         return await _started(
             Generation(handle.engine, prompt, request.params, request.request_id, observe)
         )
+
+    async def chat_prompt(
+        self,
+        handle: ModelHandle,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        cache_salt: str | None = None,
+    ) -> Prompt:
+        """`messages` through the model's template, with the checks of `start_chat` and the
+        media fetched and decoded: a prompt to reuse across engine requests (which share
+        prefix cache and media UUIDs only with requests of the same `cache_salt`)."""
+        prompt = await chat_prompt(handle.info, messages, self.media, add_generation_prompt)
+        prompt.cache_salt = cache_salt
+        return prompt
+
+    async def start_generation(
+        self,
+        handle: ModelHandle,
+        prompt: Prompt,
+        params: SamplingParams,
+        request_id: str | None = None,
+        observe: OutputObserver | None = None,
+    ) -> Generation:
+        """A generation from a prompt already rendered (`chat_prompt`), started."""
+        request_id = request_id or f"gen-{uuid.uuid4().hex}"
+        return await _started(Generation(handle.engine, prompt, params, request_id, observe))
+
+    async def score(self, handle: ModelHandle, request: ScoreRequest) -> RequestOutput:
+        """The log-probability of each continuation after the prompt, from raw logits
+        (serving/scoring.py)."""
+        return await score_continuations(handle, request)
 
     async def chat(self, alias: str, request: ChatRequest) -> RequestOutput:
         """The whole answer to a chat request, for callers that do not stream."""
