@@ -56,6 +56,7 @@ def safety_engine(tiny_qwen2_vl: Path) -> Iterator[AsyncEngine]:
         build_engine(
             EngineConfig(
                 model=str(tiny_qwen2_vl),
+                dtype="float32",  # class scores are compared with transformers in fp32
                 max_model_len=4096,
                 max_num_seqs=32,
                 kv_cache_memory_bytes=128 * 1024 * 1024,

@@ -51,3 +51,17 @@ def test_bad_flags_are_named(
 def test_classify_with_nothing_to_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["classify", str(tmp_path / "nope"), "--base-url", "http://127.0.0.1:9/v1"])
     assert code == 2 and "nope: no such file or folder" in capsys.readouterr().err
+
+
+def test_serve_moderation_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse_args(["serve"])
+    assert (args.moderation_policy, args.moderation_max_images) == (None, 1)
+    with pytest.raises(SystemExit):
+        parse_args(["serve", "--moderation-max-images", "0"])
+    assert "argument --moderation-max-images: must be at least 1" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    # Refused before any model is loaded or port bound.
+    assert main(["serve", str(tmp_path / "model"), "--moderation-policy", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"--moderation-policy: policy file {bad}: instructions: missing" in err

@@ -8,7 +8,9 @@ catch-all 500 guard -> request counter -> body size limit -> FastAPI.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import Sequence
+
+from fastapi import APIRouter, FastAPI
 from starlette.routing import Route
 
 import vlmserve
@@ -31,9 +33,12 @@ def create_app(
     media_config: MediaConfig | None = None,
     media_resolver: Resolver = resolve_host,
     media_transport: TransportFactory | None = None,
+    extra_routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """`media_resolver` and `media_transport` are the media connector's DNS and network
-    (see docs/media.md): tests simulate them; servers keep the defaults."""
+    (see docs/media.md): tests simulate them; servers keep the defaults. `extra_routers` are
+    apps' routes mounted beside the API's (the CLI mounts the safety app's
+    /v1/moderations); they reach the models through `get_state(request).serving` too."""
     config = config or ServerConfig()
     media_config = media_config or MediaConfig()
     app = FastAPI(
@@ -49,7 +54,7 @@ def create_app(
     app.state.vlm = ServingState(Serving(models, MediaLoader(connector)), config, metrics)
     app.state.tenants = Tenants(config.api_key, config.admin_api_key, config.api_keys_file)
     known: list[Route] = []
-    for router in (chat.router, completions.router, routes.router):
+    for router in (chat.router, completions.router, routes.router, *extra_routers):
         app.include_router(router)
         known.extend(r for r in router.routes if isinstance(r, Route))
     errors.install(app)

@@ -8,9 +8,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
+from fastapi import APIRouter
 
 from vlmserve.api.app import create_app
 from vlmserve.api.server_config import ServerConfig
@@ -28,24 +30,30 @@ SHUTDOWN_DRAIN_S = 30.0
 
 
 def run_server(
-    engine_config: EngineConfig, config: ServerConfig, media_config: MediaConfig
+    engine_config: EngineConfig,
+    config: ServerConfig,
+    media_config: MediaConfig,
+    extra_routers: Sequence[APIRouter] = (),
 ) -> None:
     if config.cpu_threads is not None:
         set_cpu_threads(config.cpu_threads)
     # uvicorn re-raises the SIGINT it caught once it has shut down: that is the way out.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(engine_config, config, media_config))
+        asyncio.run(serve(engine_config, config, media_config, extra_routers))
 
 
 async def serve(
-    engine_config: EngineConfig, config: ServerConfig, media_config: MediaConfig
+    engine_config: EngineConfig,
+    config: ServerConfig,
+    media_config: MediaConfig,
+    extra_routers: Sequence[APIRouter] = (),
 ) -> None:
     engine = await asyncio.to_thread(build_engine, engine_config)
     async_engine = AsyncEngine(engine, max_waiting=config.max_waiting).start()
     model = ModelInfo.from_engine(engine, config.served_model_name)
     models = ModelRegistry([ModelHandle(model, async_engine)])
     try:
-        app = create_app(models, config, media_config)
+        app = create_app(models, config, media_config, extra_routers=extra_routers)
         # log_config=None: uvicorn's loggers go through the process's logging setup (the
         # CLI's --log-level and format), not a configuration of uvicorn's own.
         server = uvicorn.Server(

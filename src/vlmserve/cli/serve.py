@@ -12,6 +12,7 @@ from vlmserve.cli.help import CommaList, byte_size, json_object
 from vlmserve.cli.logs import configure_logging
 from vlmserve.cli.tiny import TINY_ARCH, default_tiny_model
 from vlmserve.config import MediaConfig, MediaFetchTimeout
+from vlmserve.safety import cli as safety_cli
 
 SERVE_DESCRIPTION = """\
 Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
@@ -60,6 +61,7 @@ def add_serve_parser(sub: Any, common: argparse.ArgumentParser, formatter: Any) 
     _server_flags(serve)
     _engine_flags(serve.add_argument_group("engine (docs/engine.md)"))
     _media_flags(serve.add_argument_group("media fetching and decoding (docs/media.md)"))
+    safety_cli.add_serve_flags(serve)
     serve.set_defaults(func=run_serve)
 
 
@@ -284,5 +286,6 @@ def run_serve(args: argparse.Namespace) -> int:
             template = Path(args.chat_template).read_text()
         except OSError as exc:
             raise ValueError(f"--chat-template {args.chat_template}: {exc.strerror}") from None
-    run_server(*build_configs(args, model, name, template))
+    configs = build_configs(args, model, name, template)
+    run_server(*configs, extra_routers=safety_cli.serve_routers(args))
     return 0

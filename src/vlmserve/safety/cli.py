@@ -62,6 +62,35 @@ def _server_flags(parser: argparse.ArgumentParser, model_required: bool) -> None
     )
 
 
+def add_serve_flags(serve: argparse.ArgumentParser) -> None:
+    """`vlmserve serve`'s flags for the /v1/moderations route the safety app adds."""
+    group = serve.add_argument_group("content safety: POST /v1/moderations (docs/safety.md)")
+    group.add_argument(
+        "--moderation-policy",
+        metavar="FILE",
+        help="policy file, YAML or JSON (default: the built-in content-safety policy)",
+    )
+    group.add_argument(
+        "--moderation-max-images",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="images one moderation input may carry; more get 400 too_many_images",
+    )
+
+
+def serve_routers(args: argparse.Namespace) -> list[Any]:
+    """The routes `vlmserve serve` mounts for the safety app (ValueError on a bad policy)."""
+    from vlmserve.safety.moderations import moderation_router
+    from vlmserve.safety.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.moderation_policy)
+    except PolicyError as exc:
+        raise ValueError(f"--moderation-policy: {exc}") from None
+    return [moderation_router(policy, args.moderation_max_images)]
+
+
 def add_parsers(sub: Any) -> None:
     """Add the safety commands to vlmserve's subcommand parsers."""
     bench = sub.add_parser(

@@ -48,19 +48,10 @@ def chat_body(
     """The request that classifies one image under `policy`. `constrained` adds the policy's
     strict schema as `response_format`; `extra_text` follows the policy's user prompt (the
     bench's adversarial instructions)."""
-    text = policy.user_prompt if extra_text is None else f"{policy.user_prompt} {extra_text}"
+    image = {"type": "image_url", "image_url": {"url": image_url}}
     body: dict[str, Any] = {
         "model": model,
-        "messages": [
-            {"role": "system", "content": policy.system_prompt()},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": image_url}},
-                    {"type": "text", "text": text},
-                ],
-            },
-        ],
+        "messages": policy.messages([image], extra_text),
         "max_tokens": max_tokens,
         "temperature": temperature,
     }

@@ -94,10 +94,13 @@ class Policy:
         their files were laid out (key order, YAML or JSON, comments)."""
         return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
 
-    def output_schema(self) -> dict[str, Any]:
-        """The strict schema of an answer: `best_class` first, no other fields allowed."""
+    def output_schema(self, only_class: str | None = None) -> dict[str, Any]:
+        """The strict schema of an answer: `best_class` first, no other fields allowed.
+        `only_class` narrows `best_class` to that one class (the class is decided by the
+        scoring pass; the model then writes the rest of the answer for it)."""
+        classes = list(self.class_names) if only_class is None else [only_class]
         properties: dict[str, Any] = {
-            "best_class": {"type": "string", "enum": list(self.class_names)},
+            "best_class": {"type": "string", "enum": classes},
             **{
                 name: {"type": "string", "maxLength": self.max_lengths[name]}
                 for name in STANDARD_FIELDS[1:]
@@ -124,6 +127,19 @@ class Policy:
                 described = schema.get("description") if isinstance(schema, dict) else None
                 lines.append(f'- "{name}"' + (f": {described}" if described else ""))
         return "\n".join(lines)
+
+    def messages(
+        self, parts: list[dict[str, Any]], instruction: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The chat that classifies `parts` (OpenAI content parts: the image, or text to
+        classify), in order, followed by the user prompt (and `instruction`, appended to it)."""
+        prompt = self.user_prompt if instruction is None else f"{self.user_prompt} {instruction}"
+        if parts and parts[-1].get("type") == "text":
+            prompt = "\n\n" + prompt  # the template joins text parts as they are
+        return [
+            {"role": "system", "content": self.system_prompt()},
+            {"role": "user", "content": [*parts, {"type": "text", "text": prompt}]},
+        ]
 
     def with_temperature(self, temperature: float) -> Policy:
         try:
