@@ -1,6 +1,7 @@
-"""The safety app's tests talk HTTP to real servers on loopback: our app on the tiny model
-(uvicorn in a thread, on a free port) and, where a test needs a server that misbehaves, a
-small fake one. One engine for the module's session, sized for the 1024² image."""
+"""The safety app's tests talk HTTP to real servers on loopback: our app on the tiny model with
+/v1/moderations mounted (uvicorn in a thread, on a free port) and, where a test needs a
+server that misbehaves, a small fake one. One engine for the session, sized for the 1024²
+image."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from typing import Any
 import pytest
 import uvicorn
 
-from tests.api.conftest import MODEL, make_app
+from tests.api.conftest import MODEL, offline_resolver, single_model
+from vlmserve.api.app import create_app
 from vlmserve.config import EngineConfig
 from vlmserve.engine.async_engine import AsyncEngine
 from vlmserve.engine.engine import build_engine
+from vlmserve.safety.moderations import moderation_router
+from vlmserve.safety.policy import load_policy
 
 
 class ThreadServer:
@@ -69,7 +73,12 @@ def safety_engine(tiny_qwen2_vl: Path) -> Iterator[AsyncEngine]:
 
 @pytest.fixture(scope="session")
 def live_server(safety_engine: AsyncEngine) -> Iterator[ThreadServer]:
-    with ThreadServer(make_app(safety_engine)) as server:
+    app = create_app(
+        single_model(safety_engine),
+        media_resolver=offline_resolver,
+        extra_routers=[moderation_router(load_policy())],
+    )
+    with ThreadServer(app) as server:
         yield server
 
 

@@ -1,6 +1,7 @@
-"""`vlmserve classify` over HTTP: files, folders and URLs; per-item errors recorded and
-counted, never fatal; a re-run skips what is done; and a run killed with SIGKILL at random
-points, then resumed, classifies every image exactly once."""
+"""`vlmserve classify`: files, folders and URLs; per-item errors recorded and counted, never
+fatal; a re-run skips what is done; in this process by default (with class scores), over a
+server's /v1/moderations (the same, its policy checked) or its chat API; and a run killed
+with SIGKILL at random points, then resumed, classifies every image exactly once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -23,6 +25,7 @@ from tests.safety.fakes import FAKE_MODEL, answer_json, fake_app
 from vlmserve.cli import main
 from vlmserve.safety.dataset import png_bytes
 from vlmserve.safety.policy import load_policy
+from vlmserve.safety.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,6 +70,8 @@ def test_classify_records_errors_and_resumes(
             str(out),
             "--concurrency",
             "2",
+            "--api",
+            "chat",
         ]
         assert main(argv) == 1  # two items failed
         first = capsys.readouterr().out
@@ -91,11 +96,56 @@ def test_csv_output_and_invalid_answers(tmp_path: Path, capsys: pytest.CaptureFi
     fenced = "```json\n" + answer_json("alcohol") + "\n```"
     with ThreadServer(fake_app(lambda body: fenced)) as fake:
         out = tmp_path / "results.csv"
-        assert main(["classify", *map(str, images), "--base-url", fake.url, "--out", str(out)]) == 1
+        argv = ["classify", *map(str, images), "--base-url", fake.url, "--api", "chat"]
+        assert main([*argv, "--out", str(out)]) == 1
     text = out.read_text()
     assert text.startswith("key,sha256,policy_hash,source,status,")
     assert text.count("invalid answer: not JSON") == 2 and ",ok," not in text
     assert "0 classified, 0 already done, 2 failed" in capsys.readouterr().out
+
+
+def assert_scored(record: dict[str, Any]) -> None:
+    """Class scores that are a distribution, whose argmax is the answer, with the flag."""
+    policy = load_policy()
+    scores = record["scores"]
+    assert list(scores) == list(policy.class_names)
+    assert sum(scores.values()) == pytest.approx(1.0, abs=1e-6)
+    assert max(scores, key=lambda name: scores[name]) == record["best_class"]
+    flagged = any(c.threshold is not None and scores[c.name] >= c.threshold for c in policy.classes)
+    assert record["flagged"] is flagged
+
+
+def test_in_process_by_default_with_class_scores(
+    tiny_qwen2_vl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = _images(tmp_path / "in", 3)
+    out = tmp_path / "results.csv"
+    argv = ["classify", str(tmp_path / "in"), "--model", str(tiny_qwen2_vl), "--out", str(out)]
+    assert main([*argv, "--max-tokens", "40"]) == 0
+    assert "3 classified, 0 already done, 0 failed" in capsys.readouterr().out
+    store = ResultStore(out)
+    records = store.open()
+    store.close()
+    assert len(records) == 3 and {r["model"] for r in records} == {str(tiny_qwen2_vl)}
+    for record in records:
+        assert record["status"] == "ok"
+        assert_scored(record)
+    assert main([*argv, "--max-tokens", "40"]) == 0  # nothing left to do
+    assert "0 classified, 3 already done" in capsys.readouterr().out
+    assert {r["sha256"] for r in records} == {
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in images
+    }
+
+
+def test_a_server_under_another_policy_is_refused(
+    live_server: ThreadServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = _images(tmp_path / "in", 1)
+    other = tmp_path / "other.yaml"
+    load_policy().with_temperature(2.0).dump(other)
+    argv = ["classify", str(images[0]), "--base-url", live_server.url, "--policy", str(other)]
+    assert main([*argv, "--out", str(tmp_path / "r.jsonl"), "--max-tokens", "40"]) == 2
+    assert "the server moderates under policy 'default'" in capsys.readouterr().err
 
 
 def _count_lines(path: Path) -> int:
@@ -150,6 +200,8 @@ def test_sigkill_at_random_points_then_resume(live_server: ThreadServer, tmp_pat
     assert kills >= 3
     records = _records(out)
     assert all(r["status"] == "ok" for r in records)
+    for record in records:  # over the server's /v1/moderations: with class scores
+        assert_scored(record)
     by_digest = Counter(r["sha256"] for r in records)
     expected = {hashlib.sha256(p.read_bytes()).hexdigest() for p in images}
     assert set(by_digest) == expected and set(by_digest.values()) == {1}  # exactly once

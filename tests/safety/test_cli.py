@@ -36,7 +36,7 @@ def test_make_safety_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
             ["eval", "--dataset", "d", "--base-url", "u", "--temperature", "3"],
             "argument --temperature: must be from 0 to 2",
         ),
-        (["classify", "x.png"], "the following arguments are required: --base-url"),
+        (["classify", "x.png", "--api", "rest"], "argument --api: invalid choice: 'rest'"),
         (["bench", "--base-url", "u"], "the following arguments are required: --model"),
     ],
 )

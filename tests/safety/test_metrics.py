@@ -16,7 +16,7 @@ from vlmserve.safety.evaluation.calibration import (
     negative_log_likelihood,
 )
 from vlmserve.safety.evaluation.metrics import classify_report, confusion_matrix
-from vlmserve.safety.evaluation.trials import compare, majority_vote, vote_scores
+from vlmserve.safety.evaluation.trials import compare, majority_vote
 
 CLASSES = ("a", "b", "c")  # c is the default class
 LABELS = ["a", "a", "a", "b", "b", "c", "c", "c"]
@@ -101,10 +101,6 @@ def test_majority_vote_never_turns_invalid_into_a_class() -> None:
     assert majority_vote(["a", None], CLASSES).winner is None  # a tie with invalid is invalid
     tie = majority_vote(["b", "a"], CLASSES)
     assert (tie.winner, tie.agreement) == ("a", 0.5)  # ties go to the policy's order
-    # add-one smoothed shares over valid answers: (2+1)/(2+3), 1/5, 1/5
-    assert vote_scores(vote, CLASSES) == pytest.approx([0.6, 0.2, 0.2])
-    assert vote_scores(majority_vote(["a"], CLASSES), CLASSES) is None  # one trial
-    assert vote_scores(majority_vote([None, None], CLASSES), CLASSES) is None
 
 
 def test_compare_with_baseline() -> None:

@@ -13,6 +13,7 @@ RECORDS = [
     {"key": "k1", "status": "ok", "best_class": "alcohol", "explanation": 'says "beer"\non tap'},
     {"key": "k2", "status": "error", "error": "HTTP 500", "extra": None},
     {"key": "k3", "status": "ok", "best_class": "no_issues", "extra": {"brand": "x"}},
+    {"key": "k4", "status": "ok", "flagged": False, "scores": {"alcohol": 0.25, "no_issues": 0.75}},
 ]
 
 
@@ -31,9 +32,11 @@ def test_round_trip(tmp_path: Path, name: str) -> None:
     store = ResultStore(path)
     records = store.open()
     store.close()
-    assert [r["key"] for r in records] == ["k1", "k2", "k3"]
+    assert [r["key"] for r in records] == ["k1", "k2", "k3", "k4"]
     assert records[0]["explanation"] == 'says "beer"\non tap'
     assert records[2]["extra"] == {"brand": "x"}
+    assert records[3]["scores"] == {"alcohol": 0.25, "no_issues": 0.75}
+    assert records[3]["flagged"] is False and records[0]["flagged"] is None
     assert set(records[0]) == set(COLUMNS)
 
 
@@ -43,7 +46,7 @@ def test_cut_off_last_record_is_dropped(tmp_path: Path, name: str) -> None:
     _write(path)
     whole = path.read_bytes()
     # Cut inside the first record's quoted newline-holding field, then inside the last one.
-    for cut, complete in ((whole.index(b"on tap"), 0), (len(whole) - 5, 2)):
+    for cut, complete in ((whole.index(b"on tap"), 0), (len(whole) - 5, 3)):
         path.write_bytes(whole[:cut])
         store = ResultStore(path)
         kept = store.open()
@@ -65,6 +68,10 @@ def test_foreign_files_are_refused(tmp_path: Path) -> None:
     table.write_text("a,b\n1,2\n")
     with pytest.raises(StoreError, match="not a classify results file"):
         ResultStore(table).open()
+    older = tmp_path / "v1.csv"  # round one's header, without the scores columns
+    older.write_text(",".join(c for c in COLUMNS if c not in ("flagged", "scores")) + "\n")
+    with pytest.raises(StoreError, match="written by an earlier vlmserve"):
+        ResultStore(older).open()
     unterminated = tmp_path / "draft.jsonl"
     unterminated.write_text("my notes, no newline")
     with pytest.raises(StoreError, match="not a classify results file"):

@@ -98,6 +98,7 @@ class LLMEngine:
             self.scheduler,
             self.tokenizer.tokenizer,
             self.model_config.vocab_size,
+            self.max_model_len,
             lambda: next(self._seq_ids),
             self._release,
         )
@@ -190,22 +191,13 @@ class LLMEngine:
     def add_scoring_request(
         self, request_id: str, prompt: PromptInput | ProcessedInput, continuations: list[list[int]]
     ) -> Request:
-        """Score `continuations` (token id lists) after `prompt`, teacher-forced, from raw
-        logits; the prompt is computed once (engine/scoring.py). Its final output has one
-        completion per continuation, whose `cumulative_logprob` is the continuation's
-        log-probability."""
+        """Teacher-forced log-probabilities of `continuations` (token id lists) after
+        `prompt`, one completion each (engine/scoring.py)."""
         self._check_open()
         if request_id in self.requests:
             raise InputError(f"request id {request_id!r} is already in use", "request_id")
         processed = prompt if isinstance(prompt, ProcessedInput) else self.process_input(prompt)
-        request = self.scoring.new_request(
-            request_id,
-            processed,
-            continuations,
-            self.max_model_len,
-            self.block_manager.num_blocks - 1,
-            self.block_manager.block_size,
-        )
+        request = self.scoring.new_request(request_id, processed, continuations)
         self.requests[request_id] = request
         return request
 

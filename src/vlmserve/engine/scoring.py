@@ -76,12 +76,14 @@ class ScoringPass:
         scheduler: Scheduler,
         tokenizer: Tokenizer,
         vocab_size: int,
+        max_model_len: int,
         new_seq_id: Callable[[], int],
         release: Callable[[Sequence], None],
     ) -> None:
         self.scheduler = scheduler
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
+        self.max_model_len = max_model_len
         self.new_seq_id = new_seq_id
         self.release = release
         self._touched: dict[str, Request] = {}  # scoring requests with rows in this step
@@ -91,9 +93,6 @@ class ScoringPass:
         request_id: str,
         processed: ProcessedInput,
         continuations: list[list[int]],
-        max_model_len: int,
-        max_blocks: int,
-        block_size: int,
     ) -> Request:
         """Check the continuations, build the request and queue its head."""
         if not isinstance(continuations, list) or not continuations:
@@ -119,13 +118,15 @@ class ScoringPass:
                 )
         prompt_len = len(processed.token_ids)
         longest = prompt_len + max(len(c) for c in continuations) - 1
-        if longest > max_model_len:
+        if longest > self.max_model_len:
             raise InputError(
                 f"the prompt ({prompt_len} tokens) and the longest continuation need {longest} "
-                f"tokens; the context is {max_model_len}",
+                f"tokens; the context is {self.max_model_len}",
                 "continuations",
             )
-        if -(-longest // block_size) > max_blocks:
+        blocks = self.scheduler.block_manager
+        max_blocks = blocks.num_blocks - 1
+        if -(-longest // blocks.block_size) > max_blocks:
             raise InputError(
                 f"the prompt and the longest continuation need more KV-cache blocks than the "
                 f"cache has ({max_blocks})",

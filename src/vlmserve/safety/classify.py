@@ -1,11 +1,12 @@
-"""`vlmserve classify`: files, folders and URLs classified under a policy by a server over
-HTTP, at most `concurrency` at a time.
+"""`vlmserve classify`: files, folders and URLs classified under a policy, at most
+`concurrency` at a time, by an engine in this process (the default) or a server over HTTP
+(backends.py).
 
 Results are keyed by the sha256 of the image bytes and the policy's hash, and each is on disk
 (see store.py) before the next counts as done: a re-run skips every key already classified
 — including identical images under other names — and retries items that failed. A failure
-(unreadable file, not an image, HTTP error, invalid answer) is recorded against its item and
-counted; it never stops the run.
+(unreadable file, not an image, HTTP or engine error, invalid answer) is recorded against its
+item and counted; it never stops the run.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-import httpx
 from tqdm import tqdm
 
-from vlmserve.safety.answers import check_answer
-from vlmserve.safety.client import chat_body, data_url, first_model, http_client, send_chat
+from vlmserve.safety.backends import Backend, BackendSettings, open_backend
+from vlmserve.safety.client import data_url
 from vlmserve.safety.policy import STANDARD_FIELDS, Policy
+from vlmserve.safety.scores import flagged_classes
 from vlmserve.safety.sources import SourceError, expand, read_source
 from vlmserve.safety.store import ResultStore
 
@@ -37,13 +39,6 @@ class ClassifyCounts:
     classes: Counter[str] = field(default_factory=Counter)
 
 
-@dataclass(frozen=True)
-class ClassifySettings:
-    model: str
-    concurrency: int = 4
-    max_tokens: int = 256
-
-
 def result_key(image_sha256: str, policy: Policy) -> str:
     return f"{image_sha256}:{policy.hash}"
 
@@ -51,9 +46,9 @@ def result_key(image_sha256: str, policy: Policy) -> str:
 async def classify(
     sources: list[str],
     policy: Policy,
-    client: httpx.AsyncClient,
+    backend: Backend,
     store: ResultStore,
-    settings: ClassifySettings,
+    concurrency: int,
     done: set[str],
     on_item: Callable[[], None] = lambda: None,
 ) -> ClassifyCounts:
@@ -68,7 +63,7 @@ async def classify(
                 "source": source,
                 "status": status,
                 "policy_hash": policy.hash,
-                "model": settings.model,
+                "model": backend.model,
                 "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 **fields,
             }
@@ -94,25 +89,31 @@ async def classify(
             counts.errors += 1
             record(source, "error", error=str(exc), **ids)
             return
-        body = chat_body(
-            policy, settings.model, url, constrained=True, max_tokens=settings.max_tokens
-        )
-        exchange = await send_chat(client, body)
-        check = check_answer(exchange.content, policy)
-        if exchange.error is not None or check.answer is None:
+        judgement = await backend.judge(url, seed=None)
+        answer = judgement.answer
+        if answer is None:
             counts.errors += 1
-            problem = exchange.error or f"invalid answer: {check.problem}"
-            record(source, "error", error=problem, finish_reason=exchange.finish_reason, **ids)
+            problem = (
+                judgement.problem if judgement.error else f"invalid answer: {judgement.problem}"
+            )
+            record(source, "error", error=problem, finish_reason=judgement.finish_reason, **ids)
             return
-        answer = check.answer
+        scored: dict[str, Any] = {}
+        if judgement.scores is not None:
+            flags = flagged_classes(policy, judgement.scores)
+            scored = {
+                "scores": dict(zip(policy.class_names, judgement.scores, strict=True)),
+                "flagged": any(flags.values()),
+            }
         extra = {k: v for k, v in answer.items() if k not in STANDARD_FIELDS}
         record(
             source,
             "ok",
             **ids,
             **{name: answer[name] for name in STANDARD_FIELDS},
+            **scored,
             extra=extra or None,
-            finish_reason=exchange.finish_reason,
+            finish_reason=judgement.finish_reason,
         )
         done.add(key)
         counts.classified += 1
@@ -123,7 +124,7 @@ async def classify(
             await one(source)
             on_item()
 
-    await asyncio.gather(*(worker() for _ in range(settings.concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return counts
 
 
@@ -135,12 +136,8 @@ async def run_classify(
     inputs: list[str],
     policy: Policy,
     out: str,
-    base_url: str,
-    api_key: str | None,
-    timeout: float,
-    model: str | None,
-    concurrency: int,
-    max_tokens: int,
+    settings: BackendSettings,
+    default_model: Callable[[], Path],
 ) -> int:
     """The command: exit 0 when every item is classified (now or before), 1 when some
     failed (each recorded in the results file with its error)."""
@@ -148,10 +145,11 @@ async def run_classify(
     store = ResultStore(out)
     done = finished_keys(store.open())
     try:
-        async with http_client(base_url, api_key, timeout, concurrency) as client:
-            settings = ClassifySettings(model or await first_model(client), concurrency, max_tokens)
+        async with open_backend(settings, policy, default_model) as backend:
             with tqdm(total=len(sources), desc="classify", unit="img", file=sys.stderr) as bar:
-                counts = await classify(sources, policy, client, store, settings, done, bar.update)
+                counts = await classify(
+                    sources, policy, backend, store, settings.connections, done, bar.update
+                )
     finally:
         store.close()
     classes = ", ".join(f"{name} {n}" for name, n in counts.classes.most_common())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +46,59 @@ def _levels(text: str) -> tuple[int, ...]:
     return tuple(_positive_int(part) for part in text.split(",") if part.strip())
 
 
-def _server_flags(parser: argparse.ArgumentParser, model_required: bool) -> None:
+def _server_flags(parser: argparse.ArgumentParser) -> None:
+    """`bench`'s: it always talks to a server."""
     parser.add_argument(
         "--base-url", required=True, help="the server, e.g. http://127.0.0.1:8000/v1"
     )
+    parser.add_argument("--model", required=True, help="model name to send")
+    parser.add_argument("--api-key", help="sent as 'Authorization: Bearer'")
+    parser.add_argument("--policy", help="policy file (YAML or JSON; default: the built-in)")
+    parser.add_argument("--max-tokens", type=_positive_int, default=256)
+    parser.add_argument(
+        "--timeout", type=_positive_float, default=300.0, help="seconds per request"
+    )
+
+
+def _backend_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of the commands that run on an engine in this process or on a server."""
+    parser.add_argument(
+        "--base-url",
+        help="a server, e.g. http://127.0.0.1:8000/v1 (default: none; an engine runs in "
+        "this process)",
+    )
+    parser.add_argument(
+        "--api",
+        choices=("moderations", "chat"),
+        default="moderations",
+        help="with --base-url: a vlmserve server's /v1/moderations (answers with class "
+        "scores; it must serve the same policy) or any server's /v1/chat/completions",
+    )
     parser.add_argument(
         "--model",
-        required=model_required,
-        help="model name to send" + ("" if model_required else " (default: the first listed)"),
+        help="in this process: the model folder or hub id to load (default: the tiny "
+        "model); with --base-url: the model name to send (default: the first listed)",
     )
     parser.add_argument("--api-key", help="sent as 'Authorization: Bearer'")
     parser.add_argument("--policy", help="policy file (YAML or JSON; default: the built-in)")
     parser.add_argument("--max-tokens", type=_positive_int, default=256)
     parser.add_argument(
         "--timeout", type=_positive_float, default=300.0, help="seconds per request"
+    )
+
+
+def _backend_settings(args: argparse.Namespace, temperature: float = 0.0) -> Any:
+    from vlmserve.safety.backends import BackendSettings
+
+    return BackendSettings(
+        base_url=args.base_url,
+        api=args.api,
+        model=args.model,
+        api_key=args.api_key,
+        timeout=args.timeout,
+        connections=args.concurrency,
+        max_tokens=args.max_tokens,
+        temperature=temperature,
     )
 
 
@@ -91,12 +131,14 @@ def serve_routers(args: argparse.Namespace) -> list[Any]:
     return [moderation_router(policy, args.moderation_max_images)]
 
 
-def add_parsers(sub: Any) -> None:
-    """Add the safety commands to vlmserve's subcommand parsers."""
+def add_parsers(sub: Any, default_model: Callable[[], Path]) -> None:
+    """Add the safety commands to vlmserve's subcommand parsers. `default_model` gives the
+    folder of the model `classify` and `eval` load in this process when no --model is given
+    (the command line owns that choice)."""
     bench = sub.add_parser(
         "bench", help="stress an OpenAI-compatible server and check that every answer is valid"
     )
-    _server_flags(bench, model_required=True)
+    _server_flags(bench)
     bench.add_argument("--out", default="bench-out", help="folder for the report")
     bench.add_argument(
         "--allow-remote", action="store_true", help="allow a non-loopback --base-url"
@@ -131,7 +173,7 @@ def add_parsers(sub: Any) -> None:
 
     evaluate = sub.add_parser("eval", help="accuracy and calibration of a server on a labelled set")
     evaluate.add_argument("--dataset", required=True, help="labels.jsonl: image + label per line")
-    _server_flags(evaluate, model_required=False)
+    _backend_flags(evaluate)
     evaluate.add_argument("--out", default="eval-out", help="folder for the report")
     evaluate.add_argument("--trials", type=_positive_int, default=1, help="answers per item")
     evaluate.add_argument("--temperature", type=_temperature, default=0.0)
@@ -143,14 +185,14 @@ def add_parsers(sub: Any) -> None:
         metavar="POLICY_OUT",
         help="fit a score temperature and write a policy copy with it here",
     )
-    evaluate.set_defaults(func=_eval)
+    evaluate.set_defaults(func=_eval, default_model=default_model)
 
     classify = sub.add_parser("classify", help="classify image files, folders and URLs")
     classify.add_argument("inputs", nargs="+", metavar="PATH|URL|DIR")
-    _server_flags(classify, model_required=False)
+    _backend_flags(classify)
     classify.add_argument("--out", default="results.jsonl", help="results file (.jsonl or .csv)")
     classify.add_argument("--concurrency", type=_positive_int, default=4)
-    classify.set_defaults(func=_classify)
+    classify.set_defaults(func=_classify, default_model=default_model)
 
     make_set = sub.add_parser("make-safety-set", help="write the generated labelled image set")
     make_set.add_argument("out_dir")
@@ -206,7 +248,7 @@ def _eval(args: argparse.Namespace) -> int:
     from vlmserve.safety.policy import load_policy
 
     settings = EvalSettings(
-        model=args.model or "",  # filled in from the server's model list when not given
+        model=args.model or "",  # filled in once the backend is open
         trials=args.trials,
         temperature=args.temperature,
         seed=args.seed,
@@ -217,12 +259,10 @@ def _eval(args: argparse.Namespace) -> int:
         return asyncio.run(
             run_eval(
                 Path(args.dataset),
-                args.base_url,
-                args.api_key,
-                args.timeout,
-                args.model,
                 load_policy(args.policy),
                 settings,
+                _backend_settings(args, args.temperature),
+                args.default_model,
                 Path(args.out),
                 args.vs,
                 args.fit_temperature,
@@ -242,12 +282,8 @@ def _classify(args: argparse.Namespace) -> int:
                 args.inputs,
                 load_policy(args.policy),
                 args.out,
-                args.base_url,
-                args.api_key,
-                args.timeout,
-                args.model,
-                args.concurrency,
-                args.max_tokens,
+                _backend_settings(args),
+                args.default_model,
             )
         )
     except (OSError, ValueError, RuntimeError) as exc:

@@ -44,10 +44,10 @@ async def server_facts(client: httpx.AsyncClient) -> str:
     return ", ".join(facts) or "no /version"
 
 
-def report_meta(base_url: str, model: str, seed: int, server: str) -> dict[str, Any]:
+def report_meta(model: str, seed: int, server: str) -> dict[str, Any]:
     return {
         "machine": machine(),
-        "server": f"{base_url} ({server})",
+        "server": server,
         "model": model,
         "versions": versions(),
         "seed": seed,

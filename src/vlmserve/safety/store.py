@@ -23,6 +23,8 @@ COLUMNS = (
     "source",
     "status",
     "best_class",
+    "flagged",  # any class at or above its threshold (with class scores)
+    "scores",  # class -> score, when the backend gives them
     "explanation",
     "extracted_text",
     "language",
@@ -32,6 +34,10 @@ COLUMNS = (
     "error",
     "time",
 )
+
+
+# The first version's CSV header (no class scores): such a file cannot take new rows.
+_V1_COLUMNS = tuple(c for c in COLUMNS if c not in ("flagged", "scores"))
 
 
 class StoreError(ValueError):
@@ -62,8 +68,11 @@ class ResultStore:
             raise ValueError(f"unknown result fields {sorted(unknown)}")
         if self.csv:
             row = [record.get(c) for c in COLUMNS]
-            extra = record.get("extra")
-            row[COLUMNS.index("extra")] = json.dumps(extra, ensure_ascii=False) if extra else ""
+            for name in ("extra", "scores", "flagged"):  # JSON inside the cell
+                value = record.get(name)
+                row[COLUMNS.index(name)] = (
+                    "" if value is None else json.dumps(value, ensure_ascii=False)
+                )
             line = _csv_line(["" if v is None else v for v in row])
         else:
             line = json.dumps({c: record.get(c) for c in COLUMNS}, ensure_ascii=False) + "\n"
@@ -114,6 +123,10 @@ def _read_csv(text: str, path: Path) -> tuple[list[dict[str, Any]], int]:
     """Rows up to the last one that ends in its newline, and that prefix's byte length. A
     quoted field may hold newlines, so rows are told apart by the csv reader itself, fed
     one line at a time."""
+    if text.startswith(_csv_line(list(_V1_COLUMNS))):
+        raise StoreError(
+            f"{path}: written by an earlier vlmserve (no scores column); classify into a new file"
+        )
     _refuse_unless_ours(text, _csv_line(list(COLUMNS)), path)
     lines = re.findall(r"[^\n]*\n|[^\n]+$", text)
     consumed = 0
@@ -135,6 +148,7 @@ def _read_csv(text: str, path: Path) -> tuple[list[dict[str, Any]], int]:
     records = []
     for row in rows[1:]:
         record: dict[str, Any] = dict(zip(COLUMNS, row))
-        record["extra"] = json.loads(record["extra"]) if record.get("extra") else None
+        for name in ("extra", "scores", "flagged"):
+            record[name] = json.loads(record[name]) if record.get(name) else None
         records.append(record)
     return records, len(text[:end].encode("utf-8"))

@@ -38,7 +38,7 @@ async def run_bench(
             runs = await Bench(client, policy, cases, config, on_request=bar.update).run()
     summaries = [summarize(run, config.slo_ms) for run in runs]
     meta = {
-        **report_meta(base_url, config.model, config.seed, server),
+        **report_meta(config.model, config.seed, f"{base_url} ({server})"),
         "policy": f"{policy.name} ({policy.hash})",
         "started": started,
     }

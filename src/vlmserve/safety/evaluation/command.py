@@ -1,17 +1,19 @@
-"""`vlmserve eval`: predictions from a server, metrics, files, and on request a policy copy
-with the fitted temperature. Exit 1 when some request got no answer (the metrics then count
-those as invalid, which says more about the run than the model)."""
+"""`vlmserve eval`: predictions from an engine in this process or a server, metrics, files,
+and on request a policy copy with the fitted temperature. Exit 1 when some request got no
+answer (the metrics then count those as invalid, which says more about the run than the
+model)."""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
 
-from vlmserve.safety.client import first_model, http_client
+from vlmserve.safety.backends import BackendSettings, open_backend
 from vlmserve.safety.evaluation.report import (
     comparison_lines,
     evaluate,
@@ -19,18 +21,16 @@ from vlmserve.safety.evaluation.report import (
     write_outputs,
 )
 from vlmserve.safety.evaluation.runner import EvalSettings, load_dataset, predict
-from vlmserve.safety.meta import report_meta, server_facts
+from vlmserve.safety.meta import report_meta
 from vlmserve.safety.policy import Policy
 
 
 async def run_eval(
     dataset: Path,
-    base_url: str,
-    api_key: str | None,
-    timeout: float,
-    model: str | None,
     policy: Policy,
     settings: EvalSettings,
+    backend_settings: BackendSettings,
+    default_model: Callable[[], Path],
     out: Path,
     baseline_path: str | None,
     fitted_policy_path: str | None,
@@ -38,17 +38,17 @@ async def run_eval(
     items = load_dataset(dataset, policy.class_names)
     baseline = load_baseline(baseline_path) if baseline_path else None
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    async with http_client(base_url, api_key, timeout, settings.concurrency) as client:
-        settings = dataclasses.replace(settings, model=model or await first_model(client))
-        server = await server_facts(client)
+    async with open_backend(backend_settings, policy, default_model) as backend:
+        settings = dataclasses.replace(settings, model=backend.model)
         total = len(items) * settings.trials
         with tqdm(total=total, desc="eval", unit="req", file=sys.stderr) as bar:
-            results = await predict(client, items, policy, settings, on_answer=bar.update)
+            results = await predict(backend, items, policy, settings, on_answer=bar.update)
+        where = backend.where
     evaluation = evaluate(results, policy, fit=fitted_policy_path is not None, baseline=baseline)
     meta = {
-        **report_meta(base_url, settings.model, settings.seed, server),
+        **report_meta(settings.model, settings.seed, where),
         "dataset": str(dataset),
-        "base_url": base_url,
+        "base_url": backend_settings.base_url,
         "started": started,
     }
     write_outputs(out, evaluation, results, policy, settings, meta)
@@ -63,7 +63,7 @@ async def run_eval(
     if fitted_policy_path is not None:
         if evaluation.fitted_temperature is None:
             print(
-                "vlmserve eval: no class scores to fit a temperature on (use --trials above 1)",
+                "vlmserve eval: no class scores to fit a temperature on (--api chat gives none)",
                 file=sys.stderr,
             )
             return 2

@@ -1,5 +1,5 @@
 """What `vlmserve eval` concludes and writes: metrics over the majority votes, calibration
-over the class scores (with the policy's temperature, and a fitted one on request), the
+over the class scores (as served, with the policy's temperature; a fitted one on request), the
 comparison with a baseline, then `eval.json` (versioned), `confusion.csv`, `confusion.png`,
 `reliability.png` and `report.md`."""
 
@@ -57,10 +57,13 @@ def evaluate(
     if scored:
         probs = np.asarray([r.scores for r in scored], dtype=np.float64)
         truth = np.asarray([policy.class_names.index(r.item.label) for r in scored])
-        calibration = calibration_report(apply_temperature(probs, policy.temperature), truth)
+        calibration = calibration_report(probs, truth)
         if fit:
-            temperature = fit_temperature(probs, truth)
-            fitted = calibration_report(apply_temperature(probs, temperature), truth)
+            # Scores carry the policy's temperature T: softmax(T · log s) undoes it, and the
+            # fit starts from the model's own probabilities.
+            raw = apply_temperature(probs, 1 / policy.temperature)
+            temperature = fit_temperature(raw, truth)
+            fitted = calibration_report(apply_temperature(raw, temperature), truth)
     current = {r.item.id: (r.item.label, r.vote.winner) for r in results}
     return Evaluation(
         metrics=metrics,
@@ -148,7 +151,7 @@ def markdown(
     lines = [
         f"# eval: {meta.get('dataset')}",
         "",
-        f"Model `{settings.model}` at {meta.get('base_url')}, policy `{policy.name}` "
+        f"Model `{settings.model}` at {meta.get('server')}, policy `{policy.name}` "
         f"({policy.hash[:16]}), {settings.trials} trial(s) per item at temperature "
         f"{settings.temperature}, seed {settings.seed}.",
         "",
@@ -168,12 +171,16 @@ def markdown(
     ]
     lines += ["", "Confusion matrix: `confusion.csv`, `confusion.png`.", ""]
     if evaluation.calibration is None:
-        lines.append("Calibration: no class scores (needs `--trials` above 1 for now).")
+        lines.append(
+            "Calibration: no class scores (`--api chat` gives none; use the in-process engine "
+            "or `--api moderations`)."
+        )
     else:
         c = evaluation.calibration
         lines.append(
-            f"Calibration over {evaluation.scored_items} items (vote shares, temperature "
-            f"{policy.temperature}): ECE {c.ece:.4f}, Brier {c.brier:.4f}, NLL {c.nll:.4f}; "
+            f"Calibration over {evaluation.scored_items} items (class scores, policy "
+            f"temperature {policy.temperature}): ECE {c.ece:.4f}, Brier {c.brier:.4f}, "
+            f"NLL {c.nll:.4f}; "
             "`reliability.png`."
         )
         if evaluation.fitted_temperature is not None and evaluation.calibration_fitted:

@@ -1,6 +1,7 @@
-"""`vlmserve eval`'s data path: the labelled dataset (JSON lines), and predictions obtained by
-asking a server over HTTP with the policy's prompt and strict schema, `trials` times per item,
-then reduced to a majority vote per item."""
+"""`vlmserve eval`'s data path: the labelled dataset (JSON lines), and predictions from a
+backend (an engine in this process, or a server over HTTP; backends.py) under the policy's
+prompt and strict schema, `trials` times per item, reduced to a majority vote per item, with
+the class scores of the scoring pass where the backend gives them."""
 
 from __future__ import annotations
 
@@ -10,11 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from vlmserve.safety.answers import check_answer
-from vlmserve.safety.client import chat_body, data_url, send_chat
-from vlmserve.safety.evaluation.trials import Vote, majority_vote, vote_scores
+from vlmserve.safety.backends import Backend
+from vlmserve.safety.client import data_url
+from vlmserve.safety.evaluation.trials import Vote, majority_vote
 from vlmserve.safety.policy import Policy
 from vlmserve.safety.sources import SourceError, is_url, read_source
 
@@ -39,7 +38,9 @@ class ItemResult:
     item: LabelledItem
     answers: tuple[Answer, ...]
     vote: Vote
-    scores: list[float] | None  # per policy class; None without a valid answer
+    # The policy's class scores (its temperature applied), per class; the same in every
+    # trial (they do not depend on sampling). None when the backend gives none.
+    scores: list[float] | None
 
 
 def load_dataset(path: str | Path, classes: tuple[str, ...]) -> list[LabelledItem]:
@@ -85,7 +86,7 @@ class EvalSettings:
 
 
 async def predict(
-    client: httpx.AsyncClient,
+    backend: Backend,
     items: list[LabelledItem],
     policy: Policy,
     settings: EvalSettings,
@@ -95,23 +96,16 @@ async def predict(
     `concurrency` items in flight; trial t uses seed + t, so repeated trials differ only when
     the temperature is above 0."""
     semaphore = asyncio.Semaphore(settings.concurrency)
+    scores: dict[str, list[float]] = {}
 
-    async def ask(url: str, trial: int) -> Answer:
-        body = chat_body(
-            policy,
-            settings.model,
-            url,
-            constrained=True,
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-            seed=settings.seed + trial,
-        )
-        exchange = await send_chat(client, body)
+    async def ask(item: LabelledItem, url: str, trial: int) -> Answer:
+        judgement = await backend.judge(url, settings.seed + trial)
         on_answer()
-        if exchange.error is not None:
-            return Answer(None, exchange.error, None, error=True)
-        check = check_answer(exchange.content, policy)
-        return Answer(check.label, check.problem, exchange.finish_reason, error=False)
+        if judgement.scores is not None:
+            scores.setdefault(item.id, judgement.scores)
+        return Answer(
+            judgement.best_class, judgement.problem, judgement.finish_reason, judgement.error
+        )
 
     async def one(item: LabelledItem) -> ItemResult:
         async with semaphore:
@@ -123,8 +117,8 @@ async def predict(
                 failed = Answer(None, f"image: {exc}", None, error=True)
                 answers = [failed] * settings.trials
             else:
-                answers = [await ask(url, t) for t in range(settings.trials)]
+                answers = [await ask(item, url, t) for t in range(settings.trials)]
         vote = majority_vote([a.best_class for a in answers], policy.class_names)
-        return ItemResult(item, tuple(answers), vote, vote_scores(vote, policy.class_names))
+        return ItemResult(item, tuple(answers), vote, scores.get(item.id))
 
     return list(await asyncio.gather(*(one(item) for item in items)))

@@ -1,6 +1,6 @@
 """Repeated trials and comparisons, as pure functions: the majority vote over one item's
-answers (an invalid answer is a vote of its own, never a class), the agreement rate, class
-scores from vote shares, and the item-by-item difference between two evaluations."""
+answers (an invalid answer is a vote of its own, never a class), the agreement rate, and the
+item-by-item difference between two evaluations."""
 
 from __future__ import annotations
 
@@ -28,17 +28,6 @@ def majority_vote(answers: Sequence[str | None], classes: Sequence[str]) -> Vote
     else:
         winner = next(c for c in classes if counts.get(c, 0) == top)
     return Vote(winner, top / len(answers), dict(counts))
-
-
-def vote_scores(vote: Vote, classes: Sequence[str]) -> list[float] | None:
-    """Class scores from one item's vote shares over its valid answers, add-one smoothed so
-    that no class gets probability 0: the stand-in for real class probabilities until the
-    engine can score each class's token path. None for a single trial (one vote says
-    nothing about confidence) and when the item has no valid answer."""
-    valid = sum(vote.counts.get(c, 0) for c in classes)
-    if valid == 0 or sum(vote.counts.values()) < 2:
-        return None
-    return [(vote.counts.get(c, 0) + 1) / (valid + len(classes)) for c in classes]
 
 
 @dataclass(frozen=True)
