@@ -16,7 +16,7 @@ It never fails open: a media, model or parse failure is a `ServingError`, never 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from vlmserve.registry import ModelHandle
@@ -51,7 +51,6 @@ class Verdict:
     categories: dict[str, bool]  # flagged per class
     answer: dict[str, Any]  # the validated answer object
     finish_reason: str | None
-    logprobs: dict[str, float] = field(default_factory=dict)  # each class path's, raw
 
     @property
     def flagged(self) -> bool:
@@ -107,5 +106,4 @@ class Moderator:
             categories=flagged_classes(policy, scores),
             answer=check.answer,
             finish_reason=final.finish_reason,
-            logprobs=dict(zip(policy.class_names, finite, strict=True)),
         )
