@@ -171,7 +171,7 @@ async def test_without_an_admin_key_administration_is_off() -> None:
     [
         ({"alias": None}, "alias"),
         ({"alias": ""}, "alias"),
-        ({"alias": "two words"}, "alias"),
+        ({"alias": "trailing "}, "alias"),
         ({"model_name": 7}, "model_name"),
         ({"max_model_len": 0}, "max_model_len"),
         ({"max_model_len": "4096"}, "max_model_len"),

@@ -125,7 +125,7 @@ async def test_a_model_that_loads_does_not_slow_a_loaded_one(
         await asyncio.sleep(0.01)
     during = statistics.median(await latencies())
     assert (await server.card("a"))["state"] == "loading"  # all measured while a loaded
-    assert during < 2 * before + 0.25, (before, during)
+    assert during < 2 * before + 0.5, (before, during)
     assert (await asyncio.wait_for(loading, BOUND_S)).status_code == 200
 
 
@@ -260,7 +260,7 @@ async def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error_event(
         return real_step()
 
     engine.engine.step = step_then_die
-    body = {"model": "a", "prompt": "Hello", "max_tokens": 200, "stream": True}
+    body = {"model": "a", "prompt": "Hello", "max_tokens": 200, "stream": True, "temperature": 0}
     response = await asyncio.wait_for(server.client.post("/v1/completions", json=body), BOUND_S)
     assert response.status_code == 200
     events = stream_events(response.text)
@@ -280,3 +280,35 @@ async def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error_event(
     reloaded = await server.client.post("/v1/models/a/load", json={"wait": True}, headers=ADMIN)
     assert reloaded.json()["state"] == "ready"
     assert (await server.complete("a")).status_code == 200
+
+
+async def test_any_failure_after_the_first_byte_ends_the_stream_with_an_error_event(
+    start: Start, tiny_qwen2_vl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only engine errors: a bug while shaping a chunk too (here: the third one)."""
+    from vlmserve.api import streaming
+
+    server = await start()
+    await server.register("a", tiny_qwen2_vl)
+    real, calls = streaming.DeltaTracker.deltas, 0
+
+    def deltas_then_fail(self: streaming.DeltaTracker, output: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyError("a bug")
+        return real(self, output)
+
+    monkeypatch.setattr(streaming.DeltaTracker, "deltas", deltas_then_fail)
+    body = {"model": "a", "prompt": "Hello", "max_tokens": 50, "stream": True, "temperature": 0}
+    response = await asyncio.wait_for(server.client.post("/v1/completions", json=body), BOUND_S)
+    events = stream_events(response.text)
+    assert response.status_code == 200 and events[-1] == "[DONE]" and len(events) >= 3
+    error = json.loads(events[-2])["error"]
+    assert error == {
+        "message": "the server failed while streaming: KeyError",
+        "type": "server_error",
+        "param": None,
+        "code": "stream_failed",
+    }
+    assert server.models.status("a").in_flight == 0  # the request was released, not leaked

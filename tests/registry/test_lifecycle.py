@@ -124,7 +124,7 @@ async def test_back_off_doubles_up_to_its_cap(close_after: list[ModelRegistry]) 
         with pytest.raises(ModelUnavailable) as raised:
             await generate(registry, "bad")
         hints.append(raised.value.retry_after)
-        await asyncio.sleep(registry.status("bad").state is ModelState.FAILED and 0.3)
+        await asyncio.sleep(0.3)  # past the back-off: the next request tries again
     assert host.loads == ["bad"] * 4
     assert hints == pytest.approx([0.1, 0.2, 0.25, 0.25], abs=0.02)
 
@@ -133,20 +133,20 @@ async def test_keep_alive_counts_from_the_last_request_and_frees_the_model(
     close_after: list[ModelRegistry],
 ) -> None:
     host = FakeHost(token_s=0.05)
-    registry = await registry_with(close_after, host, start=True, keep_alive=0.3)
+    registry = await registry_with(close_after, host, start=True, keep_alive=1.0)
     await registry.register(ModelSpec("a", "/models/a"))
     await registry.register(ModelSpec("never", "/models/never", keep_alive=NEVER))
     await registry.register(ModelSpec("zero", "/models/zero", keep_alive=0))
-    long = asyncio.create_task(generate(registry, "a", 20))  # ~1 s, longer than keep_alive
+    long = asyncio.create_task(generate(registry, "a", 40))  # ~2 s, longer than keep_alive
     await generate(registry, "never")
     await generate(registry, "zero")
     await wait_for_state(registry, "zero", ModelState.REGISTERED)  # right after its request
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.2)
     assert registry.status("a").state is ModelState.READY  # still busy: not counting yet
     assert registry.status("a").expires_at is None
-    assert await long == 20
+    assert await long == 40
     status = registry.status("a")
-    assert status.expires_at is not None and 0 < status.expires_at - time.time() <= 0.3
+    assert status.expires_at is not None and 0 < status.expires_at - time.time() <= 1.0
     await wait_for_state(registry, "a", ModelState.REGISTERED)
     assert registry.status("never").state is ModelState.READY
     assert registry.status("a").memory_bytes == 100 * MIB  # the last measurement stays
@@ -224,7 +224,8 @@ async def test_pinned_and_recently_loaded_models_are_not_evicted(
     await registry.start()
     await wait_for_state(registry, "pinned", ModelState.READY)  # pinned: loaded at start-up
     assert await generate(registry, "a") == 1
-    with pytest.raises(ModelUnavailable, match="no room: 2 of --max-loaded-models 2 loaded"):
+    # Whichever deadline passes first (the request's or its load's), it says why.
+    with pytest.raises(ModelUnavailable, match="2 of --max-loaded-models 2 loaded"):
         await generate(registry, "b")
     await wait_for_state(registry, "b", ModelState.REGISTERED)  # its load gave up too
     assert host.unloads == [] and host.loads == ["pinned", "a"]  # b never got room

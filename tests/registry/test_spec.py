@@ -40,7 +40,8 @@ def test_keep_alive_refuses_anything_else_naming_the_field(value: object) -> Non
     ("fields", "field"),
     [
         ({"alias": ""}, "alias"),
-        ({"alias": "has space"}, "alias"),
+        ({"alias": " padded"}, "alias"),
+        ({"alias": "tab\there"}, "alias"),
         ({"alias": "x" * 257}, "alias"),
         ({"model_name": " "}, "model_name"),
         ({"max_model_len": 0}, "max_model_len"),

@@ -117,8 +117,10 @@ def _check(spec: ModelSpec) -> None:
     alias = spec.alias
     if not isinstance(alias, str) or not 0 < len(alias) <= MAX_ALIAS_CHARS:
         raise SpecError("alias", f"must be 1 to {MAX_ALIAS_CHARS} characters")
-    if not alias.isprintable() or any(c.isspace() for c in alias):
-        raise SpecError("alias", f"{alias!r} may not contain spaces or control characters")
+    if not alias.isprintable() or alias != alias.strip():
+        raise SpecError(
+            "alias", f"{alias!r} may not contain control characters or start or end with spaces"
+        )
     if not isinstance(spec.model_name, str) or not spec.model_name.strip():
         raise SpecError("model_name", "must name a model folder or hub id")
     if not spec.model_name.isprintable():
