@@ -131,22 +131,35 @@ class LocalEngineHost:
 
     async def unload(self, handle: ModelHandle) -> None:
         engine = handle.engine
-        before = process_rss()
+        device = engine.engine.device
+        before = _memory(device)
         start = time.monotonic()
         await asyncio.get_running_loop().run_in_executor(self._executor, engine.close)
-        after = process_rss()
-        rss = (
-            ""
-            if before is None or after is None
-            else (f"; resident memory {before / MIB:.0f} -> {after / MIB:.0f} MiB")
+        after = _memory(device)
+        freed = "".join(
+            f"; {what} {before[what] / MIB:.0f} -> {after[what] / MIB:.0f} MiB"
+            for what in before
+            if what in after
         )
         logger.info(
-            "model %r: unloaded in %.1f s%s", handle.info.name, time.monotonic() - start, rss
+            "model %r: unloaded in %.1f s%s", handle.info.name, time.monotonic() - start, freed
         )
 
     def close(self) -> None:
         """Stop the build threads (a build still running finishes in the background)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _memory(device: torch.device) -> dict[str, int]:
+    """What an unload is expected to give back, as measured now: the process's resident
+    memory, and the device's reserved memory on CUDA."""
+    measured = {}
+    rss = process_rss()
+    if rss is not None:
+        measured["resident memory"] = rss
+    if device.type == "cuda":
+        measured["CUDA reserved"] = torch.cuda.memory_reserved(device)
+    return measured
 
 
 async def _warm_up(engine: AsyncEngine) -> None:
