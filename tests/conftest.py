@@ -23,6 +23,15 @@ _live_engines: weakref.WeakSet[LLMEngine] = weakref.WeakSet()
 _created_in_test: list[LLMEngine] = []  # strong: a test's own engines outlive its frame
 
 
+@pytest.fixture(autouse=True)
+def _own_data_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test (and every server it starts) keeps durable state, such as the model
+    registry, in a folder of its own: never the user's, never another test's."""
+    monkeypatch.setenv("VLMSERVE_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen2_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny_qwen2_vl"), arch="qwen2_vl")

@@ -135,6 +135,57 @@ class MediaConfig:
                 raise ValueError(message)
 
 
+@dataclass(frozen=True)
+class RegistryConfig:
+    """How the model registry runs each model's lifecycle (docs/registry.md). Durations are
+    seconds; a model's registration may set its own `keep_alive` and `max_waiting`."""
+
+    load_timeout: float = 120.0  # longest a request waits for its model to load
+    max_waiting: int = 1024  # per model: requests waiting for its load
+    keep_alive: float = 300.0  # idle time before an unpinned model unloads; -1: never
+    max_loaded_models: int | None = None  # None: no limit
+    memory_budget_bytes: int | None = None  # measured footprints of loaded models; None: none
+    min_resident: float = 0.0  # a model loaded more recently is not evicted
+    drain_timeout: float = 30.0  # longest an unload waits for requests in flight
+    failure_backoff: float = 10.0  # after a failed load, doubling per failure...
+    failure_backoff_max: float = 300.0  # ...up to this
+    liveness_timeout: float = 60.0  # /health fails after this long without progress
+    tick: float = 0.5  # how often the lifecycle loop looks at idle and dead models
+
+    def __post_init__(self) -> None:
+        positive = ("load_timeout", "drain_timeout", "failure_backoff", "liveness_timeout", "tick")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.failure_backoff_max < self.failure_backoff:
+            raise ValueError("failure_backoff_max must be >= failure_backoff")
+        if self.min_resident < 0:
+            raise ValueError(f"min_resident must be >= 0 seconds, got {self.min_resident}")
+        if self.keep_alive < 0 and self.keep_alive != -1:
+            raise ValueError(f"keep_alive must be >= 0 seconds or -1, got {self.keep_alive}")
+        for name in ("max_waiting", "max_loaded_models", "memory_budget_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def data_dir() -> Path:
+    """Where durable state lives (the model registry; stored responses): $VLMSERVE_DATA_DIR,
+    else $XDG_DATA_HOME/vlmserve, else ~/.local/share/vlmserve."""
+    root = os.environ.get("VLMSERVE_DATA_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "vlmserve"
+
+
+def admin_key_from_env() -> str | None:
+    """The admin key clients such as `vlmserve models` send: $VLMSERVE_ADMIN_KEY (kept out
+    of command lines, which other users of the machine can read)."""
+    return os.environ.get("VLMSERVE_ADMIN_KEY") or None
+
+
 def cache_dir() -> Path:
     """Where generated artefacts (the default tiny model) live: $VLMSERVE_CACHE or
     ~/.cache/vlmserve."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -19,12 +20,20 @@ from vlmserve.models.tiny import make_tiny_model
 
 @pytest.fixture(autouse=True)
 def never_serve(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A case that wrongly starts would serve forever: fail it instead."""
+    """The port is bound before the model loads, so a start-up failure stops a server that
+    is already serving: this one serves nothing, on a free port, and a case that wrongly
+    starts fails instead of serving forever."""
 
-    async def refuse(*args: object, **kwargs: object) -> None:
+    async def serve_until_stopped(self: object, sockets: object = None) -> None:
+        for _ in range(6000):
+            if getattr(self, "should_exit", False):
+                return
+            await asyncio.sleep(0.01)
         raise AssertionError("the server started although start-up should have failed")
 
-    monkeypatch.setattr(server.uvicorn.Server, "serve", refuse)
+    bind = server.bind
+    monkeypatch.setattr(server, "bind", lambda host, port: bind("127.0.0.1", 0))
+    monkeypatch.setattr(server.uvicorn.Server, "serve", serve_until_stopped)
     monkeypatch.setenv("VLMSERVE_CACHE", str(tmp_path / "cache"))
 
 
@@ -86,17 +95,20 @@ def test_hub_id_without_the_hub_is_one_line_with_status_2(tmp_path: Path) -> Non
     "no network" (the same error path, and tests never leave loopback)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     run = subprocess.run(
-        [sys.executable, "-m", "vlmserve.cli", "serve", "Qwen/Qwen2-VL-2B-Instruct"],
+        [sys.executable, "-m", "vlmserve.cli", "serve", "Qwen/Qwen2-VL-2B-Instruct", "--port", "0"],
         capture_output=True,
         text=True,
         timeout=120,
         env=env,
     )
     assert run.returncode == 2, run.stderr
+    # The port is bound and the start-up log written before the model loads; the failure
+    # is then the last line, once, without a traceback.
     lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1, run.stderr
-    assert lines[0].startswith("vlmserve serve: error: model 'Qwen/Qwen2-VL-2B-Instruct' is not")
-    assert "Hugging Face hub did not provide it" in lines[0]
+    assert [line for line in lines if "error: " in line][-1] == lines[-1], run.stderr
+    assert sum(line.startswith("vlmserve serve: error: ") for line in lines) == 1
+    assert lines[-1].startswith("vlmserve serve: error: model 'Qwen/Qwen2-VL-2B-Instruct' is not")
+    assert "Hugging Face hub did not provide it" in lines[-1] and "Traceback" not in run.stderr
 
 
 def test_field_names_become_flags() -> None:

@@ -239,3 +239,44 @@ def test_the_thread_count_belongs_to_the_process_owner(tiny_qwen2_vl: Path) -> N
             LLM(str(tiny_qwen2_vl), cpu_threads=0)
     finally:
         torch.set_num_threads(before)
+
+
+async def test_a_dying_engine_thread_ends_every_stream_and_refuses_later_requests(
+    engine: AsyncEngine,
+) -> None:
+    real_step, steps = engine.engine.step, 0
+
+    def dies_at_the_fourth_step() -> Any:
+        nonlocal steps
+        steps += 1
+        if steps > 3:
+            raise SystemExit("killed")  # not an Exception: nothing in the loop catches it
+        return real_step()
+
+    engine.engine.step = dies_at_the_fourth_step  # type: ignore[method-assign]
+
+    async def read_all() -> list[RequestOutput]:
+        return [output async for output in engine.generate("dies", LONG, "dies")]
+
+    with pytest.raises(EngineDead, match="the engine loop stopped while this request was running"):
+        await asyncio.wait_for(read_all(), PROMPT_S)
+    assert not engine.alive and steps == 4
+    with pytest.raises(EngineDead, match="the engine loop stopped"):
+        await asyncio.wait_for(anext(engine.generate("late", LONG, "late")), PROMPT_S)
+
+
+async def test_an_idle_loop_still_shows_progress(engine: AsyncEngine) -> None:
+    before = engine.last_progress
+    await asyncio.sleep(1.5)  # HEARTBEAT_S is 1 s
+    assert engine.last_progress > before
+
+
+def test_memory_bytes_counts_the_live_tensors(tiny_qwen2_vl: Path) -> None:
+    kv_bytes = 16 * 1024 * 1024
+    llm = build_engine(
+        EngineConfig(str(tiny_qwen2_vl), max_model_len=512, kv_cache_memory_bytes=kv_bytes)
+    )
+    weights = sum(p.numel() * p.element_size() for p in llm.model.parameters())  # type: ignore[attr-defined]
+    assert weights + kv_bytes * 0.9 <= llm.memory_bytes() <= weights + kv_bytes * 1.1 + 2**20
+    llm.close()
+    assert llm.memory_bytes() == 0

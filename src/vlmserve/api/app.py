@@ -14,7 +14,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.routing import Route
 
 import vlmserve
-from vlmserve.api import chat, completions, errors, routes
+from vlmserve.api import admin, chat, completions, errors, routes
 from vlmserve.api.body_limit import BodySizeLimitMiddleware
 from vlmserve.api.errors import CatchAllMiddleware
 from vlmserve.api.metrics import Metrics, RequestCountMiddleware
@@ -54,7 +54,7 @@ def create_app(
     app.state.vlm = ServingState(Serving(models, MediaLoader(connector)), config, metrics)
     app.state.tenants = Tenants(config.api_key, config.admin_api_key, config.api_keys_file)
     known: list[Route] = []
-    for router in (chat.router, completions.router, routes.router, *extra_routers):
+    for router in (chat.router, completions.router, admin.router, routes.router, *extra_routers):
         app.include_router(router)
         known.extend(r for r in router.routes if isinstance(r, Route))
     errors.install(app)

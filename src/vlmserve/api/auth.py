@@ -4,8 +4,9 @@
 there too); the request then runs as the key's tenant (`request.state.tenant`) and holds one
 of the key's concurrency slots until its response has ended, streams included. /metrics
 needs `admin_api_key` when one is set, compared with `hmac.compare_digest` so response
-timing does not reveal how much of a guess was right. /health, /ready and /version stay
-open for probes.
+timing does not reveal how much of a guess was right. Model administration (register,
+replace, load, unload, remove) needs the admin key and is off on a server started without
+one. /health, /ready and /version stay open for probes.
 """
 
 from __future__ import annotations
@@ -65,3 +66,25 @@ async def require_admin_key(request: Request) -> None:
         _bearer(request).encode(), config.admin_api_key.encode()
     ):
         raise _invalid()
+
+
+async def require_model_admin(request: Request) -> None:
+    """No key or an unknown one: 401. Another known key (a user's): 403. No admin key
+    configured: 403 for everyone, since changing what a server loads is never open by
+    default."""
+    config = request.app.state.vlm.config
+    if config.admin_api_key is None:
+        raise APIError(
+            403,
+            "model administration is off on this server: start it with --admin-api-key",
+            code="admin_disabled",
+        )
+    token = _bearer(request)
+    if hmac.compare_digest(token.encode(), config.admin_api_key.encode()):
+        return
+    tenants: Tenants = request.app.state.tenants
+    if tenants.lookup(token) is not None:
+        raise APIError(
+            403, "this API key may not administer models; use the admin key", code="forbidden"
+        )
+    raise _invalid()

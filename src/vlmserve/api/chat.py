@@ -17,7 +17,7 @@ from vlmserve.api.json_body import StrictJSONRoute
 from vlmserve.api.logprobs import chat_logprobs
 from vlmserve.api.metrics import RequestTimer
 from vlmserve.api.params import chat_param, rename
-from vlmserve.api.protocol import ChatCompletionRequest
+from vlmserve.api.protocol import ChatCompletionRequest, keep_alive_seconds
 from vlmserve.api.responses import (
     ChatChoice,
     ChatChunkChoice,
@@ -70,7 +70,9 @@ async def create_chat_completion(
     if body.user is not None:  # OpenAI's end-user id: for tracing abuse back, so it is logged
         logger.info("%s from user %r", chat.request_id, body.user)
     async with contextlib.AsyncExitStack() as held:
-        handle = await held.enter_async_context(state.serving.model(body.model))
+        handle = await held.enter_async_context(
+            state.serving.model(body.model, keep_alive_seconds(body.keep_alive))
+        )
         try:
             generation = await state.serving.start_chat(
                 handle, chat, RequestTimer(state.metrics).observe

@@ -18,7 +18,7 @@ from vlmserve.api.json_body import StrictJSONRoute
 from vlmserve.api.logprobs import completion_logprobs
 from vlmserve.api.metrics import RequestTimer
 from vlmserve.api.params import completion_param, rename
-from vlmserve.api.protocol import CompletionRequest
+from vlmserve.api.protocol import CompletionRequest, keep_alive_seconds
 from vlmserve.api.responses import Completion, CompletionChoice, CompletionLogprobs
 from vlmserve.api.sampling import completion_sampling_params
 from vlmserve.api.sse import STREAM_RESPONSES, sse_response
@@ -65,7 +65,9 @@ async def create_completion(
     if body.user is not None:  # OpenAI's end-user id: for tracing abuse back, so it is logged
         logger.info("%s from user %r", job.request_id, body.user)
     async with contextlib.AsyncExitStack() as held:
-        handle = await held.enter_async_context(state.serving.model(body.model))
+        handle = await held.enter_async_context(
+            state.serving.model(body.model, keep_alive_seconds(body.keep_alive))
+        )
         try:
             generation = await state.serving.start_completion(
                 handle, job, RequestTimer(state.metrics).observe

@@ -11,12 +11,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
+from vlmserve.registry import SpecError, parse_keep_alive
 from vlmserve.types import MAX_TOP_LOGPROBS
 
 MAX_N = 16  # samples per request: each one costs a full sequence of KV cache
 MAX_STOP_SEQUENCES = 16
 MAX_TOKENS_LIMIT = 2**31 - 1
 INT64 = 2**63
+
+
+def keep_alive_seconds(value: float | str | None) -> float | None:
+    """A keep-alive as the client wrote it -> seconds (-1: never); a ValueError for
+    pydantic to report under the field's name."""
+    if value is None:
+        return None
+    try:
+        return parse_keep_alive(value)
+    except SpecError as exc:
+        raise ValueError(exc.reason) from None
 
 
 class StrictModel(BaseModel):
@@ -223,6 +235,16 @@ class SamplingFields(StrictModel):
         description="vLLM extension: requests share cached prompt prefixes and media UUIDs "
         "only when their salts (and tenants) are equal",
     )
+    keep_alive: float | str | None = Field(
+        None,
+        description="Ollama extension: how long the model stays loaded once idle after this "
+        "request (seconds, '5m', '1h30m'; 0 unload at once; -1 never); default: the model's",
+    )
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, value: float | str | None) -> float | None:
+        return keep_alive_seconds(value)
 
     @field_validator("stop")
     @classmethod

@@ -102,20 +102,6 @@ class Completion(BaseModel):
     system_fingerprint: str | None = None
 
 
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "vlmserve"
-    root: str
-    max_model_len: int
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
 class ErrorDetail(BaseModel):
     message: str
     type: str

@@ -9,23 +9,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import vlmserve
 from vlmserve.api.auth import require_admin_key, require_api_key
 from vlmserve.api.errors import ERROR_RESPONSES, error_body
-from vlmserve.api.responses import ModelCard, ModelList
+from vlmserve.api.model_cards import ModelCard, ModelList, card
 from vlmserve.api.state import get_state
-from vlmserve.registry import ModelInfo, RegistryError
+from vlmserve.registry import RegistryError
 from vlmserve.serving.errors import registry_error
 
 router = APIRouter()
 
 
-def _card(model: ModelInfo) -> ModelCard:
-    return ModelCard(
-        id=model.name, created=model.created, root=model.root, max_model_len=model.max_model_len
-    )
-
-
 @router.get("/v1/models", dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
 async def list_models(request: Request) -> ModelList:
-    return ModelList(data=[_card(status.info) for status in get_state(request).models.list()])
+    return ModelList(data=[card(status) for status in get_state(request).models.list()])
 
 
 @router.get(
@@ -37,25 +31,29 @@ async def retrieve_model(model: str, request: Request) -> ModelCard:
         status = get_state(request).models.status(model)
     except RegistryError as exc:
         raise registry_error(exc) from exc
-    return _card(status.info)
+    return card(status)
 
 
-@router.get("/health")
-async def health() -> dict[str, str]:
-    """Liveness: the process answers HTTP."""
-    return {"status": "ok"}
+@router.get("/health", responses={503: ERROR_RESPONSES[503]})
+async def health(request: Request) -> JSONResponse:
+    """Liveness: the process answers, and neither the model lifecycle loop nor an engine
+    loop has stopped making progress (--liveness-timeout). Loading models are alive."""
+    problems = get_state(request).models.liveness_problems()
+    if problems:
+        body = error_body(503, "; ".join(problems), code="no_progress")
+        return JSONResponse(body, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready", responses={503: ERROR_RESPONSES[503]})
 async def ready(request: Request) -> JSONResponse:
-    """Readiness: every model the registry must serve is loaded and its engine loop runs."""
+    """Readiness: the start-up models are loaded and every loaded engine's loop runs; the
+    503 names what it waits for (e.g. "model 'x' is loading (12 s so far)")."""
     models = get_state(request).models
-    if models.closed:
-        body = error_body(503, "the server is shutting down", code="shutting_down")
-        return JSONResponse(body, status_code=503)
     problems = models.problems()
     if problems:
-        body = error_body(503, "; ".join(problems), code="engine_dead")
+        code = "shutting_down" if models.closed else "not_ready"
+        body = error_body(503, "; ".join(problems), code=code)
         return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready"})
 

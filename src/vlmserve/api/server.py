@@ -1,6 +1,13 @@
-"""`vlmserve serve`: the process owner. Sets process-wide settings, builds the engine off the
-event loop, starts it, puts it in the model registry, serves the app with uvicorn, and
-closes the registry (drain, then close every engine) on the way out."""
+"""`vlmserve serve`: the process owner. Sets process-wide settings, opens the registry file,
+binds the port, starts serving HTTP, and only then loads the start-up model (so a port in
+use or a damaged registry is found in a second, and /health answers while the model loads);
+closes the registry (drain, then close every engine) on the way out.
+
+    open the registry (a damaged file stops here)  ->  bind HOST:PORT (in use: stops here)
+    ->  uvicorn serves: /health 200, /ready 503 "model 'x' is loading"
+    ->  the registry loads the command line's model (pinned) and every pinned registration
+    ->  /ready 200
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Sequence
 from types import FrameType
 
@@ -16,17 +24,15 @@ from fastapi import APIRouter
 
 from vlmserve.api.app import create_app
 from vlmserve.api.server_config import ServerConfig
-from vlmserve.api.startup_log import log_startup_summary
-from vlmserve.config import EngineConfig, MediaConfig
-from vlmserve.engine.async_engine import AsyncEngine
-from vlmserve.engine.engine import build_engine
+from vlmserve.api.startup_log import log_model_summary, log_server_summary
+from vlmserve.config import EngineConfig, MediaConfig, data_dir
 from vlmserve.engine.loading import set_cpu_threads
-from vlmserve.registry import ModelHandle, ModelInfo, ModelRegistry
+from vlmserve.registry import LocalEngineHost, ModelRegistry, ModelSpec, RegistryStore
 
 logger = logging.getLogger(__name__)
 
-# uvicorn has let open connections finish before this; what is left is a safety margin.
-SHUTDOWN_DRAIN_S = 30.0
+REGISTRY_FILE = "registry.db"
+BACKLOG = 2048  # uvicorn's default
 
 
 def run_server(
@@ -42,36 +48,99 @@ def run_server(
         asyncio.run(serve(engine_config, config, media_config, extra_routers))
 
 
+def registry_path(config: ServerConfig) -> str:
+    return config.registry_path or str(data_dir() / REGISTRY_FILE)
+
+
+def startup_spec(engine_config: EngineConfig, config: ServerConfig) -> ModelSpec:
+    """The command line's model as a registration: its name, source and per-model facts
+    (the server-wide engine flags are the host's defaults, for every model)."""
+    return ModelSpec(
+        alias=config.served_model_name or engine_config.model,
+        model_name=engine_config.model,
+        max_model_len=engine_config.max_model_len,
+        chat_template=engine_config.chat_template,
+        tokenizer=engine_config.tokenizer,
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket for uvicorn, so that a port in use is an error before any load
+    (and connections made from now on wait in the backlog rather than being refused)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise _listen_error(exc, f"cannot listen on --host {host}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise _listen_error(exc, f"cannot listen on {host}:{port} (--host, --port)") from None
+    return sock
+
+
+def _listen_error(exc: OSError, what: str) -> OSError:
+    error = OSError(f"{what}: {exc.strerror or exc}")  # one line, no "[Errno N]"
+    error.errno = exc.errno
+    return error
+
+
 async def serve(
     engine_config: EngineConfig,
     config: ServerConfig,
     media_config: MediaConfig,
     extra_routers: Sequence[APIRouter] = (),
 ) -> None:
-    engine = await asyncio.to_thread(build_engine, engine_config)
-    async_engine = AsyncEngine(engine, max_waiting=config.max_waiting).start()
-    model = ModelInfo.from_engine(engine, config.served_model_name)
-    models = ModelRegistry([ModelHandle(model, async_engine)])
+    spec = startup_spec(engine_config, config)
+    store = await asyncio.to_thread(RegistryStore, registry_path(config))
+    host = LocalEngineHost(
+        engine_config, max_waiting=config.max_waiting, on_ready=log_model_summary
+    )
+    models = ModelRegistry(host=host, store=store, config=config.registry)
     try:
+        sock = bind(config.host, config.port)
         app = create_app(models, config, media_config, extra_routers=extra_routers)
         # log_config=None: uvicorn's loggers go through the process's logging setup (the
         # CLI's --log-level and format), not a configuration of uvicorn's own.
-        server = uvicorn.Server(
-            uvicorn.Config(app, host=config.host, port=config.port, log_config=None)
-        )
-        log_startup_summary(engine, model, config, media_config)
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None))
+        log_server_summary(config, media_config, sock.getsockname()[1], store.path)
+        await models.start([spec])
         _take_reraised_sigterm()
-        await server.serve()
+        await _serve_until_done(server, sock, models)
     finally:
-        await models.close(SHUTDOWN_DRAIN_S)
+        await models.close()
+        host.close()
+        store.close()
+
+
+async def _serve_until_done(
+    server: uvicorn.Server, sock: socket.socket, models: ModelRegistry
+) -> None:
+    """Serve until uvicorn stops (a signal); if the start-up model cannot load, stop
+    serving and raise its error: the process exits with it, as with any start-up error."""
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    startup = asyncio.create_task(models.wait_for_startup())
+    await asyncio.wait({serving, startup}, return_when=asyncio.FIRST_COMPLETED)
+    error = startup.exception() if startup.done() else None
+    if error is not None:
+        server.should_exit = True
+        await serving
+        raise error
+    await serving
+    startup.cancel()
 
 
 def _take_reraised_sigterm() -> None:
     """uvicorn shuts down gracefully on SIGTERM, then raises the signal again; with the default
     handler that kills the process (exit 143) before the registry is closed. This handler takes
     that one re-raise and puts the default back, so the process closes the registry and exits
-    0, and a later SIGTERM (a close that hangs) still ends it at once. Installed only now: a
-    SIGTERM during the model load keeps its default effect."""
+    0, and a later SIGTERM (a close that hangs) still ends it at once. Installed as uvicorn
+    starts (which is before the start-up model loads: its load is then waited for, bounded)."""
 
     def restore_default(signum: int, frame: FrameType | None) -> None:
         signal.signal(signum, signal.SIG_DFL)

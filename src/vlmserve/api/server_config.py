@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from vlmserve.api.tenants import load_keys_file
+from vlmserve.config import RegistryConfig
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class ServerConfig:
     # torch intra-op threads for the whole process (the server owns it, not an engine);
     # None keeps torch's default (one per core).
     cpu_threads: int | None = None
+    registry_path: str | None = None  # the registry file; None: registry.db in data_dir()
+    registry: RegistryConfig = field(default_factory=RegistryConfig)  # model lifecycles
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:

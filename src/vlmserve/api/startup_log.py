@@ -1,6 +1,7 @@
 """The start-up summary of `vlmserve serve`: what was chosen and why, in a few log lines a
-newcomer can read (model, device, dtype, threads, KV cache, context length, security
-settings, the address), so nothing about the running server has to be guessed."""
+newcomer can read, so nothing about the running server has to be guessed: the server's
+(security, media, registry, the address) once the port is bound, and each model's (device,
+dtype, threads, KV cache, context length) whenever it becomes ready."""
 
 from __future__ import annotations
 
@@ -32,9 +33,8 @@ def as_flags(text: str) -> str:
     return _FIELD.sub(lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
-def startup_summary(
-    engine: LLMEngine, model: ModelInfo, config: ServerConfig, media: MediaConfig
-) -> list[str]:
+def model_summary(engine: LLMEngine, model: ModelInfo) -> list[str]:
+    """What was chosen for one model and why (logged whenever a model becomes ready)."""
     engine_config, plan = engine.config, engine.kv_plan
     module = engine.model
     parameters = (
@@ -46,7 +46,6 @@ def startup_summary(
     context = f"context: max_model_len {engine.max_model_len}"
     if plan.max_model_len_note:
         context += f" ({plan.max_model_len_note})"
-    host = f"[{config.host}]" if ":" in config.host else config.host
     return [
         f"model {model.name!r} from {engine_config.model}: "
         f"{_ARCH_NAMES.get(engine.model_config.arch, engine.model_config.arch)}, "
@@ -59,13 +58,24 @@ def startup_summary(
         "prefix caching "
         f"{_on(engine_config.enable_prefix_caching)}, chunked prefill "
         f"{_on(engine_config.enable_chunked_prefill)}",
+    ]
+
+
+def server_summary(
+    config: ServerConfig, media: MediaConfig, port: int, registry_path: str
+) -> list[str]:
+    """What the server was started with (logged once the port is bound, before any load)."""
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    admin = "on (admin key)" if config.admin_api_key else "off (no --admin-api-key)"
+    return [
         f"security: API key {_on(config.api_key is not None)}"
         + (f", tenant keys from {config.api_keys_file}" if config.api_keys_file else "")
         + ", /metrics "
         f"{'behind the admin key' if config.admin_api_key else 'open'}; "
         f"media: {media_policy(media)}",
-        f"listening on http://{host}:{config.port} (OpenAI API under /v1; GET /ready "
-        "answers 200 once serving)",
+        f"models: registry {registry_path}; model administration {admin}",
+        f"listening on http://{host}:{port} (OpenAI API under /v1; GET /ready "
+        "answers 200 once the start-up model is loaded)",
     ]
 
 
@@ -92,8 +102,13 @@ def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
 
-def log_startup_summary(
-    engine: LLMEngine, model: ModelInfo, config: ServerConfig, media: MediaConfig
+def log_model_summary(engine: LLMEngine, model: ModelInfo) -> None:
+    for line in model_summary(engine, model):
+        logger.info("%s", as_flags(line))
+
+
+def log_server_summary(
+    config: ServerConfig, media: MediaConfig, port: int, registry_path: str
 ) -> None:
-    for line in startup_summary(engine, model, config, media):
+    for line in server_summary(config, media, port, registry_path):
         logger.info("%s", as_flags(line))

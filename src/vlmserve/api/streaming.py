@@ -4,6 +4,7 @@ stream's ending (usage chunk, in-band error, `[DONE]`). The endpoints only shape
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from vlmserve.api.usage import usage
 from vlmserve.serving import ServingError
 from vlmserve.types import CompletionOutput, RequestOutput
 
+logger = logging.getLogger(__name__)
 Choice = TypeVar("Choice")
 ChunkWriter = Callable[[list[Choice], RequestOutput | None], bytes]
 
@@ -95,11 +97,19 @@ async def stream_events(
                 deltas = tracker.deltas(output)
                 if deltas:
                     yield chunk([choice(d) for d in deltas], None)
+        if include_usage and last is not None:
+            yield chunk([], last)
     except ServingError as exc:
         # The status line is gone already: report in-band, as OpenAI does mid-stream.
         yield sse_event(error_body(exc.status, exc.message, exc.param, exc.code))
         yield DONE
         return
-    if include_usage and last is not None:
-        yield chunk([], last)
+    except Exception as exc:
+        # Whatever else failed after the first byte (a bug shaping a chunk, an engine that
+        # died oddly): the client still learns it, never a silent close.
+        logger.exception("a stream failed after it started")
+        message = f"the server failed while streaming: {type(exc).__name__}"
+        yield sse_event(error_body(500, message, code="stream_failed"))
+        yield DONE
+        return
     yield DONE

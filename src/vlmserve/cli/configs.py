@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vlmserve.config import EngineConfig, MediaConfig, MediaFetchTimeout
+from vlmserve.config import EngineConfig, MediaConfig, MediaFetchTimeout, RegistryConfig
 
 # --media-io-kwargs: modality -> {key as vLLM users write it: MediaConfig field}.
 _MEDIA_IO_KEYS = {
@@ -110,5 +110,20 @@ def build_configs(
         max_request_body_bytes=args.max_request_body_bytes,
         max_waiting=args.max_waiting,
         cpu_threads=args.cpu_threads,
+        registry_path=args.registry,
+        registry=registry_config(args),
     )
     return engine_config, server_config, media_config(args)
+
+
+def registry_config(args: argparse.Namespace) -> RegistryConfig:
+    return RegistryConfig(
+        load_timeout=args.load_timeout,
+        max_waiting=args.max_waiting,
+        keep_alive=args.keep_alive,
+        max_loaded_models=args.max_loaded_models,
+        memory_budget_bytes=args.memory_budget_bytes,
+        min_resident=args.min_resident,
+        drain_timeout=args.drain_timeout,
+        liveness_timeout=args.liveness_timeout,
+    )

@@ -39,6 +39,24 @@ def byte_size(text: str) -> int:
     return int(float(number) * 1024 ** "_KMG".index(unit.upper() or "_"))
 
 
+def duration(text: str) -> float:
+    """Seconds as a number or a duration: 30, 1.5, 500ms, 30s, 5m, 1h30m."""
+    from vlmserve.registry import SpecError, parse_keep_alive
+
+    try:
+        seconds = parse_keep_alive(text)
+    except SpecError:
+        seconds = -1.0
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30, 500ms, 5m, 1h30m)")
+    return seconds
+
+
+def keep_alive(text: str) -> float:
+    """A duration, or -1 for never."""
+    return -1.0 if text.strip() == "-1" else duration(text)
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every option shows its default. A flag whose default is None says in its own help
     what happens without it (a test checks that every flag does one or the other)."""

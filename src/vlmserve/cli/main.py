@@ -11,6 +11,7 @@ from vlmserve.cli.config_file import apply_config_file
 from vlmserve.cli.errors import flag_names, in_flag_words
 from vlmserve.cli.help import LIST_FLAG_HINT, CommaList, CommandParser, HelpFormatter
 from vlmserve.cli.logs import LEVELS
+from vlmserve.cli.models import add_models_parser
 from vlmserve.cli.serve import add_serve_parser
 from vlmserve.cli.tiny import add_tiny_parser, default_tiny_model
 from vlmserve.safety import cli as safety_cli
@@ -51,6 +52,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     )
     add_serve_parser(sub, common, HelpFormatter)
     add_tiny_parser(sub, common, HelpFormatter)
+    add_models_parser(sub, common, HelpFormatter)
     safety_cli.add_parsers(sub, default_model=default_tiny_model)
     return parser, dict(sub.choices)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from vlmserve.cli.configs import build_configs, fetch_timeout
-from vlmserve.cli.help import CommaList, byte_size, json_object
+from vlmserve.cli.help import CommaList, byte_size, duration, json_object, keep_alive
 from vlmserve.cli.logs import configure_logging
 from vlmserve.cli.tiny import TINY_ARCH, default_tiny_model
-from vlmserve.config import MediaConfig, MediaFetchTimeout
+from vlmserve.config import MediaConfig, MediaFetchTimeout, RegistryConfig
 from vlmserve.safety import cli as safety_cli
 
 SERVE_DESCRIPTION = """\
@@ -59,6 +59,7 @@ def add_serve_parser(sub: Any, common: argparse.ArgumentParser, formatter: Any) 
         "(default: none)",
     )
     _server_flags(serve)
+    _model_flags(serve.add_argument_group("models: registry and lifecycle (docs/registry.md)"))
     _engine_flags(serve.add_argument_group("engine (docs/engine.md)"))
     _media_flags(serve.add_argument_group("media fetching and decoding (docs/media.md)"))
     safety_cli.add_serve_flags(serve)
@@ -82,7 +83,8 @@ def _server_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--admin-api-key",
         metavar="KEY",
-        help="require 'Authorization: Bearer KEY' on /metrics (default: none, open)",
+        help="require 'Authorization: Bearer KEY' on /metrics, and allow model "
+        "administration with it (default: none: /metrics open, administration off)",
     )
     serve.add_argument(
         "--api-keys-file",
@@ -107,10 +109,72 @@ def _server_flags(serve: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         default=1024,
-        help="requests in flight before new ones get 429",
+        help="per model: requests in flight before new ones get 429, and requests waiting "
+        "for its load before new ones get 503",
     )
     serve.add_argument(
         "--seed", type=int, default=0, metavar="N", help="seed of requests that give none"
+    )
+
+
+def _model_flags(models: Any) -> None:
+    defaults = RegistryConfig()
+    models.add_argument(
+        "--registry",
+        metavar="FILE",
+        help="SQLite file of the registered models (default: registry.db in $VLMSERVE_DATA_DIR, "
+        "else $XDG_DATA_HOME/vlmserve, else ~/.local/share/vlmserve)",
+    )
+    models.add_argument(
+        "--keep-alive",
+        type=keep_alive,
+        metavar="DURATION",
+        default="5m",
+        help="how long an idle model stays loaded unless its registration or a request says "
+        "otherwise: seconds or 30s/5m/1h; 0 unloads after the last request, -1 never",
+    )
+    models.add_argument(
+        "--load-timeout",
+        type=duration,
+        metavar="DURATION",
+        default=f"{defaults.load_timeout:g}s",
+        help="longest a request waits for its model to load before a 503 with Retry-After",
+    )
+    models.add_argument(
+        "--max-loaded-models",
+        type=int,
+        metavar="N",
+        help="models loaded at once; loading another evicts one (default: no limit)",
+    )
+    models.add_argument(
+        "--memory-budget",
+        dest="memory_budget_bytes",
+        type=byte_size,
+        metavar="BYTES",
+        help="measured footprints of the loaded models, e.g. 24GiB; loading past it evicts "
+        "(default: no limit)",
+    )
+    models.add_argument(
+        "--min-resident",
+        type=duration,
+        metavar="DURATION",
+        default="0s",
+        help="a model loaded more recently than this is not evicted",
+    )
+    models.add_argument(
+        "--drain-timeout",
+        type=duration,
+        metavar="DURATION",
+        default=f"{defaults.drain_timeout:g}s",
+        help="longest an unload waits for requests in flight (an eviction then gives up)",
+    )
+    models.add_argument(
+        "--liveness-timeout",
+        type=duration,
+        metavar="DURATION",
+        default=f"{defaults.liveness_timeout:g}s",
+        help="GET /health fails when the lifecycle loop or an engine loop made no progress "
+        "for this long",
     )
 
 

@@ -9,6 +9,11 @@ fails the requests in that step, not the thread.
 Lifecycle, like a resource: build (`build_engine`, off the event loop) -> `start()` ->
 serve -> `drain(timeout)` (optional: stop admitting, let in-flight requests finish) ->
 `close()` (every open stream ends with `EngineClosed`, the thread stops, memory is freed).
+
+If the thread dies instead (an error no step handler caught), every open stream ends with
+`EngineDead` and later requests are refused at once: no caller waits forever. The loop beats
+at least every `HEARTBEAT_S`, idle or not, so `last_progress` tells a stuck step (liveness)
+from an idle engine.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
 ]
 
 DRAIN_POLL_S = 0.01
+HEARTBEAT_S = 1.0  # an idle loop still wakes this often, to show it is not stuck
 JOIN_TIMEOUT_S = 30.0  # a step is milliseconds to seconds; past this the thread is stuck
 
 
@@ -90,6 +96,7 @@ class AsyncEngine:
         # in the queue before the close command (so the thread handles it) or refused.
         self._post_lock = threading.Lock()
         self._closed = False
+        self._death: BaseException | None = None  # why the thread stopped, if not closed
         self._admitting = True
         self._streams: dict[str, _Add] = {}
         self._pending = 0  # accepted by generate() but not finished
@@ -107,11 +114,17 @@ class AsyncEngine:
     @property
     def alive(self) -> bool:
         """The engine loop runs (started, not closed, not crashed)."""
-        return self._thread.is_alive() and not self._closed
+        return self._thread.is_alive() and not self._closed and self._death is None
 
     @property
     def num_in_flight(self) -> int:
         return self._pending
+
+    @property
+    def last_progress(self) -> float:
+        """`time.monotonic()` of the loop's last turn (for liveness: a loop that stops turning
+        while it runs is stuck in a step)."""
+        return self._last_beat
 
     async def drain(self, timeout: float) -> bool:
         """Stop admitting (new `generate` calls raise `EngineDraining`) and wait up to
@@ -195,6 +208,8 @@ class AsyncEngine:
         """Admission checks, input processing off the loop, then the request's outputs."""
         if self._closed:
             raise EngineClosed("the engine is closed")
+        if self._death is not None:
+            raise EngineDead(f"the engine loop stopped: {self._death!r}")
         if not self._admitting:
             raise EngineDraining("the engine is draining and admits no new requests; retry")
         if not self.alive:
@@ -225,7 +240,7 @@ class AsyncEngine:
 
     def _post(self, command: _Add | str) -> bool:
         with self._post_lock:
-            if self._closed:
+            if self._closed or self._death is not None:
                 return False
             self._commands.put(command)
             return True
@@ -258,10 +273,16 @@ class AsyncEngine:
 
     # -- engine thread ----------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the thread ends here either way: say why, once
+            self._die(exc)
+
+    def _loop(self) -> None:
         while True:
             block = not self.engine.has_unfinished()
             try:
-                command: _Command | None = self._commands.get(block=block, timeout=None)
+                command: _Command | None = self._commands.get(block=block, timeout=HEARTBEAT_S)
             except queue.Empty:
                 command = None
             while command is not None:
@@ -276,6 +297,25 @@ class AsyncEngine:
             self._last_beat = time.monotonic()
             if self.engine.has_unfinished():
                 self._step()
+
+    def _die(self, exc: BaseException) -> None:
+        """The thread is stopping on an error: end every open stream and every queued add
+        with `EngineDead`, and refuse what comes later (the engine is not freed here: the
+        owner's `close()` does that)."""
+        logger.critical("the engine loop stopped; failing its open requests", exc_info=exc)
+        error = EngineDead(f"the engine loop stopped while this request was running: {exc!r}")
+        with self._post_lock:
+            self._death = exc
+        for stream in self._streams.values():
+            stream.post(error)
+        self._streams.clear()
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(command, _Add):
+                command.post(error)
 
     def _close_on_this_thread(self) -> None:
         """Fail every open stream and every add still queued, then free the engine."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Iterable
 
 import torch
 
@@ -21,7 +22,7 @@ from vlmserve.engine.guided import GuidedDecoding
 from vlmserve.engine.inputs import InputError, InputProcessor, ProcessedInput
 from vlmserve.engine.kv_sizing import plan_kv_cache
 from vlmserve.engine.loading import LoadedModel, load_checkpoint
-from vlmserve.engine.memory import release_memory
+from vlmserve.engine.memory import release_memory, tensor_bytes
 from vlmserve.engine.mm_cache import CachedItem, MultiModalCache
 from vlmserve.engine.outputs import make_request_output
 from vlmserve.engine.prompts import PromptInput, to_prompt
@@ -240,6 +241,20 @@ class LLMEngine:
         # The runner holds the KV tensors and the second reference to the weights.
         del self.runner, self.model
         release_memory(self.device)
+
+    def memory_bytes(self) -> int:
+        """Bytes of the tensors this engine holds (weights, buffers, KV cache), counted from
+        the live tensors rather than the config: the footprint a registry budgets with and
+        expects back when it closes the engine. 0 once closed."""
+        if self.closed:
+            return 0
+        module = self.model
+        weights: Iterable[torch.Tensor] = (
+            itertools.chain(module.parameters(), module.buffers())
+            if isinstance(module, torch.nn.Module)
+            else ()
+        )
+        return tensor_bytes(itertools.chain(weights, self.runner.kv_caches))
 
     def _check_open(self) -> None:
         if self.closed:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import platform
 import sys
+from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
@@ -37,3 +40,22 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     # Host memory too on CUDA: tokenizer tables, grammar caches, staging buffers.
     trim_heap()
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the storage behind `tensors`, each storage counted once (views and tied
+    weights share one)."""
+    seen: dict[tuple[str, int], int] = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        seen[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
+    return sum(seen.values())
+
+
+def process_rss() -> int | None:
+    """This process's resident set in bytes (Linux), or None where it cannot be read."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")

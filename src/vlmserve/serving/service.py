@@ -52,11 +52,14 @@ class Serving:
         self.media = media
 
     @contextlib.asynccontextmanager
-    async def model(self, alias: str) -> AsyncIterator[ModelHandle]:
-        """The registry's `acquire`, its refusals as `ServingError`s (unknown model: 404
-        `model_not_found`; not available now: 503 with Retry-After)."""
+    async def model(
+        self, alias: str, keep_alive: float | None = None
+    ) -> AsyncIterator[ModelHandle]:
+        """The registry's `acquire` (loading the model if needed; `keep_alive` seconds
+        overrides its idle time after this request), its refusals as `ServingError`s
+        (unknown model: 404 `model_not_found`; not available now: 503 with Retry-After)."""
         try:
-            async with self.models.acquire(alias) as handle:
+            async with self.models.acquire(alias, keep_alive) as handle:
                 yield handle
         except RegistryError as exc:
             raise registry_error(exc) from exc

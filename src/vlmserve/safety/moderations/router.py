@@ -163,7 +163,7 @@ def moderation_router(policy: Policy, max_images: int = 1) -> APIRouter:
             served = state.models.list()
             if not served:
                 raise ServingError(404, "this server serves no model", "model", "model_not_found")
-            alias = served[0].info.name
+            alias = served[0].alias
         moderator = Moderator(state.serving, policy)
         salt = cache_salt(request_tenant(request), None)  # a tenant's cache is its own
         async with state.serving.model(alias) as handle:
