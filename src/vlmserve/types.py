@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100  # OpenAI's range for logit_bias values: [-100, 100]
 
 
 class FinishReason(enum.StrEnum):
@@ -72,6 +73,9 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per generated token (0: sampled only)
     skip_special_tokens: bool = True
     structured_outputs: StructuredOutputsParams | None = None
+    # Added to the logits of these token ids before sampling (OpenAI's logit_bias: -100 bans
+    # a token, 100 all but forces it); a grammar's mask still applies after it.
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -113,6 +117,14 @@ class SamplingParams:
             ),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty"),
             (all(t >= 0 for t in self.stop_token_ids), "stop_token_ids must be >= 0"),
+            *_logit_bias_checks(self.logit_bias),
+            (
+                # The grammar decides where a structured output ends; blocking its stop
+                # tokens could leave a step with no allowed token at all.
+                self.min_tokens == 0 or self.structured_outputs is None,
+                "min_tokens cannot be combined with structured_outputs (the grammar decides "
+                "where the output ends)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -123,6 +135,24 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def _logit_bias_checks(bias: dict[int, float] | None) -> list[tuple[bool, str]]:
+    if bias is None:
+        return []
+    checks = []
+    for token, value in bias.items():
+        is_id = isinstance(token, int) and not isinstance(token, bool) and token >= 0
+        checks.append((is_id, f"logit_bias keys must be token ids (ints >= 0), got {token!r}"))
+        in_range = isinstance(value, (int, float)) and -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS
+        checks.append(
+            (
+                in_range,
+                f"logit_bias[{token!r}] must be in [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}], "
+                f"got {value!r}",
+            )
+        )
+    return checks
 
 
 @dataclass

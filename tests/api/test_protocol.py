@@ -49,7 +49,10 @@ def test_format_loc_drops_body_and_union_tags() -> None:
         ({"messages": []}, "messages", "at least 1 item"),
         ({"frobnicate": 1}, "frobnicate", "not a known field"),
         ({"tools": []}, "tools", "not supported"),
-        ({"logit_bias": {}}, "logit_bias", "not supported"),
+        ({"audio": {}}, "audio", "not supported"),
+        ({"logit_bias": {"5": 100.5}}, 'logit_bias["5"]', "less than or equal to 100"),
+        ({"stop_token_ids": [-1]}, "stop_token_ids[0]", "greater than or equal to 0"),
+        ({"min_tokens": -1}, "min_tokens", "greater than or equal to 0"),
         ({"stream_options": {"continuous_usage_stats": True}}, "stream_options", "known field"),
         (
             {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
@@ -82,7 +85,22 @@ def test_field_rejections_name_the_field(fields: dict[str, Any], param: str, nee
             "messages[0].content[0].type",
             "'sound' is not known",
         ),
-        ({"role": "user", "content": [{"text": "x"}]}, "messages[0].content[0].type", "known"),
+        (
+            {"role": "user", "content": [{"text": "x"}]},
+            "messages[0].content[0].type",
+            "'messages[0].content[0].type' is required: a string, one of 'text', 'image_url', "
+            "'video_url', 'input_audio'",
+        ),
+        (
+            {"role": "user", "content": [{"type": None, "text": "x"}]},
+            "messages[0].content[0].type",
+            "is required",
+        ),
+        (
+            {"role": "user", "content": ["just text"]},
+            "messages[0].content[0]",
+            "must be an object with a 'type' field",
+        ),
         (
             {"role": "user", "content": [{"type": "text", "text": "x", "extra": 1}]},
             "messages[0].content[0].extra",
@@ -238,3 +256,33 @@ def test_structured_errors_name_the_field_the_client_sent() -> None:
     via_ext = ChatCompletionRequest.model_validate(chat(structured_outputs={"regex": "("}))
     assert client_param(via_ext, "structured_outputs.regex") == "structured_outputs.regex"
     assert client_param(via_format, "max_tokens") == "max_tokens"
+
+
+def test_vllm_sampling_extensions_and_logit_bias_mapping() -> None:
+    body = CompletionRequest.model_validate(
+        {
+            "model": "m",
+            "prompt": "a",
+            "logit_bias": {"12": -100, "7": 2.5},
+            "stop_token_ids": [3, 4],
+            "min_tokens": 2,
+            "ignore_eos": True,
+            "include_stop_str_in_output": True,
+            "skip_special_tokens": False,
+        }
+    )
+    p = completion_sampling_params(body)
+    assert p.logit_bias == {12: -100.0, 7: 2.5} and p.stop_token_ids == [3, 4]
+    assert (p.min_tokens, p.ignore_eos, p.include_stop_str_in_output) == (2, True, True)
+    assert p.skip_special_tokens is False
+    unset = completion_sampling_params(
+        CompletionRequest.model_validate({"model": "m", "prompt": "a"})
+    )
+    assert unset.logit_bias is None and unset.skip_special_tokens is True
+    with pytest.raises(APIError) as info:
+        completion_sampling_params(
+            CompletionRequest.model_validate(
+                {"model": "m", "prompt": "a", "logit_bias": {"1e3": 1}}
+            )
+        )
+    assert info.value.param == 'logit_bias["1e3"]'

@@ -9,7 +9,7 @@ from PIL import Image
 
 from vlmserve.engine.inputs import InputError
 from vlmserve.offline import LLM
-from vlmserve.types import SamplingParams
+from vlmserve.types import SamplingParams, StructuredOutputsParams
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +149,23 @@ def test_bad_input_is_a_clear_error_and_the_engine_goes_on(
     assert llm.generate("still fine", SamplingParams(max_tokens=2))[0].finished
 
 
+def test_logit_bias_and_token_ids_outside_the_vocabulary(llm: LLM) -> None:
+    greedy = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    free = llm.generate(PROMPT, greedy)[0].outputs[0].token_ids
+    banned = SamplingParams(
+        temperature=0.0, max_tokens=4, ignore_eos=True, logit_bias={free[0]: -100.0}
+    )
+    assert llm.generate(PROMPT, banned)[0].outputs[0].token_ids[0] != free[0]
+    vocab = llm.engine.model_config.vocab_size
+    with pytest.raises(InputError, match="not in this model's vocabulary") as info:
+        llm.generate(PROMPT, SamplingParams(logit_bias={vocab: 1.0}))
+    assert info.value.param == f'logit_bias["{vocab}"]'
+    with pytest.raises(InputError) as info:
+        llm.generate(PROMPT, SamplingParams(stop_token_ids=[1, vocab], min_tokens=1))
+    assert info.value.param == "stop_token_ids[1]"
+    assert not llm.engine.has_unfinished()
+
+
 def test_max_tokens_beyond_the_context_is_rejected(llm: LLM) -> None:
     with pytest.raises(InputError, match="max_tokens=1000 does not fit"):
         llm.generate("hi", SamplingParams(max_tokens=1000))
@@ -162,6 +179,13 @@ def test_invalid_sampling_params_name_the_field() -> None:
         ({"logprobs": 21}, "logprobs"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"min_tokens": 5, "max_tokens": 2}, "min_tokens"),
+        ({"logit_bias": {5: 101.0}}, "logit_bias"),
+        ({"logit_bias": {-1: 1.0}}, "logit_bias keys"),
+        ({"logit_bias": {5: float("nan")}}, "logit_bias"),
+        (
+            {"min_tokens": 2, "structured_outputs": StructuredOutputsParams(choice=["a"])},
+            "min_tokens cannot be combined",
+        ),
     ]:
         with pytest.raises(ValueError, match=field):
             SamplingParams(**kwargs)  # type: ignore[arg-type]

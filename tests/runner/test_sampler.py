@@ -71,3 +71,20 @@ def test_sampling_follows_the_distribution() -> None:
     for _ in range(2000):
         counts[sample(logits, [SamplingRow(SamplingParams(), [0], [], gen, [])]).token_ids[0]] += 1
     assert abs(counts[0] / 2000 - 0.7) < 0.04 and abs(counts[2] / 2000 - 0.1) < 0.03
+
+
+def test_logit_bias_moves_the_choice_but_never_past_the_grammar_mask() -> None:
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0]])
+    greedy = SamplingParams(temperature=0.0, logprobs=0)
+    banned = SamplingParams(temperature=0.0, logprobs=0, logit_bias={0: -100.0})
+    assert sample(logits, [row(greedy)]).token_ids == [0]
+    out = sample(logits, [row(banned)])
+    assert out.token_ids == [1]
+    # Reported logprobs stay the model's own: the bias is a sampling choice.
+    assert out.ranks == [2]
+    forced = SamplingParams(temperature=1.0, logit_bias={3: 100.0})
+    assert {sample(logits, [row(forced, gen=g)]).token_ids[0] for g in range(20)} == {3}
+    # The mask applies after the bias: +100 on a masked token cannot let it through.
+    bitmask = torch.tensor([[0b0110]], dtype=torch.int32)  # tokens 1 and 2 allowed
+    pushed = SamplingParams(temperature=0.0, logit_bias={3: 100.0, 0: 100.0, 2: 5.0})
+    assert sample(logits, [row(pushed)], bitmask, [0]).token_ids == [2]

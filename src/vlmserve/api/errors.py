@@ -54,7 +54,6 @@ UNSUPPORTED_FIELDS = frozenset(
         "parallel_tool_calls",
         "functions",
         "function_call",
-        "logit_bias",
         "audio",
         "modalities",
         "prediction",
@@ -112,13 +111,16 @@ def error_response(error: ServingError) -> JSONResponse:
 
 def format_loc(loc: Sequence[int | str]) -> str | None:
     """("body", "messages", 0, "content", "#parts", 1, "type") -> "messages[0].content[1].type".
-    Segments starting with "#" are union tags (see protocol.py), not fields."""
+    Segments starting with "#" are union tags (see protocol.py), not fields; a key of a map
+    that is not a name is written in brackets (`logit_bias["12345"]`)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         elif part.startswith("#") or (part == "body" and not out):
             continue
+        elif not part.isidentifier() and out:
+            out += f"[{json.dumps(part)}]"  # a map's key: logit_bias["12345"]
         else:
             out += f".{part}" if out else part
     return out or None
@@ -139,10 +141,17 @@ def _describe(err: Mapping[str, Any]) -> tuple[str, str | None]:
         return f"'{param}' is not a known field", param
     if kind == "missing":
         return f"'{param}' is required", param
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
+    if kind == "union_tag_invalid":
         tag = str(ctx.get("tag", "")).lstrip("#")
         expected = str(ctx.get("expected_tags", "")).replace("#", "")
+        if not tag:  # an object without a string "type" (protocol._type_tag)
+            return (
+                f"'{param}.type' is required: a string, one of {expected}",
+                f"{param}.type",
+            )
         return f"'{param}.type' {tag!r} is not known (expected one of {expected})", f"{param}.type"
+    if kind == "union_tag_not_found":
+        return f"'{param}' must be an object with a 'type' field", param
     return f"'{param}': {err.get('msg', 'is invalid')}", param
 
 

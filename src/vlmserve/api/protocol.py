@@ -12,12 +12,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from vlmserve.registry import SpecError, parse_keep_alive
-from vlmserve.types import MAX_TOP_LOGPROBS
+from vlmserve.types import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS
 
 MAX_N = 16  # samples per request: each one costs a full sequence of KV cache
 MAX_STOP_SEQUENCES = 16
 MAX_TOKENS_LIMIT = 2**31 - 1
 INT64 = 2**63
+INT32 = 2**31
+MAX_LOGIT_BIAS_TOKENS = 1024
+MAX_STOP_TOKEN_IDS = 64
 
 
 def keep_alive_seconds(value: float | str | None) -> float | None:
@@ -36,8 +39,15 @@ class StrictModel(BaseModel):
 
 
 def _type_tag(value: Any) -> str | None:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return f"#{kind}" if isinstance(kind, str) else None
+    """ "#<type>" for an object; "#" for an object without a string "type" (errors.py then
+    says the field is required and lists the known types); None for anything else."""
+    if isinstance(value, dict):
+        kind = value.get("type")
+    elif isinstance(value, BaseModel):
+        kind = getattr(value, "type", None)
+    else:
+        return None
+    return f"#{kind}" if isinstance(kind, str) else "#"
 
 
 # -- message content parts --------------------------------------------------------------------
@@ -240,6 +250,17 @@ class SamplingFields(StrictModel):
         description="Ollama extension: how long the model stays loaded once idle after this "
         "request (seconds, '5m', '1h30m'; 0 unload at once; -1 never); default: the model's",
     )
+    logit_bias: dict[str, Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]] | None = (
+        Field(None, max_length=MAX_LOGIT_BIAS_TOKENS, description="token id -> bias")
+    )
+    # vLLM's sampling extensions, with SamplingParams' meanings.
+    stop_token_ids: list[Annotated[int, Field(ge=0, lt=INT32)]] | None = Field(
+        None, max_length=MAX_STOP_TOKEN_IDS
+    )
+    min_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS_LIMIT)
+    ignore_eos: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    skip_special_tokens: bool | None = None
 
     @field_validator("keep_alive")
     @classmethod

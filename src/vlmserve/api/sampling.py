@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from vlmserve.api.errors import APIError
@@ -91,7 +92,9 @@ def _common(request: SamplingFields) -> dict[str, Any]:
         "stop": [request.stop] if isinstance(request.stop, str) else list(request.stop or []),
         "structured_outputs": _structured(request),
     }
-    # Unset fields keep SamplingParams' defaults, which are OpenAI's.
+    if request.logit_bias:
+        fields["logit_bias"] = _logit_bias(request.logit_bias)
+    # Unset fields keep SamplingParams' defaults, which are OpenAI's (vLLM's for its own).
     for name in (
         "temperature",
         "top_p",
@@ -100,6 +103,11 @@ def _common(request: SamplingFields) -> dict[str, Any]:
         "presence_penalty",
         "frequency_penalty",
         "repetition_penalty",
+        "stop_token_ids",
+        "min_tokens",
+        "ignore_eos",
+        "include_stop_str_in_output",
+        "skip_special_tokens",
     ):
         value = getattr(request, name)
         if value is not None:
@@ -107,11 +115,29 @@ def _common(request: SamplingFields) -> dict[str, Any]:
     return fields
 
 
+def _logit_bias(bias: dict[str, float]) -> dict[int, float]:
+    """OpenAI's JSON keys are token ids written as strings; the vocabulary check needs the
+    model and happens when the engine accepts the request."""
+    out = {}
+    for key, value in bias.items():
+        if not (key.isascii() and key.isdigit()) or len(key) > 10:
+            raise APIError(
+                400,
+                f"logit_bias[{json.dumps(key)}]: keys must be token ids (decimal integers as "
+                'strings, like "1234")',
+                f"logit_bias[{json.dumps(key)}]",
+            )
+        out[int(key)] = value
+    return out
+
+
 def _build(fields: dict[str, Any]) -> SamplingParams:
     try:
         return SamplingParams(**fields)
     except ValueError as exc:  # the protocol checks come first; this catches combinations
-        raise APIError(400, str(exc)) from exc
+        # SamplingParams' messages start with the field at fault ("min_tokens (5) must ...").
+        field = str(exc).split(" ", 1)[0]
+        raise APIError(400, str(exc), field if field in fields else None) from exc
 
 
 def chat_sampling_params(request: ChatCompletionRequest) -> SamplingParams:

@@ -30,6 +30,7 @@ from vlmserve.engine.scheduler import ScheduledBatch, Scheduler
 from vlmserve.engine.scoring import ScoringPass
 from vlmserve.engine.sequence import Request, Sequence
 from vlmserve.engine.stopping import append_token, check_stop
+from vlmserve.engine.token_checks import check_token_ids
 from vlmserve.runner.model_runner import MMSlice, ModelRunner, SeqChunk, kv_block_bytes
 from vlmserve.runner.sampler import SamplingRow, sample
 from vlmserve.types import FinishReason, RequestOutput, SamplingParams
@@ -123,6 +124,7 @@ class LLMEngine:
         self._check_open()
         if request_id in self.requests:
             raise InputError(f"request id {request_id!r} is already in use", "request_id")
+        check_token_ids(params, self.model_config.vocab_size)
         processed = prompt if isinstance(prompt, ProcessedInput) else self.prepare(prompt, params)
         if processed.grammar is None and params.structured_outputs is not None:
             processed.grammar = self.guided.compile(params)

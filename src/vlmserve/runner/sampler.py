@@ -1,9 +1,10 @@
 """Turns a batch of logits into next tokens (and logprobs) under each row's parameters.
 
 Order of operations, per row: raw logprobs are taken first (what the model said, as vLLM
-reports them); then min_tokens blocks the stop tokens, penalties apply, the grammar mask
-applies, and finally greedy argmax or temperature / top-k / top-p / min-p sampling with the
-row's own generator (so a seeded request is reproducible whatever it is batched with).
+reports them); then penalties and logit_bias apply, min_tokens blocks the stop tokens, the
+grammar mask applies (last, so no bias can let a masked token through), and finally greedy
+argmax or temperature / top-k / top-p / min-p sampling with the row's own generator (so a
+seeded request is reproducible whatever it is batched with).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def sample(
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
     for i, row in enumerate(rows):
         _apply_penalties(logits[i], row)
+        if row.params.logit_bias:
+            _apply_logit_bias(logits[i], row.params.logit_bias)
         if row.blocked_token_ids:
             logits[i, row.blocked_token_ids] = float("-inf")
     if bitmask is not None and constrained:
@@ -98,6 +101,13 @@ def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:
             : logits.shape[0]
         ].to(logits.dtype)
         logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+
+
+def _apply_logit_bias(logits: torch.Tensor, bias: dict[int, float]) -> None:
+    # Token ids were checked against the vocabulary when the request was accepted.
+    ids = torch.tensor(list(bias), dtype=torch.long, device=logits.device)
+    values = torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+    logits.index_add_(0, ids, values)
 
 
 def _choose(logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
