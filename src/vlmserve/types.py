@@ -166,6 +166,9 @@ class MediaInput:
     data: Any = None
     uuid: str | None = None  # names the item in the media cache (instead of a content hash)
     fps: float | None = None  # a video's sampling rate (None: the engine's default, 2)
+    # An image's pixel budget, below the model's own (None: the model's). The chat API's
+    # `detail: "low"` sets it; the same image at another budget is another cache entry.
+    max_pixels: int | None = None
 
 
 @dataclass
@@ -222,3 +225,5 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics | None = None
     error: str | None = None  # set when finish_reason is "error"
+    # Prompt tokens that carry vision embeddings, by modality ("image", "video").
+    num_media_tokens: dict[str, int] = field(default_factory=dict)

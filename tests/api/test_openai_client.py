@@ -49,6 +49,10 @@ async def test_chat_and_image(client: openai.AsyncOpenAI) -> None:
     )
     assert with_image.usage is not None
     assert with_image.usage.prompt_tokens > completion.usage.prompt_tokens
+    # The SDK's own fields: a 56×56 image is 4×4 patches, 4 tokens after the 2×2 merge.
+    details = with_image.usage.prompt_tokens_details
+    assert details is not None and details.image_tokens == 4
+    assert isinstance(details.cached_tokens, int) and details.model_extra == {}
 
 
 async def test_stream_n_and_logprobs(client: openai.AsyncOpenAI) -> None:

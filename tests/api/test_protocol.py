@@ -110,10 +110,10 @@ def test_field_rejections_name_the_field(fields: dict[str, Any], param: str, nee
         (
             {
                 "role": "user",
-                "content": [{"type": "image_url", "image_url": {"url": "u", "detail": "low"}}],
+                "content": [{"type": "image_url", "image_url": {"url": "u", "detail": "medium"}}],
             },
             "messages[0].content[0].image_url.detail",
-            "only 'auto'",
+            "'auto', 'low' or 'high'",
         ),
     ],
 )

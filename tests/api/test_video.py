@@ -50,7 +50,11 @@ async def test_video_url_is_answered_like_the_engine(
     assert final is not None
     assert body["choices"][0]["message"]["content"] == final.outputs[0].text
     assert body["usage"]["prompt_tokens"] == len(final.prompt_token_ids)
-    assert final.prompt_token_ids.count(engine.model_config.video_token_id) > 1
+    video_tokens = final.prompt_token_ids.count(engine.model_config.video_token_id)
+    assert video_tokens > 1
+    # Video tokens have no OpenAI field: counted apart, only in requests that had a video.
+    details = body["usage"]["prompt_tokens_details"]
+    assert details["video_tokens"] == video_tokens and details["image_tokens"] == 0
 
 
 @pytest.mark.parametrize(

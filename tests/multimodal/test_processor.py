@@ -13,12 +13,15 @@ from transformers import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_resize
 
 from vlmserve.multimodal.processor import (
+    LOW_DETAIL_MAX_PIXELS,
     ImageProcessorConfig,
+    detail_max_pixels,
     load_image_processor_config,
     process_image,
     process_video,
     smart_resize,
     to_rgb,
+    with_max_pixels,
 )
 
 CONFIG = ImageProcessorConfig()
@@ -137,3 +140,24 @@ def test_smaller_max_pixels_from_config_matches_transformers(tiny_qwen2_vl: Path
     pixels, grid = process_image(image, small)
     assert list(grid) == expected["image_grid_thw"][0].tolist()
     assert (pixels - expected["pixel_values"]).abs().max().item() < TOLERANCE
+
+
+def test_detail_budgets(hf: Qwen2VLImageProcessorPil) -> None:
+    assert detail_max_pixels("low") == LOW_DETAIL_MAX_PIXELS
+    assert detail_max_pixels("high") is None and detail_max_pixels("auto") is None
+    assert detail_max_pixels(None) is None
+    with pytest.raises(ValueError, match="detail must be one of auto, low, high"):
+        detail_max_pixels("medium")
+    low = with_max_pixels(CONFIG, LOW_DETAIL_MAX_PIXELS)
+    assert (low.max_pixels, low.min_pixels) == (LOW_DETAIL_MAX_PIXELS, CONFIG.min_pixels)
+    # A budget never rises above the model's nor falls below its minimum.
+    assert with_max_pixels(CONFIG, 10**9).max_pixels == CONFIG.max_pixels
+    assert with_max_pixels(CONFIG, 1).max_pixels == CONFIG.min_pixels
+    # The low budget resizes as transformers does with that max_pixels.
+    image = Image.new("RGB", (1000, 700), "white")
+    _, grid = process_image(image, low)
+    expected = hf_resize(
+        700, 1000, factor=28, min_pixels=CONFIG.min_pixels, max_pixels=low.max_pixels
+    )
+    assert (grid[1] * 14, grid[2] * 14) == expected
+    assert grid[1] * grid[2] // 4 <= 256

@@ -58,17 +58,10 @@ class TextPart(StrictModel):
 
 class ImageURL(StrictModel):
     url: str | None = Field(None, description="data:, http(s): or file: URL")
-    detail: Literal["auto", "low", "high"] | None = None
+    detail: Literal["auto", "low", "high"] | None = Field(
+        None, description="the image's pixel budget: low, high (the model's), auto (high)"
+    )
     uuid: str | None = Field(None, description="names the image in the media cache")
-
-    @field_validator("detail")
-    @classmethod
-    def _only_auto(cls, detail: str | None) -> str | None:
-        # Qwen-VL sizes the image by its own pixel budget; pretending to honour low/high
-        # would silently ignore the request.
-        if detail not in (None, "auto"):
-            raise ValueError(f"detail {detail!r} is not supported; only 'auto'")
-        return detail
 
 
 class ImagePart(StrictModel):

@@ -23,7 +23,13 @@ class ChoiceLogprobs(BaseModel):
 
 
 class PromptTokensDetails(BaseModel):
+    """OpenAI's fields (its SDK's model has `cached_tokens` and `image_tokens`); videos have
+    no OpenAI field, so `video_tokens` is written only when the prompt had a video — strict
+    clients of text and image requests never see a field outside OpenAI's schema."""
+
     cached_tokens: int
+    image_tokens: int
+    video_tokens: int | None = Field(None, exclude_if=lambda value: value is None)
 
 
 class Usage(BaseModel):

@@ -30,6 +30,7 @@ from vlmserve.multimodal.processor import (
     process_image,
     process_video,
     to_rgb,
+    with_max_pixels,
 )
 from vlmserve.structured import CompiledGrammar
 from vlmserve.types import MediaInput, Prompt
@@ -205,13 +206,15 @@ class InputProcessor:
         it only (see mm_cache.py)."""
         modality, data, uuid = media.modality, media.data, media.uuid
         param = f"multi_modal_data.{modality}[{index}]"
+        image_config, budget = self._pixel_budget(media, param)
         if data is None:
             if uuid is None:
                 raise InputError(f"{param} is None and has no uuid", param)
-            cached = self.mm_cache.get(cache_key(namespace, uuid))
+            cached = self.mm_cache.get(cache_key(namespace, uuid + budget))
             if cached is None:
+                at = f" at a budget of {image_config.max_pixels} pixels" if budget else ""
                 raise InputError(
-                    f"{modality} uuid {uuid!r} is not in the media cache; "
+                    f"{modality} uuid {uuid!r} is not in the media cache{at}; "
                     f"send the {modality} data again",
                     param,
                 )
@@ -221,7 +224,7 @@ class InputProcessor:
                 )
             return MultiModalItem(
                 modality,
-                cache_key(namespace, uuid),
+                cache_key(namespace, uuid + budget),
                 0,
                 0,
                 cached.grid_thw,
@@ -236,14 +239,14 @@ class InputProcessor:
                 raise InputError(f"{param} must be a PIL image, got {type(data).__name__}", param)
             image = to_rgb(data)  # transparency onto white, as transformers does
             digest, seconds = content_hash([image]), 1.0
-            preprocess = partial(process_image, image, self.image_config)
+            preprocess = partial(process_image, image, image_config)
         else:
             frames, fps = _video_frames(data, media.fps, param)
             # The sampling rate is part of the hash: it moves Qwen2.5-VL's temporal positions.
             digest = content_hash(frames, f"fps={fps!r}")
             seconds = self.image_config.temporal_patch_size / fps
             preprocess = partial(process_video, frames, self.image_config)
-        key = cache_key(namespace, uuid or digest)
+        key = cache_key(namespace, (uuid or digest) + budget)
         # Data sent under a cached UUID must be what the UUID names: other data is computed
         # (and replaces the entry), never answered from the cache.
         cached = self.mm_cache.get(key, digest)
@@ -256,6 +259,21 @@ class InputProcessor:
         except ValueError as exc:  # sizes the processor cannot take: the caller's input
             raise InputError(f"{param}: {exc}", param) from exc
         return MultiModalItem(modality, key, 0, 0, grid, pixels, None, seconds, digest)
+
+    def _pixel_budget(self, media: MediaInput, param: str) -> tuple[ImageProcessorConfig, str]:
+        """The processor settings for this item and what its cache key adds for them: an
+        image at a lower pixel budget has other embeddings (and fewer tokens), so it must
+        never share a cache entry (or prefix-cache blocks) with the full-budget one."""
+        if media.max_pixels is None:
+            return self.image_config, ""
+        if media.modality != "image":
+            raise InputError(f"{param}: max_pixels applies to images only", param)
+        if not isinstance(media.max_pixels, int) or media.max_pixels < 1:
+            raise InputError(f"{param}: max_pixels must be a positive int", param)
+        config = with_max_pixels(self.image_config, media.max_pixels)
+        if config.max_pixels == self.image_config.max_pixels:
+            return config, ""
+        return config, f"@max_pixels={config.max_pixels}"
 
     def _expand(
         self, ids: list[int], slots: list[int], items: list[MultiModalItem]

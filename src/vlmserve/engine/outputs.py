@@ -35,4 +35,12 @@ def make_request_output(request: Request, finished: bool) -> RequestOutput:
         finished=finished,
         metrics=request.metrics,
         error=request.error,
+        num_media_tokens=media_tokens(request),
     )
+
+
+def media_tokens(request: Request) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in request.mm_items:
+        counts[item.modality] = counts.get(item.modality, 0) + item.length
+    return counts

@@ -65,7 +65,7 @@ async def load_chat_media(media: list[ChatMedia], connector: MediaConnector) -> 
             )
         # The engine needs a video's sampling rate (it spaces M-RoPE time positions).
         video_fps = fps if m.modality == "video" else None
-        out.items.append(MediaInput(m.modality, data, m.uuid, video_fps))
+        out.items.append(MediaInput(m.modality, data, m.uuid, video_fps, m.max_pixels))
     return out
 
 

@@ -10,6 +10,7 @@ the reference on transparent images.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -23,6 +24,18 @@ from PIL import Image
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _MAX_ASPECT_RATIO = 200
+
+# OpenAI's `detail: "low"`: at most 256 image tokens, a 448×448-pixel area (Qwen-VL's merge
+# unit is 28×28 pixels per token) — the low end of the range Qwen's model cards recommend.
+LOW_DETAIL_MAX_PIXELS = 256 * 28 * 28
+DETAILS = ("auto", "low", "high")
+
+
+def detail_max_pixels(detail: str | None) -> int | None:
+    """The pixel budget an image's `detail` asks for; None: the model's own (high, auto)."""
+    if detail not in (None, *DETAILS):
+        raise ValueError(f"detail must be one of {', '.join(DETAILS)}; got {detail!r}")
+    return LOW_DETAIL_MAX_PIXELS if detail == "low" else None
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,15 @@ def load_image_processor_config(folder: str | Path) -> ImageProcessorConfig:
         image_std=_triple(raw.get("image_std", defaults.image_std), "image_std", path),
         rescale_factor=float(raw.get("rescale_factor", defaults.rescale_factor)),
     )
+
+
+def with_max_pixels(config: ImageProcessorConfig, max_pixels: int | None) -> ImageProcessorConfig:
+    """`config` with its pixel budget lowered to `max_pixels`, never below its min_pixels nor
+    above its own budget."""
+    if max_pixels is None:
+        return config
+    budget = max(config.min_pixels, min(max_pixels, config.max_pixels))
+    return dataclasses.replace(config, max_pixels=budget)
 
 
 def smart_resize(

@@ -20,6 +20,7 @@ from jinja2 import Template
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from vlmserve.multimodal.processor import detail_max_pixels
 from vlmserve.multimodal.reserved import ForgedToken, TextSlot, check_rendered
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
@@ -42,6 +43,7 @@ class ChatMedia:
     source: Any  # a URL string, a PIL image, or None (served from the cache by uuid)
     uuid: str | None
     param: str  # where it came from in the request, for error messages
+    max_pixels: int | None = None  # an image's `detail: "low"` budget (None: the model's)
 
 
 @dataclass
@@ -86,7 +88,11 @@ def _media_part(part: dict[str, Any], kind: str, param: str) -> ChatMedia:
         raise PromptError(f"{param}.{kind} needs a 'url' or a 'uuid'", f"{param}.{kind}.url")
     if url is not None and not isinstance(url, str):
         raise PromptError(f"{param}.{kind}.url must be a string", f"{param}.{kind}.url")
-    return ChatMedia(modality, url, uuid, param)
+    try:
+        max_pixels = detail_max_pixels(body.get("detail")) if modality == "image" else None
+    except ValueError as exc:
+        raise PromptError(f"{param}.{kind}.{exc}", f"{param}.{kind}.detail") from exc
+    return ChatMedia(modality, url, uuid, param, max_pixels)
 
 
 @dataclass
