@@ -193,11 +193,18 @@ async def test_completions_rejections(client: httpx.AsyncClient) -> None:
         return {"model": "tiny", "prompt": "hello", **fields}
 
     url = "/v1/completions"
-    assert_error(await client.post(url, json=body(prompt=["a", "b"])), 400, "prompt")
+    assert_error(await client.post(url, json=body(prompt=["a", 5])), 400, "prompt")
+    assert_error(await client.post(url, json=body(prompt=[])), 400, "prompt")
+    assert_error(await client.post(url, json=body(prompt=[[1], []])), 400, "prompt[1]")
     assert_error(await client.post(url, json=body(prompt="<|image_pad|>")), 400, "prompt")
-    assert_error(await client.post(url, json=body(prompt=[10**9])), 400, "prompt")
+    assert_error(await client.post(url, json=body(prompt=["a", "<|image_pad|>"])), 400, "prompt[1]")
+    message = assert_error(await client.post(url, json=body(prompt=[10**9])), 400, "prompt")
+    assert message.startswith("prompt must be ints in")
+    assert_error(await client.post(url, json=body(prompt=[[1], [10**9]])), 400, "prompt[1]")
     assert_error(await client.post(url, json=body(prompt="")), 400, "prompt")
-    assert_error(await client.post(url, json=body(echo=True)), 400, "echo")
+    assert_error(await client.post(url, json=body(prompt=["a"] * 129)), 400, "prompt")
+    message = assert_error(await client.post(url, json=body(suffix="x")), 400, "suffix")
+    assert "not supported" in message
     assert_error(await client.post(url, json=body(logprobs=21)), 400, "logprobs")
     assert_error(await client.post(url, json=body(max_tokens=10**6)), 400, "max_tokens")
 

@@ -24,7 +24,7 @@ async def wait_for_free_blocks(engine: AsyncEngine, expected: int, timeout: floa
 
 
 async def call_and_disconnect(
-    app: FastAPI, body: dict[str, Any], after_s: float | None
+    app: FastAPI, body: dict[str, Any], after_s: float | None, path: str = "/v1/chat/completions"
 ) -> list[Any]:
     """Drives the ASGI app by hand: the client hangs up after the first body chunk
     (`after_s` None) or `after_s` seconds into the request. Returns what was sent."""
@@ -52,8 +52,8 @@ async def call_and_disconnect(
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
         "server": ("test", 80),
@@ -85,6 +85,22 @@ async def test_non_stream_disconnect_frees_blocks(app: FastAPI, async_engine: As
     sent = await call_and_disconnect(app, chat_body(**LONG), after_s=0.05)
     assert sent[0]["status"] == 499  # left before the answer: aborted, not completed
     await wait_for_free_blocks(async_engine, initial)
+
+
+async def test_disconnect_aborts_every_prompt_of_a_completion(
+    app: FastAPI, async_engine: AsyncEngine
+) -> None:
+    initial = async_engine.engine.block_manager.num_free_blocks
+    body = {"model": "tiny", "prompt": ["a", "b", "c"], "n": 2, **LONG}
+    for stream, after_s in ((True, None), (False, 0.05)):
+        sent = await call_and_disconnect(
+            app, {**body, "stream": stream}, after_s, path="/v1/completions"
+        )
+        if stream:
+            assert b"[DONE]" not in b"".join(m.get("body", b"") for m in sent)
+        else:
+            assert sent[0]["status"] == 499
+        await wait_for_free_blocks(async_engine, initial)
 
 
 async def test_64_concurrent_streams(client: httpx.AsyncClient, async_engine: AsyncEngine) -> None:

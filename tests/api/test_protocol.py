@@ -231,12 +231,21 @@ def test_completion_request() -> None:
     body = CompletionRequest.model_validate({"model": "m", "prompt": [1, 2, 3], "logprobs": 2})
     params = completion_sampling_params(body)
     assert params.max_tokens == 16 and params.logprobs == 2
+    for prompt, prompts, params in [
+        ("a", ["a"], ["prompt"]),
+        ([1, 2], [[1, 2]], ["prompt"]),
+        (["a", "b"], ["a", "b"], ["prompt[0]", "prompt[1]"]),
+        ([[1], [2, 3]], [[1], [2, 3]], ["prompt[0]", "prompt[1]"]),
+    ]:
+        body = CompletionRequest.model_validate({"model": "m", "prompt": prompt})
+        assert body.prompts() == prompts
+        assert [body.prompt_param(i) for i in range(len(prompts))] == params
+    for bad in (["a", [1]], [["a"]], {"p": 1}, [True], None):
+        error = rejection({"model": "m", "prompt": bad}, CompletionRequest)
+        assert error.param is not None and error.param.startswith("prompt"), error.message
     assert (
-        "one prompt per request"
-        in rejection({"model": "m", "prompt": ["a", "b"]}, CompletionRequest).message
-    )
-    assert (
-        "echo" in rejection({"model": "m", "prompt": "a", "echo": True}, CompletionRequest).message
+        "list of several prompts"
+        in rejection({"model": "m", "prompt": ["a", [1]]}, CompletionRequest).message
     )
     assert (
         "not supported"

@@ -42,12 +42,18 @@ def completion_logprobs(
     decode: Decode,
     text_offset: int = 0,
 ) -> CompletionLogprobs:
+    """OpenAI's legacy shape. `top_logprobs` always holds the sampled token besides the top
+    `k` (so up to k + 1 entries, and the sampled token alone for `logprobs: 0`), as OpenAI
+    and vLLM answer."""
     result = CompletionLogprobs()
     for token_id, entry in zip(token_ids, entries, strict=True):
         text = decode([token_id])
+        top = dict(_top(entry, k))
+        top.setdefault(token_id, entry[token_id])
+        ranked = sorted(top.items(), key=lambda item: item[1].rank or 0)
         result.tokens.append(text)
         result.token_logprobs.append(entry[token_id].logprob)
-        result.top_logprobs.append({decode([tid]): lp.logprob for tid, lp in _top(entry, k)})
+        result.top_logprobs.append({decode([tid]): lp.logprob for tid, lp in ranked})
         result.text_offset.append(text_offset)
         text_offset += len(text)
     return result

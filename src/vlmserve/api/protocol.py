@@ -7,7 +7,7 @@ drop the tags from error locations and name the field as the client wrote it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
@@ -21,6 +21,7 @@ INT64 = 2**63
 INT32 = 2**31
 MAX_LOGIT_BIAS_TOKENS = 1024
 MAX_STOP_TOKEN_IDS = 64
+MAX_PROMPTS = 128  # prompts in one completion request; each is an engine request of n samples
 
 
 def keep_alive_seconds(value: float | str | None) -> float | None:
@@ -279,18 +280,29 @@ class ChatCompletionRequest(SamplingFields):
 def _prompt_tag(value: Any) -> str | None:
     if isinstance(value, str):
         return "#text"
-    if isinstance(value, list) and all(isinstance(t, int) for t in value):
+    if not isinstance(value, list):
+        return None
+    if all(isinstance(t, int) for t in value):
         return "#tokens"
+    if all(isinstance(p, str) for p in value):
+        return "#texts"
+    if all(isinstance(p, list) for p in value):
+        return "#token_lists"
     return None
 
 
+TokenIds = list[Annotated[int, Field(ge=0)]]
 Prompt = Annotated[
-    Annotated[str, Tag("#text")] | Annotated[list[Annotated[int, Field(ge=0)]], Tag("#tokens")],
+    Annotated[str, Tag("#text")]
+    | Annotated[TokenIds, Tag("#tokens")]
+    | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS), Tag("#texts")]
+    | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS), Tag("#token_lists")],
     Discriminator(
         _prompt_tag,
         custom_error_type="prompt_type",
         custom_error_message=(
-            "prompt must be a string or a list of token ids (one prompt per request)"
+            "prompt must be a string, a list of token ids, or a list of several prompts "
+            "(all strings or all token id lists)"
         ),
     ),
 ]
@@ -302,9 +314,18 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool | None = False
 
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, echo: bool | None) -> bool | None:
-        if echo:
-            raise ValueError("echo is not supported by this server")
-        return echo
+    @property
+    def is_batch(self) -> bool:
+        """A list of prompts (strings or token id lists), not one prompt."""
+        p = self.prompt
+        return not (isinstance(p, str) or not p or isinstance(p[0], int))
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, one per engine request (a single one is a list of one)."""
+        if self.is_batch:
+            return list(cast(list[str] | list[list[int]], self.prompt))
+        return [cast(str | list[int], self.prompt)]
+
+    def prompt_param(self, index: int) -> str:
+        """How the client names prompt `index`: `prompt` alone, `prompt[i]` in a list."""
+        return f"prompt[{index}]" if self.is_batch else "prompt"

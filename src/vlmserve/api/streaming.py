@@ -1,12 +1,17 @@
 """What chat and completion streams share: each choice's delta since its last chunk, and the
-stream's ending (usage chunk, in-band error, `[DONE]`). The endpoints only shape chunks."""
+stream's ending (usage chunk, in-band error, `[DONE]`). The endpoints only shape chunks.
+
+A stream follows one engine request or several (a completion with a list of prompts): a
+*snapshot* is the latest output of each, and its choices are numbered prompt-major, as
+OpenAI numbers them (prompt i's sample j is choice i * n + j)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -20,7 +25,19 @@ from vlmserve.types import CompletionOutput, RequestOutput
 
 logger = logging.getLogger(__name__)
 Choice = TypeVar("Choice")
-ChunkWriter = Callable[[list[Choice], RequestOutput | None], bytes]
+Snapshot = RequestOutput | Sequence[RequestOutput]
+ChunkWriter = Callable[[list[Choice], Snapshot | None], bytes]
+
+
+def snapshot_choices(snapshot: Snapshot, n: int) -> list[CompletionOutput]:
+    """Every choice of the snapshot, its `index` the response's (prompt-major)."""
+    if isinstance(snapshot, RequestOutput):
+        return snapshot.outputs
+    return [
+        dataclasses.replace(c, index=i * n + c.index)
+        for i, output in enumerate(snapshot)
+        for c in output.outputs
+    ]
 
 
 def chunk_writer(
@@ -32,7 +49,7 @@ def chunk_writer(
     # OpenAI sends "usage": null on every chunk only when the client asked for usage.
     exclude = None if include_usage else {"usage"}
 
-    def write(choices: list[Choice], output: RequestOutput | None = None) -> bytes:
+    def write(choices: list[Choice], output: Snapshot | None = None) -> bytes:
         payload = chunk_type(
             id=request_id,
             created=created,
@@ -58,15 +75,16 @@ class DeltaTracker:
     split UTF-8 character) make a chunk only when their logprobs were asked for; a choice that
     finished is never reported again, while its siblings (n > 1) may still run."""
 
-    def __init__(self, n: int, want_logprobs: bool) -> None:
-        self.sent_text = [0] * n
-        self.sent_tokens = [0] * n
-        self.reported = [False] * n
+    def __init__(self, n: int, want_logprobs: bool, num_prompts: int = 1) -> None:
+        self.n = n
+        self.sent_text = [0] * n * num_prompts
+        self.sent_tokens = [0] * n * num_prompts
+        self.reported = [False] * n * num_prompts
         self.want_logprobs = want_logprobs
 
-    def deltas(self, output: RequestOutput) -> list[Delta]:
+    def deltas(self, snapshot: Snapshot) -> list[Delta]:
         out = []
-        for c in output.outputs:
+        for c in snapshot_choices(snapshot, self.n):
             i = c.index
             if self.reported[i]:
                 continue
@@ -82,13 +100,13 @@ class DeltaTracker:
 
 
 async def stream_events(
-    outputs: AsyncGenerator[RequestOutput, None],
+    outputs: AsyncGenerator[Snapshot, None],
     tracker: DeltaTracker,
     choice: Callable[[Delta], Choice],
     chunk: ChunkWriter[Choice],
     include_usage: bool,
 ) -> AsyncGenerator[bytes, None]:
-    last: RequestOutput | None = None
+    last: Snapshot | None = None
     try:
         # Closing this stream (client gone) closes the engine's, which aborts the request.
         async with contextlib.aclosing(outputs):
