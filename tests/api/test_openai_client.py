@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import openai
+import pydantic
 import pytest
 from fastapi import FastAPI
 
@@ -136,3 +138,42 @@ async def test_auth_and_server_errors(
     async with openai_client(app) as client:
         with pytest.raises(openai.InternalServerError):
             await client.chat.completions.create(model=MODEL, messages=USER)  # type: ignore[arg-type]
+
+
+class Label(pydantic.BaseModel):
+    category: Literal["animal", "food", "vehicle", "other"]
+    confidence: float = pydantic.Field(ge=0, le=1)
+
+
+class Review(pydantic.BaseModel):
+    stars: int
+    summary: str
+
+
+async def test_parse_and_budget_closed_answers(client: openai.AsyncOpenAI) -> None:
+    """`parse()` returns the typed object; an answer the budget closed keeps
+    `finish_reason: "length"`, so the SDK raises LengthFinishReasonError — and the JSON the
+    exception carries still validates (the documented workaround, docs/api.md)."""
+    parsed = await client.chat.completions.parse(
+        model=MODEL, messages=USER, response_format=Label, max_tokens=40, temperature=0
+    )
+    choice = parsed.choices[0]
+    assert choice.finish_reason == "stop" and isinstance(choice.message.parsed, Label)
+    # A budget of exactly the shortest valid answer always ends at "length": the engine
+    # closes the JSON with the last token. The 400 for a smaller budget says how many.
+    with pytest.raises(openai.BadRequestError) as small:
+        await client.chat.completions.parse(
+            model=MODEL, messages=USER, response_format=Review, max_tokens=1
+        )
+    needed = re.search(r"the shortest needs (\d+) tokens", str(small.value))
+    assert needed is not None
+    shortest = int(needed.group(1))
+    with pytest.raises(openai.LengthFinishReasonError) as cut:
+        await client.chat.completions.parse(
+            model=MODEL, messages=USER, response_format=Review, max_tokens=shortest, temperature=0
+        )
+    completion = cut.value.completion
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None and completion.usage.completion_tokens == shortest
+    review = Review.model_validate_json(completion.choices[0].message.content or "")
+    assert isinstance(review.stars, int)
