@@ -88,3 +88,7 @@ def test_logit_bias_moves_the_choice_but_never_past_the_grammar_mask() -> None:
     bitmask = torch.tensor([[0b0110]], dtype=torch.int32)  # tokens 1 and 2 allowed
     pushed = SamplingParams(temperature=0.0, logit_bias={3: 100.0, 0: 100.0, 2: 5.0})
     assert sample(logits, [row(pushed)], bitmask, [0]).token_ids == [2]
+    # ... and a -100 bias on the only token the grammar allows still leaves it the choice.
+    only = torch.tensor([[0b0010]], dtype=torch.int32)
+    against = SamplingParams(temperature=1.0, logit_bias={1: -100.0})
+    assert sample(logits, [row(against, gen=0)], only, [0]).token_ids == [1]
