@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 
 from tests.api.conftest import MODEL
+from vlmserve.engine.async_engine import AsyncEngine
+from vlmserve.types import Prompt, SamplingParams
 
 URL = "/v1/completions"
 
@@ -112,8 +114,49 @@ async def test_top_logprobs_always_hold_the_sampled_token(client: httpx.AsyncCli
     assert 3 in sizes
 
 
-async def test_echo_with_logprobs_is_refused_until_prompt_logprobs_exist(
-    client: httpx.AsyncClient,
+async def test_echo_with_logprobs_scores_the_prompt(
+    client: httpx.AsyncClient, async_engine: AsyncEngine
 ) -> None:
-    response = await client.post(URL, json=body(echo=True, logprobs=1))
-    assert response.status_code == 400 and response.json()["error"]["param"] == "echo"
+    # The greedy continuation of A, appended to A: echoed, its tokens' logprobs are the ones
+    # they had when generated (teacher-forced through the engine's scoring pass).
+    a = [100, 200, 300]
+    greedy = SamplingParams(temperature=0.0, max_tokens=3, logprobs=2, ignore_eos=True)
+    final = None
+    async for output in async_engine.generate(Prompt(token_ids=a), greedy, "echo-reference"):
+        final = output
+    assert final is not None
+    (generated,) = final.outputs
+    prompt = a + generated.token_ids
+    answer = await complete(client, prompt=prompt, echo=True, logprobs=2, max_tokens=2)
+    (choice,) = answer["choices"]
+    logprobs = choice["logprobs"]
+    assert len(logprobs["tokens"]) == len(prompt) + 2
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    assert logprobs["text_offset"][0] == 0
+    assert logprobs["text_offset"] == sorted(logprobs["text_offset"])
+    assert "".join(logprobs["tokens"]) == choice["text"]
+    for i, token_id in enumerate(generated.token_ids):
+        expected = generated.logprobs[i][token_id].logprob  # type: ignore[index]
+        assert abs(logprobs["token_logprobs"][len(a) + i] - expected) < 1e-3
+    for top, token, lp in list(
+        zip(logprobs["top_logprobs"], logprobs["tokens"], logprobs["token_logprobs"], strict=True)
+    )[1:]:
+        assert top[token] == lp and 2 <= len(top) <= 3
+        assert list(top.values()) == sorted(top.values(), reverse=True)
+    # Streamed, the first chunk of each choice carries the prompt's part.
+    chunks = await stream(
+        client, prompt=[prompt, a], echo=True, logprobs=2, max_tokens=2, temperature=0
+    )
+    streamed: list[dict[str, list[Any]]] = [
+        {"tokens": [], "token_logprobs": []},
+        {"tokens": [], "token_logprobs": []},
+    ]
+    for chunk in chunks[:-1]:
+        for c in chunk["choices"]:
+            for key in ("tokens", "token_logprobs"):
+                streamed[c["index"]][key] += c["logprobs"][key]
+    assert streamed[0] == {k: logprobs[k] for k in ("tokens", "token_logprobs")}
+    assert len(streamed[1]["tokens"]) == len(a) + 2
+    # A one-token prompt has nothing to score: its only token has no logprob.
+    single = await complete(client, prompt=[100], echo=True, logprobs=0, max_tokens=1)
+    assert single["choices"][0]["logprobs"]["token_logprobs"][0] is None

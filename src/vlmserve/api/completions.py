@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from vlmserve import serving
 from vlmserve.api.auth import request_tenant, require_api_key
 from vlmserve.api.json_body import StrictJSONRoute
-from vlmserve.api.logprobs import completion_logprobs
+from vlmserve.api.logprobs import completion_logprobs, echo_logprobs
 from vlmserve.api.metrics import Metrics, RequestTimer
 from vlmserve.api.params import completion_param, rename
 from vlmserve.api.protocol import CompletionRequest, keep_alive_seconds
@@ -39,6 +39,7 @@ from vlmserve.api.tenants import cache_salt
 from vlmserve.api.usage import usage
 from vlmserve.registry import ModelHandle, ModelInfo
 from vlmserve.serving.batch import final_outputs, merged_outputs
+from vlmserve.serving.scoring import prompt_logprobs
 from vlmserve.types import CompletionOutput
 
 logger = logging.getLogger(__name__)
@@ -46,13 +47,20 @@ router = APIRouter(dependencies=[Depends(require_api_key)], route_class=StrictJS
 
 
 def _logprobs(
-    model: ModelInfo, k: int | None, c: CompletionOutput, start: int, text_offset: int
+    model: ModelInfo,
+    k: int | None,
+    c: CompletionOutput,
+    start: int,
+    text_offset: int,
+    echoed: CompletionLogprobs | None = None,
 ) -> CompletionLogprobs | None:
+    """The logprobs of `c`'s tokens from `start` on, after the echoed prompt's if given."""
     if k is None or c.logprobs is None:
         return None
-    return completion_logprobs(
+    generated = completion_logprobs(
         c.token_ids[start:], c.logprobs[start:], k, model.decode, text_offset
     )
+    return generated if echoed is None else echoed + generated
 
 
 @router.post("/v1/completions", response_model=Completion, responses=STREAM_RESPONSES)
@@ -81,15 +89,26 @@ async def create_completion(
             state.serving.model(body.model, keep_alive_seconds(body.keep_alive))
         )
         generations = await _start(state.serving, handle, body, jobs, state.metrics, held)
-        # What `echo` puts before each prompt's choices: the prompt as text.
+        # What `echo` puts before each prompt's choices: the prompt as text (and its
+        # logprobs, when logprobs were asked for).
         echoes = [
             (p if isinstance(p, str) else handle.info.decode(p)) if body.echo else ""
             for p in prompts
         ]
+        echoed: list[CompletionLogprobs | None] = [None] * len(prompts)
+        if body.echo and params.logprobs is not None:
+            echoed = await _prompt_logprobs(handle, prompts, params.logprobs, request_id, salt)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = _stream(
-                handle.info, generations, request_id, params.logprobs, include_usage, body.n, echoes
+                handle.info,
+                generations,
+                request_id,
+                params.logprobs,
+                include_usage,
+                body.n,
+                echoes,
+                echoed,
             )
             # The stream now holds the model and the engine requests until it ends.
             return sse_response(events, held.pop_all().aclose)
@@ -98,7 +117,7 @@ async def create_completion(
         CompletionChoice(
             index=i * body.n + c.index,
             text=echoes[i] + c.text,
-            logprobs=_logprobs(handle.info, params.logprobs, c, 0, len(echoes[i])),
+            logprobs=_logprobs(handle.info, params.logprobs, c, 0, len(echoes[i]), echoed[i]),
             finish_reason=c.finish_reason,
         )
         for i, final in enumerate(finals)
@@ -142,6 +161,32 @@ async def _start(
     return [r for r in results if isinstance(r, serving.Generation)]
 
 
+async def _prompt_logprobs(
+    handle: ModelHandle,
+    prompts: list[str | list[int]],
+    k: int,
+    request_id: str,
+    salt: str | None,
+) -> list[CompletionLogprobs | None]:
+    """Each prompt's own logprobs (teacher-forced by the engine's scoring pass), for `echo`
+    with `logprobs`; computed together, beside the prompts' generations."""
+    # Tokenized as the engine tokenized them, off the event loop (prompts may be long).
+    ids = [
+        p if isinstance(p, list) else await asyncio.to_thread(handle.info.encode, p)
+        for p in prompts
+    ]
+    entries = await asyncio.gather(
+        *(
+            prompt_logprobs(handle, tokens, k, f"{request_id}-prompt-{i}", salt)
+            for i, tokens in enumerate(ids)
+        )
+    )
+    return [
+        echo_logprobs(tokens, scored, k, handle.info.decode)
+        for tokens, scored in zip(ids, entries, strict=True)
+    ]
+
+
 async def _stream(
     model: ModelInfo,
     generations: list[serving.Generation],
@@ -150,19 +195,28 @@ async def _stream(
     include_usage: bool,
     n: int,
     echoes: list[str],
+    echoed: list[CompletionLogprobs | None],
 ) -> AsyncIterator[bytes]:
     chunk: ChunkWriter[CompletionChoice] = chunk_writer(
         Completion, request_id, model.name, include_usage
     )
-    echoed: set[int] = set()
+    started: set[int] = set()  # choices whose first chunk went out
 
     def choice(d: Delta) -> CompletionChoice:
         c = d.output
-        # A choice's first chunk starts with its prompt when `echo` asked for it.
-        echo = echoes[c.index // n]
-        lead = "" if c.index in echoed else echo
-        echoed.add(c.index)
-        lps = _logprobs(model, k, c, d.first_token, len(echo) + d.first_char)
+        # A choice's first chunk starts with its prompt (and its logprobs) under `echo`.
+        prompt = c.index // n
+        first = c.index not in started
+        started.add(c.index)
+        lead = echoes[prompt] if first else ""
+        lps = _logprobs(
+            model,
+            k,
+            c,
+            d.first_token,
+            len(echoes[prompt]) + d.first_char,
+            echoed[prompt] if first else None,
+        )
         return CompletionChoice(
             index=c.index, text=lead + d.text, logprobs=lps, finish_reason=c.finish_reason
         )

@@ -57,3 +57,18 @@ def completion_logprobs(
         result.text_offset.append(text_offset)
         text_offset += len(text)
     return result
+
+
+def echo_logprobs(
+    prompt_ids: list[int], entries: list[dict[int, Logprob] | None], k: int, decode: Decode
+) -> CompletionLogprobs:
+    """An echoed prompt's logprobs, in the shape of the generated ones; the first token has
+    no logprob (nothing predicts it)."""
+    if not prompt_ids:
+        return CompletionLogprobs()
+    first = decode(prompt_ids[:1])
+    head = CompletionLogprobs(
+        tokens=[first], token_logprobs=[None], top_logprobs=[None], text_offset=[0]
+    )
+    scored = [e for e in entries[1:] if e is not None]
+    return head + completion_logprobs(prompt_ids[1:], scored, k, decode, len(first))

@@ -162,13 +162,6 @@ def chat_sampling_params(request: ChatCompletionRequest) -> SamplingParams:
 
 
 def completion_sampling_params(request: CompletionRequest) -> SamplingParams:
-    if request.echo and request.logprobs is not None:
-        raise APIError(
-            400,
-            "echo with logprobs needs the prompt's logprobs, which this server does not "
-            "compute yet; send echo or logprobs",
-            "echo",
-        )
     fields = _common(request)
     fields["max_tokens"] = request.max_tokens
     fields["logprobs"] = request.logprobs

@@ -180,7 +180,11 @@ class AsyncEngine:
                 yield output
 
     async def score(
-        self, prompt: PromptInput, continuations: list[list[int]], request_id: str
+        self,
+        prompt: PromptInput,
+        continuations: list[list[int]],
+        request_id: str,
+        top_logprobs: int = 0,
     ) -> RequestOutput:
         """The teacher-forced log-probabilities of `continuations` (token id lists) after
         `prompt` (`LLMEngine.add_scoring_request`): one completion per continuation.
@@ -190,7 +194,9 @@ class AsyncEngine:
             return await asyncio.to_thread(self.engine.process_input, prompt)
 
         def admit(processed: ProcessedInput) -> Callable[[LLMEngine], object]:
-            return lambda engine: engine.add_scoring_request(request_id, processed, continuations)
+            return lambda engine: engine.add_scoring_request(
+                request_id, processed, continuations, top_logprobs
+            )
 
         final: RequestOutput | None = None
         async with contextlib.aclosing(self._submit(request_id, prepare, admit)) as outputs:

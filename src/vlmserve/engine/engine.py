@@ -192,15 +192,20 @@ class LLMEngine:
         return request
 
     def add_scoring_request(
-        self, request_id: str, prompt: PromptInput | ProcessedInput, continuations: list[list[int]]
+        self,
+        request_id: str,
+        prompt: PromptInput | ProcessedInput,
+        continuations: list[list[int]],
+        top_logprobs: int = 0,
     ) -> Request:
         """Teacher-forced log-probabilities of `continuations` (token id lists) after
-        `prompt`, one completion each (engine/scoring.py)."""
+        `prompt`, one completion each (engine/scoring.py); `top_logprobs` adds the most
+        likely tokens at every scored position."""
         self._check_open()
         if request_id in self.requests:
             raise InputError(f"request id {request_id!r} is already in use", "request_id")
         processed = prompt if isinstance(prompt, ProcessedInput) else self.process_input(prompt)
-        request = self.scoring.new_request(request_id, processed, continuations)
+        request = self.scoring.new_request(request_id, processed, continuations, top_logprobs)
         self.requests[request_id] = request
         return request
 

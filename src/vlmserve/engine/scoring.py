@@ -16,7 +16,8 @@ Scored positions are never served from the prefix cache (`Sequence.logits_from`)
 are the model's raw ones (log-softmax over the whole vocabulary): no sampling parameter,
 penalty or grammar touches them. The output is a `RequestOutput` with one `CompletionOutput`
 per continuation: `token_ids` the continuation, `logprobs` each token's `{id: Logprob}`
-(logprob and rank), `cumulative_logprob` their sum.
+(logprob and rank; with `top_logprobs`, also the most likely tokens at that position),
+`cumulative_logprob` their sum.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ from vlmserve.engine.inputs import InputError, ProcessedInput
 from vlmserve.engine.scheduler import Scheduler
 from vlmserve.engine.sequence import Request, Sequence
 from vlmserve.runner.model_runner import SeqChunk
-from vlmserve.types import CompletionOutput, FinishReason, Logprob, RequestOutput, SamplingParams
+from vlmserve.types import (
+    MAX_TOP_LOGPROBS,
+    CompletionOutput,
+    FinishReason,
+    Logprob,
+    RequestOutput,
+    SamplingParams,
+)
 
 MAX_CONTINUATIONS = 1024  # each may become a sequence; a request is not a batch job
 
@@ -53,6 +61,10 @@ class ScoringState:
     prompt_len: int
     texts: list[str]  # the continuations decoded
     logprobs: list[list[Logprob | None]]  # per continuation, per token, as they are computed
+    # The `top_logprobs` most likely tokens at each scored position, when asked for (vLLM's
+    # prompt logprobs report them; echo with logprobs on /v1/completions needs them).
+    top_logprobs: int = 0
+    alternatives: list[list[dict[int, Logprob]]] = field(default_factory=list)
     head: Sequence | None = None
     branches: dict[int, int] = field(default_factory=dict)  # seq_id -> continuation index
 
@@ -93,8 +105,14 @@ class ScoringPass:
         request_id: str,
         processed: ProcessedInput,
         continuations: list[list[int]],
+        top_logprobs: int = 0,
     ) -> Request:
         """Check the continuations, build the request and queue its head."""
+        if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InputError(
+                f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {top_logprobs}",
+                "top_logprobs",
+            )
         if not isinstance(continuations, list) or not continuations:
             raise InputError("give at least one continuation to score", "continuations")
         if len(continuations) > MAX_CONTINUATIONS:
@@ -139,6 +157,8 @@ class ScoringPass:
             prompt_len,
             [self.tokenizer.decode(c, skip_special_tokens=False) for c in continuations],
             [[None] * len(c) for c in continuations],
+            top_logprobs,
+            [[{} for _ in c] for c in continuations],
         )
         request = Request(
             request_id,
@@ -207,7 +227,24 @@ class ScoringPass:
                 dests, values.squeeze(1).tolist(), ranks.tolist(), tokens
             ):
                 state.logprobs[k][j] = Logprob(value, rank, self.tokenizer.id_to_token(token))
+            self._record_top(logprobs, dests)
         return logits[keep]
+
+    def _record_top(
+        self, logprobs: torch.Tensor, dests: list[tuple[ScoringState, int, int]]
+    ) -> None:
+        """The most likely tokens of each scored row, for the states that asked for them."""
+        top = max(state.top_logprobs for state, _, _ in dests)
+        if top == 0:
+            return
+        values, ids = logprobs.topk(top, dim=-1)
+        for (state, k, j), row_values, row_ids in zip(dests, values.tolist(), ids.tolist()):
+            state.alternatives[k][j] = {
+                token: Logprob(value, rank, self.tokenizer.id_to_token(token))
+                for rank, (token, value) in enumerate(
+                    zip(row_ids[: state.top_logprobs], row_values), start=1
+                )
+            }
 
     def advance(self) -> dict[str, Request]:
         """After a step: finish the fully computed sequences, start the branches of a
@@ -259,7 +296,13 @@ def score_output(request: Request, finished: bool) -> RequestOutput:
                     sum(e.logprob for e in entries if e is not None) if complete else None
                 ),
                 logprobs=(
-                    [{t: e} for t, e in zip(tokens, entries) if e is not None] if complete else None
+                    [
+                        {t: e, **{a: v for a, v in top.items() if a != t}}
+                        for t, e, top in zip(tokens, entries, state.alternatives[k])
+                        if e is not None
+                    ]
+                    if complete
+                    else None
                 ),
                 finish_reason=str(reason) if reason is not None else None,
             )

@@ -1,7 +1,8 @@
 """Scoring texts after a prompt: each continuation is tokenized with the model's tokenizer and
 the engine's teacher-forced pass (`AsyncEngine.score`) gives its log-probability from raw
-logits, whatever sampling parameters the caller uses elsewhere. Refusals and failures are
-`ServingError`s, like every other serving entry point."""
+logits, whatever sampling parameters the caller uses elsewhere. The same pass gives a
+prompt's own logprobs (`prompt_logprobs`: `echo` with `logprobs` on /v1/completions).
+Refusals and failures are `ServingError`s, like every other serving entry point."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 
 from vlmserve.registry import ModelHandle
 from vlmserve.serving.errors import ServingError, engine_error
-from vlmserve.types import Prompt, RequestOutput
+from vlmserve.types import Logprob, Prompt, RequestOutput
 
 
 @dataclass
@@ -29,8 +30,37 @@ async def score_continuations(handle: ModelHandle, request: ScoreRequest) -> Req
     for i, ids in enumerate(tokens):
         if not ids:
             raise ServingError(400, f"continuations[{i}] is empty", f"continuations[{i}]")
+    return await _score(handle, request.prompt, tokens, request.request_id)
+
+
+async def prompt_logprobs(
+    handle: ModelHandle,
+    token_ids: list[int],
+    top_logprobs: int,
+    request_id: str,
+    cache_salt: str | None = None,
+) -> list[dict[int, Logprob] | None]:
+    """vLLM's prompt logprobs: each prompt token's logprob (and rank, and the
+    `top_logprobs` most likely tokens there) given the tokens before it; the first token
+    has none. The prompt's tail is scored after its first token, teacher-forced."""
+    if len(token_ids) < 2:
+        return [None] * len(token_ids)
+    first = Prompt(token_ids=token_ids[:1], cache_salt=cache_salt)
+    output = await _score(handle, first, [token_ids[1:]], request_id, top_logprobs)
+    (scored,) = output.outputs
+    assert scored.logprobs is not None
+    return [None, *scored.logprobs]
+
+
+async def _score(
+    handle: ModelHandle,
+    prompt: Prompt,
+    tokens: list[list[int]],
+    request_id: str,
+    top_logprobs: int = 0,
+) -> RequestOutput:
     try:
-        output = await handle.engine.score(request.prompt, tokens, request.request_id)
+        output = await handle.engine.score(prompt, tokens, request_id, top_logprobs)
     except Exception as exc:
         mapped = engine_error(exc)
         if mapped is None:
