@@ -60,5 +60,16 @@ def test_strict_json(text: str) -> None:
     assert not check_answer(text, POLICY).json_ok
 
 
+def test_raw_control_characters_are_flagged() -> None:
+    """What vLLM's CPU build answers under a schema with maxLength strings (the peer's README):
+    JSON-shaped, but with raw control characters inside a string."""
+    raw = json.dumps(GOOD).replace("beer sign", "beer\x01sign\x14")
+    check = check_answer(raw, POLICY)
+    assert not check.valid and check.control_chars and "control character" in (check.problem or "")
+    escaped = check_answer(json.dumps({**GOOD, "explanation": "a\x01b\n"}), POLICY)
+    assert escaped.valid and not escaped.control_chars  # escaped as \u0001: valid JSON
+    assert not check_answer(json.dumps(GOOD, indent="\t"), POLICY).control_chars
+
+
 def test_no_content() -> None:
     assert check_answer(None, POLICY).problem == "no content"

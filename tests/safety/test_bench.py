@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
+from benchmarks.safety_bench_compare import main as compare
 
 from tests.safety.conftest import MODEL, ThreadServer
 from tests.safety.fakes import FAKE_MODEL, answer_json, fake_app
 from vlmserve.cli import main
 from vlmserve.safety.bench.cases import bench_cases
+from vlmserve.safety.bench.runner import BenchConfig
 
 TINY_PHASES = [
     "--max-tokens",
@@ -38,6 +40,7 @@ def test_constrained_arm_is_always_valid(live_server: ThreadServer, tmp_path: Pa
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert (results["format"], results["version"]) == ("vlmserve-bench", 1)
+    assert results["verdict"] == {"exit_status": 0, "constrained_invalid": 0, "no_answer": 0}
     records = results["records"]
     cases = len(bench_cases(0))
     assert len(records) == 2 * cases + 2 * 3 + 2 * 4
@@ -49,6 +52,12 @@ def test_constrained_arm_is_always_valid(live_server: ThreadServer, tmp_path: Pa
     assert {r["case"] for r in constrained} == {c.name for c in bench_cases(0)}
     report = (out / "report.md").read_text()
     assert "every answer of" in report and MODEL in report
+    # The machine and how busy it was, and that these phases are not the full default ones.
+    for key in ("machine", "load at start", "load at end"):
+        assert results["meta"][key] and f"- {key}: " in report
+    assert "cores" in results["meta"]["machine"]
+    assert results["meta"]["settings"].startswith("phases changed from the defaults: cases ")
+    assert f"; {len(records)} requests;" in results["meta"]["settings"]
     for name in (
         "throughput_vs_concurrency",
         "latency_vs_concurrency",
@@ -78,9 +87,40 @@ def test_server_that_ignores_response_format_fails_the_bench(
         )
     assert code == 1
     assert "did not enforce response_format" in capsys.readouterr().err
-    assert "did not enforce `response_format`" in (out / "report.md").read_text()
-    records = json.loads((out / "results.json").read_text())["records"]
+    report = (out / "report.md").read_text()
+    assert "did not enforce `response_format`" in report and "exit status: 1." in report
+    results = json.loads((out / "results.json").read_text())
+    records = results["records"]
+    assert results["verdict"] == {
+        "exit_status": 1,
+        "constrained_invalid": sum(r["mode"] == "constrained" for r in records),
+        "no_answer": 0,
+    }
     assert records and all(not r["valid"] and r["fenced"] and r["recoverable"] for r in records)
+
+
+def test_raw_control_characters_in_constrained_answers_fail_the_bench(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that constrains, but lets control characters into strings (vLLM's CPU build
+    with its default grammar engine): the bench exits 1 and the report says what it saw."""
+
+    def leaky(body: dict) -> str:
+        return answer_json("no_issues", explanation="a?b").replace("a?b", "a\x01b")
+
+    with ThreadServer(fake_app(leaky)) as fake:
+        out = tmp_path / "bench"
+        argv = ["bench", "--base-url", fake.url, "--model", FAKE_MODEL, "--out", str(out)]
+        assert main([*argv, *TINY_PHASES]) == 1
+    assert "Invalid control character" in capsys.readouterr().err
+    report = (out / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| solid_black |"))
+    unconstrained, constrained = row.split(" | ")[4:6]
+    assert unconstrained == "not JSON 2, raw control characters 2"
+    assert constrained == "not JSON 4, raw control characters 4 |"
+    cases = len(bench_cases(0))
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert len(records) == 2 * cases + 14 and all(r["control_chars"] for r in records)
 
 
 def test_streaming_measures_time_to_first_token(live_server: ThreadServer, tmp_path: Path) -> None:
@@ -114,3 +154,48 @@ def test_remote_servers_need_allow_remote(
     code = main(["bench", "--base-url", url, "--model", "m", "--out", str(tmp_path / "b")])
     assert code == 2 and "--allow-remote" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_settings_say_whether_the_phases_were_shortened() -> None:
+    full = BenchConfig("m").describe(20)
+    assert full.startswith("default phases: cases 20 × 2 modes; concurrency 1,4,8,16,32 × 20")
+    assert "; 240 requests;" in full
+    for changed in ({"requests_per_level": 5}, {"burst_concurrency": 4}, {"burst_requests": 10}):
+        assert BenchConfig("m", **changed).describe(20).startswith("phases changed")  # type: ignore[arg-type]
+
+
+def test_headline_table_compares_two_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/safety_bench_compare.py (the README's table and plot) on two fake servers:
+    one that follows response_format, one that fences every answer."""
+
+    def follows(body: dict) -> str:
+        valid = answer_json("alcohol")
+        return valid if "response_format" in body else "```json\n" + valid + "\n```"
+
+    outs, codes = {}, {}
+    for name, answer in (("good", follows), ("bad", lambda body: "```json\n{}\n```")):
+        outs[name] = tmp_path / name
+        with ThreadServer(fake_app(answer)) as fake:
+            argv = ["bench", "--base-url", fake.url, "--model", FAKE_MODEL, "--out"]
+            codes[name] = main([*argv, str(outs[name]), *TINY_PHASES])
+    assert codes == {"good": 0, "bad": 1}
+    capsys.readouterr()
+    runs = [f"good={outs['good']}", f"bad={outs['bad']}"]
+    assert compare([*runs, "--levels", "1,3,8", "--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "headline.md").read_text()
+    assert table == capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
+    cases = len(bench_cases(0))
+    assert table.splitlines()[0] == "|  | good | bad | good / bad |"
+    assert (
+        f"| 0/{cases + 4} (0%) | 0/{cases + 4} (0%) |" in rows["valid, unconstrained (all phases)"]
+    )
+    n = cases + 6 + 4
+    assert f"| {n}/{n} (100%) | 0/{n} (0%) |" in rows["valid, constrained (all phases)"]
+    assert "| 0 | 1 |" in rows["bench exit status"]
+    assert "| 1.0 | 1.0 |" in rows["tokens per constrained answer (mean)"]
+    assert {"c=1: req/s", "c=3: p50 / p95 ms", "c=3: valid goodput/s"} <= set(rows)
+    assert not any(key.startswith("c=8") for key in rows)  # not a level of this run
+    assert (tmp_path / "cmp" / "comparison.png").read_bytes().startswith(b"\x89PNG")

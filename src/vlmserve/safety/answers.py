@@ -15,6 +15,10 @@ import jsonschema
 from vlmserve.safety.policy import Policy
 
 _FENCED = re.compile(r"^\s*```[A-Za-z0-9_-]*[ \t]*\n(.*?)\n?```\s*$", re.DOTALL)
+# C0 controls that JSON never allows raw (inside a string they must be escaped; between
+# tokens only tab, LF and CR are whitespace): a grammar engine that lets them through
+# produces answers no strict parser accepts.
+_RAW_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 class _StrictJSONError(ValueError):
@@ -55,6 +59,7 @@ class AnswerCheck:
     recoverable: bool = False  # invalid as sent, valid once the fences are stripped
     extra_fields: list[str] = field(default_factory=list)
     missing_fields: list[str] = field(default_factory=list)
+    control_chars: bool = False  # raw control characters (never valid JSON)
     problem: str | None = None  # the first reason it is not valid; None when valid
     answer: dict[str, Any] | None = None  # the parsed object when valid
 
@@ -75,6 +80,7 @@ def check_answer(content: str | None, policy: Policy) -> AnswerCheck:
         return check
     fence = _FENCED.match(content)
     check.fenced = fence is not None
+    check.control_chars = _RAW_CONTROL.search(content) is not None
     try:
         value = strict_loads(content)
     except ValueError as exc:

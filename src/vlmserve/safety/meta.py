@@ -1,5 +1,6 @@
-"""What a report records about where it was made: the machine, the software versions and
-what the server says about itself."""
+"""What a report records about where it was made: the machine (CPU model, cores, memory, and
+its load averages, since these machines are shared), the software versions and what the server
+says about itself."""
 
 from __future__ import annotations
 
@@ -14,10 +15,31 @@ import httpx
 PACKAGES = ("vlmserve", "httpx", "jsonschema", "pillow", "numpy", "matplotlib")
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what `platform` knows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    processor = platform.processor() or platform.machine()
-    return f"{platform.platform()}, {processor}, {os.cpu_count()} cores, {memory:.0f} GiB"
+    return f"{platform.platform()}, {_cpu_model()}, {os.cpu_count()} cores, {memory:.0f} GiB"
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages: how busy the machine was (others' jobs included)."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min, {os.cpu_count()} cores)"
 
 
 def versions() -> str:

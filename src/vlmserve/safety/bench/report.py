@@ -99,11 +99,13 @@ def write_results(
     summaries: list[Summary],
     config: BenchConfig,
     meta: dict[str, Any],
+    verdict: dict[str, int],
 ) -> None:
     document = {
         "format": FORMAT,
         "version": VERSION,
         "meta": meta,
+        "verdict": verdict,
         "config": dataclasses.asdict(config),
         "summary": [dataclasses.asdict(s) for s in summaries],
         "records": [dataclasses.asdict(r) for run in runs for r in run.records],
@@ -130,6 +132,7 @@ def markdown(
     config: BenchConfig,
     meta: dict[str, Any],
     plots: list[str],
+    verdict: dict[str, int],
 ) -> str:
     bad, errors = unenforced(runs), failed(runs)
     constrained = sum(1 for run in runs for r in run.records if r.mode == "constrained")
@@ -152,6 +155,7 @@ def markdown(
         )
     if errors:
         lines.append(f"{len(errors)} request(s) got no answer (first: {errors[0].error}).")
+    lines.append(f"`vlmserve bench` exit status: {verdict['exit_status']}.")
     streamed = "TTFT p50/p95 ms | " if config.stream else ""
     lines += [
         "",
@@ -179,22 +183,26 @@ def markdown(
         "",
         "## Validity per case (all phases)",
         "",
-        "| case | label | unconstrained valid | constrained valid | unconstrained problems |",
-        "|---|---|---|---|---|",
+        "| case | label | unconstrained valid | constrained valid | unconstrained problems "
+        "| constrained problems |",
+        "|---|---|---|---|---|---|",
     ]
     for case, modes in per_case(runs).items():
         cells = []
         for mode in MODES:
             records = modes[mode]
             cells.append(f"{sum(r.valid for r in records)}/{len(records)}")
-        flags = _flags(modes["unconstrained"])
+        flags = [_flags(modes[mode]) for mode in MODES]
         label = (modes["unconstrained"] or modes["constrained"])[0].label
-        lines.append(f"| {case} | {label} | {cells[0]} | {cells[1]} | {flags} |")
+        lines.append(f"| {case} | {label} | {cells[0]} | {cells[1]} | {flags[0]} | {flags[1]} |")
     lines += ["", "## Plots", "", *[f"![{name}]({name})" for name in plots], ""]
     return "\n".join(lines)
 
 
 def _flags(records: list[Record]) -> str:
+    """What was wrong with the invalid answers among `records` (a valid answer that was, say,
+    closed at max_tokens is not a problem)."""
+    records = [r for r in records if not r.valid]
     counts = {
         "fenced": sum(r.fenced for r in records),
         "recoverable": sum(r.recoverable for r in records),
@@ -202,6 +210,7 @@ def _flags(records: list[Record]) -> str:
         "missing fields": sum(bool(r.missing_fields) for r in records),
         "unknown class": sum(r.best_class is not None and not r.enum_ok for r in records),
         "not JSON": sum(r.error is None and not r.json_ok for r in records),
+        "raw control characters": sum(r.error is None and r.control_chars for r in records),
         "cut by length": sum(r.finish_reason == "length" for r in records),
     }
     return ", ".join(f"{name} {n}" for name, n in counts.items() if n) or "–"

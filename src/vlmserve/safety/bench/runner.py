@@ -45,6 +45,32 @@ class BenchConfig:
         sweep = len(self.concurrency_levels) * self.requests_per_level * len(self.sweep_modes)
         return len(MODES) * (num_cases + self.burst_requests) + sweep
 
+    def describe(self, num_cases: int) -> str:
+        """The phase sizes and request settings in a line, saying whether the phases are the
+        full default ones: a shortened run must say so in its report."""
+        full = BenchConfig(self.model)
+        sizes = (
+            "concurrency_levels",
+            "requests_per_level",
+            "sweep_modes",
+            "burst_requests",
+            "burst_concurrency",
+        )
+        shape = (
+            "default phases"
+            if all(getattr(self, f) == getattr(full, f) for f in sizes)
+            else "phases changed from the defaults"
+        )
+        levels = ",".join(map(str, self.concurrency_levels))
+        return (
+            f"{shape}: cases {num_cases} × {len(MODES)} modes; concurrency {levels} × "
+            f"{self.requests_per_level} ({', '.join(self.sweep_modes)}); burst "
+            f"{self.burst_requests} at {self.burst_concurrency} × {len(MODES)} modes; "
+            f"{self.total_requests(num_cases)} requests; max_tokens {self.max_tokens} "
+            f"(small {self.small_max_tokens}), temperature {self.temperature}, "
+            f"stream {'on' if self.stream else 'off'}, SLO {self.slo_ms:.0f} ms"
+        )
+
     @property
     def max_concurrency(self) -> int:
         return max(1, self.burst_concurrency, *self.concurrency_levels)
@@ -77,6 +103,7 @@ class Record:
     recoverable: bool  # valid only once the markdown fences are stripped
     extra_fields: list[str] = field(default_factory=list)
     missing_fields: list[str] = field(default_factory=list)
+    control_chars: bool = False  # raw control characters in the content
     problem: str | None = None
 
 
@@ -124,6 +151,7 @@ def _record(
         recoverable=check.recoverable,
         extra_fields=check.extra_fields,
         missing_fields=check.missing_fields,
+        control_chars=check.control_chars,
         problem=exchange.error if not answered else check.problem,
     )
 

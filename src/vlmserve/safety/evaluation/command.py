@@ -21,7 +21,7 @@ from vlmserve.safety.evaluation.report import (
     write_outputs,
 )
 from vlmserve.safety.evaluation.runner import EvalSettings, load_dataset, predict
-from vlmserve.safety.meta import report_meta
+from vlmserve.safety.meta import load_average, report_meta
 from vlmserve.safety.policy import Policy
 
 
@@ -38,6 +38,7 @@ async def run_eval(
     items = load_dataset(dataset, policy.class_names)
     baseline = load_baseline(baseline_path) if baseline_path else None
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    load_at_start = load_average()
     async with open_backend(backend_settings, policy, default_model) as backend:
         settings = dataclasses.replace(settings, model=backend.model)
         total = len(items) * settings.trials
@@ -50,6 +51,8 @@ async def run_eval(
         "dataset": str(dataset),
         "base_url": backend_settings.base_url,
         "started": started,
+        "load at start": load_at_start,
+        "load at end": load_average(),
     }
     write_outputs(out, evaluation, results, policy, settings, meta)
     m = evaluation.metrics
