@@ -33,3 +33,11 @@ class EngineClosed(EngineUnavailable):
     """The engine was closed: its memory is released and it serves nothing any more."""
 
     code = "engine_closed"
+
+
+class EngineLost(EngineUnavailable):
+    """The engine running this request went away before it finished (a Ray replica died).
+    The request did nothing the caller saw yet unless it streamed: an answer not sent so far
+    may be run again from the start."""
+
+    code = "engine_lost"

@@ -58,7 +58,11 @@ def _retry_after(seconds: float | None = RETRY_AFTER_S) -> dict[str, str]:
 
 
 def engine_error(exc: BaseException) -> ServingError | None:
-    """The error for an exception out of `AsyncEngine.generate`, or None if unknown."""
+    """The error for an exception out of an engine's `generate`, or None if unknown. An
+    engine that answers for another process (a Ray replica) raises `ServingError`s itself:
+    those pass as they are."""
+    if isinstance(exc, ServingError):
+        return exc
     if isinstance(exc, EngineOverloaded):
         return ServingError(429, str(exc), code="overloaded", headers=_retry_after())
     if isinstance(exc, EngineUnavailable):

@@ -2,6 +2,11 @@
 output is awaited before anything is answered (so input problems the engine finds are still
 a 4xx, not a broken stream), and a caller that leaves aborts the request so its KV blocks
 are freed.
+
+The engine is this process's `AsyncEngine` or one answering from elsewhere (a Ray replica,
+`vlmserve.cluster`): anything with `AsyncEngine.generate`'s signature. An engine lost midway
+(`EngineLost`) costs a whole answer (`final()`) nothing: nothing was sent, so it runs again
+once; a stream has sent its tokens and ends with the error.
 """
 
 from __future__ import annotations
@@ -9,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import cast
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Protocol, cast
 
-from vlmserve.engine.async_engine import AsyncEngine
+from vlmserve.engine.errors import EngineLost
 from vlmserve.serving.errors import ClientDisconnected, ServingError, engine_error
 from vlmserve.types import Prompt, RequestOutput, SamplingParams
 
@@ -22,6 +27,14 @@ DISCONNECT_POLL_S = 0.2
 
 OutputObserver = Callable[[RequestOutput], None]  # sees every output (token timing metrics)
 DisconnectCheck = Callable[[], Awaitable[bool]]  # True once the caller has gone
+
+
+class EngineClient(Protocol):
+    """The request side of an engine (`AsyncEngine`, or a remote one)."""
+
+    def generate(
+        self, prompt: Prompt, params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]: ...
 
 
 def failed_output(output: RequestOutput) -> ServingError | None:
@@ -36,19 +49,23 @@ class Generation:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: EngineClient,
         prompt: Prompt,
         params: SamplingParams,
         request_id: str,
         observe: OutputObserver | None = None,
     ) -> None:
         self.request_id = request_id
-        # generate() is an async generator function; its annotation only says iterator.
-        self._stream = cast(
-            AsyncGenerator[RequestOutput, None], engine.generate(prompt, params, request_id)
-        )
+        self._engine, self._prompt, self._params = engine, prompt, params
+        self._stream = self._open()
         self._observe = observe
         self._first: RequestOutput | None = None
+        self._reruns_left = 1  # after an EngineLost, for a whole answer
+
+    def _open(self) -> AsyncGenerator[RequestOutput, None]:
+        # generate() is an async generator function; its annotation only says iterator.
+        stream = self._engine.generate(self._prompt, self._params, self.request_id)
+        return cast(AsyncGenerator[RequestOutput, None], stream)
 
     async def start(self) -> None:
         try:
@@ -89,7 +106,20 @@ class Generation:
 
     async def final(self, is_disconnected: DisconnectCheck | None = None) -> RequestOutput:
         """The finished output; if `is_disconnected` says the caller left first, abort and
-        raise `ClientDisconnected`."""
+        raise `ClientDisconnected`. A request whose engine was lost midway runs again once."""
+        while True:
+            try:
+                return await self._final(is_disconnected)
+            except ServingError as exc:
+                if not isinstance(exc.__cause__, EngineLost) or self._reruns_left < 1:
+                    raise
+                self._reruns_left -= 1
+                logger.warning("%s: %s; running it again", self.request_id, exc.message)
+                await self._stream.aclose()
+                self._stream, self._first = self._open(), None
+                await self.start()
+
+    async def _final(self, is_disconnected: DisconnectCheck | None) -> RequestOutput:
 
         async def last() -> RequestOutput:
             result: RequestOutput | None = None
