@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint fmt
+.PHONY: serve test test-ray lint fmt
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -29,6 +29,15 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The Ray tests (docs/ray.md): the `ray` extra, then a local Ray instance that the tests start
+# and stop themselves. Kept out of `make test` (they take minutes and need Ray).
+$(VENV)/.installed-ray: $(VENV)/.installed
+	$(PY) -m pip install -q -c constraints.txt -e '.[serve,video,safety,dev,ray]'
+	touch $@
+
+test-ray: $(VENV)/.installed-ray
+	$(PY) -m pytest -q -m ray tests/cluster $(PYTEST_ARGS)
 
 fmt: $(VENV)/.installed
 	$(PY) -m ruff check --fix src tests benchmarks
