@@ -21,6 +21,34 @@ class FinishReason(enum.StrEnum):
     ERROR = "error"  # the request failed inside the engine; other requests go on
 
 
+@dataclass(frozen=True)
+class ToolFunction:
+    """A function the model may call: its name and the JSON schema of its arguments object.
+    `strict`: OpenAI strict-mode rules apply to the schema (see docs/structured.md); the
+    arguments are constrained to the schema either way."""
+
+    name: str
+    parameters: dict[str, Any]
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class ToolCallsConstraint:
+    """Tool calls in the Hermes format (`<tool_call>{"name": ..., "arguments": ...}</tool_call>`,
+    as Qwen2/2.5 write them), each naming one of `functions` with valid arguments.
+
+    `required`: the output is only calls (at least one); otherwise ("auto") it is text, and
+    once the model opens a call the call is constrained. `parallel`: more than one call may
+    follow. `text_schema`: in auto mode, the text is JSON valid against it (a response format).
+    """
+
+    functions: tuple[ToolFunction, ...]
+    required: bool = False
+    parallel: bool = True
+    text_schema: dict[str, Any] | None = None
+    text_strict: bool = False
+
+
 @dataclass
 class StructuredOutputsParams:
     """Exactly one constraint kind must be set (vLLM's `StructuredOutputsParams` names).
@@ -35,12 +63,21 @@ class StructuredOutputsParams:
     grammar: str | None = None
     json_object: bool | None = None
     structural_tag: dict[str, Any] | str | None = None
+    tool_calls: ToolCallsConstraint | None = None
     strict: bool = True
 
     def kind(self) -> str:
         set_kinds = [
             name
-            for name in ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+            for name in (
+                "json",
+                "regex",
+                "choice",
+                "grammar",
+                "json_object",
+                "structural_tag",
+                "tool_calls",
+            )
             if getattr(self, name) not in (None, False)
         ]
         if len(set_kinds) != 1:

@@ -37,7 +37,7 @@ async def test_invalid_json_and_non_object(client: httpx.AsyncClient) -> None:
     ("fields", "param"),
     [
         ({"frobnicate": True}, "frobnicate"),
-        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function"),
         ({"temperature": 3}, "temperature"),
         ({"temperature": "hot"}, "temperature"),
         ({"top_p": 0}, "top_p"),

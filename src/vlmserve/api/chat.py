@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from vlmserve.api.auth import request_tenant, require_api_key
+from vlmserve.api.chat_tools import ToolDeltas, chat_tools, message, name_tool_fields
 from vlmserve.api.json_body import StrictJSONRoute
 from vlmserve.api.logprobs import chat_logprobs
 from vlmserve.api.metrics import RequestTimer
@@ -60,12 +61,14 @@ async def create_chat_completion(
     state = get_state(request)
     # Validated before the model is acquired: a bad request never costs a model load.
     params = chat_sampling_params(body)
+    tools = chat_tools(body)
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     chat = ChatRequest(
         messages,
         params,
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
         cache_salt=cache_salt(request_tenant(request), body.cache_salt),
+        tools=tools,
     )
     if body.user is not None:  # OpenAI's end-user id: for tracing abuse back, so it is logged
         logger.info("%s from user %r", chat.request_id, body.user)
@@ -78,26 +81,36 @@ async def create_chat_completion(
                 handle, chat, RequestTimer(state.metrics).observe
             )
         except ServingError as exc:
+            if tools is not None:
+                name_tool_fields(tools, exc)
             rename(exc, chat_param(body, exc.param))
             raise
         held.push_async_callback(generation.aclose)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            deltas = ToolDeltas(tools, body.n) if tools and tools.parses_calls else None
             events = _stream(
-                handle.info, body.n, params.logprobs, generation, chat.request_id, include_usage
+                handle.info,
+                body.n,
+                params.logprobs,
+                generation,
+                chat.request_id,
+                include_usage,
+                deltas,
             )
             # The stream now holds the model and the engine request until it ends.
             return sse_response(events, held.pop_all().aclose)
         final = await generation.final(request.is_disconnected)
-    choices = [
-        ChatChoice(
-            index=c.index,
-            message=ChatMessageOut(content=c.text),
-            logprobs=_logprobs(handle.info, params.logprobs, c),
-            finish_reason=c.finish_reason,
+    choices = []
+    for c in final.outputs:
+        if tools is not None and tools.parses_calls:
+            out, reason = message(tools, c)
+        else:
+            out, reason = ChatMessageOut(content=c.text), c.finish_reason
+        logprobs = _logprobs(handle.info, params.logprobs, c)
+        choices.append(
+            ChatChoice(index=c.index, message=out, logprobs=logprobs, finish_reason=reason)
         )
-        for c in final.outputs
-    ]
     return ChatCompletion(
         id=chat.request_id,
         created=int(time.time()),
@@ -114,6 +127,7 @@ async def _stream(
     generation: Generation,
     request_id: str,
     include_usage: bool,
+    tool_deltas: ToolDeltas | None = None,
 ) -> AsyncIterator[bytes]:
     chunk: ChunkWriter[ChatChunkChoice] = chunk_writer(
         ChatCompletionChunk, request_id, model.name, include_usage
@@ -131,12 +145,11 @@ async def _stream(
                 c.token_ids[d.first_token :], c.logprobs[d.first_token :], k, model.decode
             )
             lps = ChoiceLogprobs(content=content)
-        return ChatChunkChoice(
-            index=c.index,
-            delta=ChatDelta(content=d.text),
-            logprobs=lps,
-            finish_reason=c.finish_reason,
-        )
+        if tool_deltas is not None:
+            delta, reason = tool_deltas.delta(c)
+        else:
+            delta, reason = ChatDelta(content=d.text), c.finish_reason
+        return ChatChunkChoice(index=c.index, delta=delta, logprobs=lps, finish_reason=reason)
 
     tracker = DeltaTracker(n, k is not None)
     events = stream_events(generation.outputs(), tracker, choice, chunk, include_usage)

@@ -49,9 +49,6 @@ _TYPES = {
 # Fields OpenAI defines that this server cannot honour: naming them beats "unknown field".
 UNSUPPORTED_FIELDS = frozenset(
     {
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
         "functions",
         "function_call",
         "audio",
@@ -65,8 +62,6 @@ UNSUPPORTED_FIELDS = frozenset(
         "best_of",
         "suffix",
         "name",
-        "tool_calls",
-        "tool_call_id",
     }
 )
 

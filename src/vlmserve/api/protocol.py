@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
+from vlmserve.api.protocol_tools import MAX_TOOLS, ChatTool, ChatToolChoice, ToolCallIn
 from vlmserve.registry import SpecError, parse_keep_alive
 from vlmserve.types import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS
 
@@ -120,6 +121,34 @@ MessageContent = Annotated[
 class ChatMessage(StrictModel):
     role: Literal["system", "user", "assistant", "developer"]
     content: MessageContent
+
+
+# -- tool calling in the history (tool definitions: protocol_tools.py) ------------------------
+class AssistantMessage(StrictModel):
+    role: Literal["assistant"]
+    content: MessageContent | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    # What the openai client sends back when a reply is appended to the history as it came.
+    refusal: None = None
+
+
+class ToolMessage(StrictModel):
+    role: Literal["tool"]
+    content: MessageContent
+    tool_call_id: str
+
+
+def _role_tag(value: Any) -> str:
+    role = value.get("role") if isinstance(value, dict) else getattr(value, "role", None)
+    return f"#{role}" if role in ("assistant", "tool") else "#message"
+
+
+AnyMessage = Annotated[
+    Annotated[ChatMessage, Tag("#message")]
+    | Annotated[AssistantMessage, Tag("#assistant")]
+    | Annotated[ToolMessage, Tag("#tool")],
+    Discriminator(_role_tag),
+]
 
 
 def _json_kind_tag(value: Any) -> str | None:
@@ -270,7 +299,10 @@ class SamplingFields(StrictModel):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[AnyMessage] = Field(min_length=1)
+    tools: list[ChatTool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: ChatToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     logprobs: bool | None = False

@@ -21,20 +21,21 @@ from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from vlmserve.multimodal.processor import detail_max_pixels
+from vlmserve.multimodal.prompt_errors import PromptError
 from vlmserve.multimodal.reserved import ForgedToken, TextSlot, check_rendered
+from vlmserve.multimodal.tool_template import (
+    TOOL_CHAT_TEMPLATE,
+    check_reserved,
+    renders_tools,
+    tojson,
+    tool_fields,
+    uses_tools,
+)
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 TEXT_PARTS = ("text",)
 IMAGE_PARTS = ("image_url", "image", "image_pil")
 VIDEO_PARTS = ("video_url", "video")
-
-
-class PromptError(ValueError):
-    """Invalid chat input; `param` names the offending field (e.g. `messages[1].content[0]`)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass
@@ -53,6 +54,7 @@ class ChatPrompt:
 
 
 _ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+_ENV.filters["tojson"] = tojson
 
 
 @functools.lru_cache(maxsize=16)
@@ -117,11 +119,14 @@ def normalize_messages(messages: list[dict[str, Any]], reserved: frozenset[str])
             raise PromptError(
                 f"{param}.role must be one of {', '.join(ROLES)}; got {role!r}", f"{param}.role"
             )
+        tool = tool_fields(message, role, param, reserved)
         content = message.get("content")
+        if content is None and tool.get("tool_calls"):
+            content = ""  # an assistant turn that only calls tools
         if isinstance(content, str):
             text = _check_text(content, f"{param}.content", reserved)
             texts.append(TextSlot(f"{param}.content", text))
-            out.append({"role": role, "content": text})
+            out.append({"role": role, "content": text, **tool})
             continue
         if not isinstance(content, list):
             raise PromptError(
@@ -151,7 +156,7 @@ def normalize_messages(messages: list[dict[str, Any]], reserved: frozenset[str])
                 raise PromptError(
                     f"{pparam}.type {kind!r} is not a known content part type", f"{pparam}.type"
                 )
-        out.append({"role": role, "content": parts})
+        out.append({"role": role, "content": parts, **tool})
     return NormalizedChat(out, media, texts)
 
 
@@ -177,10 +182,19 @@ def build_chat_prompt(
     template: str,
     reserved: frozenset[str],
     add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
 ) -> ChatPrompt:
     """Render `messages` through `template`. `reserved`: every token text only the template
-    may place (the tokenizer's added tokens)."""
+    may place (the tokenizer's added tokens). `tools`: OpenAI-style tool definitions for the
+    template's tools section; a template without one is replaced by the built-in tool
+    template (tool_template.py) whenever tools are offered or the history holds tool calls
+    or results. Tool definitions and calls are JSON in the prompt: each of their strings is
+    checked for reserved tokens on its own (quoted, two never join)."""
     chat = normalize_messages(messages, reserved)
+    if tools:
+        check_reserved(tools, "tools", reserved)
+    if uses_tools(messages, tools) and not renders_tools(template):
+        template = TOOL_CHAT_TEMPLATE
     try:
         compiled = _compile(template)
 
@@ -188,9 +202,12 @@ def build_chat_prompt(
             return compiled.render(
                 messages=_with_texts(chat.messages, text_of),
                 add_generation_prompt=add_generation_prompt,
+                tools=tools or None,
             )
 
-        text = compiled.render(messages=chat.messages, add_generation_prompt=add_generation_prompt)
+        text = compiled.render(
+            messages=chat.messages, add_generation_prompt=add_generation_prompt, tools=tools or None
+        )
         check_rendered(render, text, chat.texts, reserved)
     except TemplateError as exc:
         raise PromptError(f"the chat template failed on these messages: {exc}", "messages") from exc

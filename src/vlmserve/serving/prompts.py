@@ -18,9 +18,10 @@ async def chat_prompt(
     messages: list[dict[str, Any]],
     media: MediaLoader,
     add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
 ) -> Prompt:
     """OpenAI-style `messages` (plain dicts) through the model's chat template, media fetched
-    and decoded in order."""
+    and decoded in order; `tools` (OpenAI-style definitions) for its tools section."""
     template = model.chat_template
     if template is None:
         raise ServingError(
@@ -29,7 +30,9 @@ async def chat_prompt(
             "messages",
         )
     try:
-        chat = build_chat_prompt(messages, template, model.reserved_tokens, add_generation_prompt)
+        chat = build_chat_prompt(
+            messages, template, model.reserved_tokens, add_generation_prompt, tools
+        )
     except PromptError as exc:
         raise ServingError(400, str(exc), exc.param) from exc
     # Counted before anything is fetched: a request over the limit costs no bandwidth.

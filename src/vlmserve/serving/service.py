@@ -26,6 +26,7 @@ from vlmserve.serving.generation import Generation, OutputObserver
 from vlmserve.serving.media import MediaLoader
 from vlmserve.serving.prompts import chat_prompt, completion_prompt
 from vlmserve.serving.scoring import ScoreRequest, score_continuations
+from vlmserve.serving.tools import Tools
 from vlmserve.types import Prompt, RequestOutput, SamplingParams
 
 
@@ -36,6 +37,7 @@ class ChatRequest:
     request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     add_generation_prompt: bool = True
     cache_salt: str | None = None  # shares prefix cache and media UUIDs only with equal salts
+    tools: Tools | None = None  # offered tools and the tool choice (serving/tools.py)
 
 
 @dataclass
@@ -68,13 +70,19 @@ class Serving:
         self, handle: ModelHandle, request: ChatRequest, observe: OutputObserver | None = None
     ) -> Generation:
         """Template, reserved-token and media-count checks, media loading, then the engine
-        request, started: its first output is in (see `Generation`)."""
+        request, started: its first output is in (see `Generation`). With `tools` the
+        output is constrained to the tool choice; reading the calls out of it is the
+        caller's (`parse_output`, `ToolCallStream` in serving/tool_calls.py)."""
+        params, definitions = request.params, None
+        if request.tools is not None:
+            params = request.tools.constrain(params)
+            definitions = request.tools.definitions
         prompt = await chat_prompt(
-            handle.info, request.messages, self.media, request.add_generation_prompt
+            handle.info, request.messages, self.media, request.add_generation_prompt, definitions
         )
         prompt.cache_salt = request.cache_salt
         return await _started(
-            Generation(handle.engine, prompt, request.params, request.request_id, observe)
+            Generation(handle.engine, prompt, params, request.request_id, observe)
         )
 
     async def start_completion(

@@ -13,6 +13,7 @@ already being compiled wait for that compile instead of starting their own.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 import time
@@ -34,7 +35,9 @@ from vlmserve.structured.compiler import build_grammar
 from vlmserve.structured.errors import StructuredOutputError
 from vlmserve.structured.request import SEARCH_NODES, RequestGrammar, TokenView
 from vlmserve.structured.schema import check_bounds
-from vlmserve.types import StructuredOutputsParams
+from vlmserve.structured.tools import PARAM as TOOLS_PARAM
+from vlmserve.structured.tools import check_tool_bounds, tool_calls_grammar
+from vlmserve.types import StructuredOutputsParams, ToolCallsConstraint
 
 DEFAULT_COMPILE_TIMEOUT_S = 5.0
 # A constraint refused for its compile time may compile on a quieter machine: its refusal is
@@ -67,11 +70,14 @@ class CompiledGrammar:
 def _cache_key(params: StructuredOutputsParams) -> str:
     kind = params.kind()
     value = getattr(params, kind)
+    if isinstance(value, ToolCallsConstraint):
+        check_tool_bounds(value)  # before asdict, which recurses
+        value = dataclasses.asdict(value)
     if kind in ("json", "structural_tag") and isinstance(value, str):
         # Invalid JSON is reported by the compile; the raw text is a fine key meanwhile.
         with contextlib.suppress(json.JSONDecodeError):
             value = json.loads(value)
-    if isinstance(value, dict):  # json.dumps below recurses: bound the depth first
+    elif isinstance(value, dict):  # json.dumps below recurses: bound the depth first
         check_bounds(value, f"structured_outputs.{kind}")
     # No sort_keys: property order is part of the constraint (it fixes the output order).
     return json.dumps([kind, value, params.strict if kind in ("json", "structural_tag") else None])
@@ -209,7 +215,9 @@ class StructuredBackend:
             )
 
     def _compile_uncached(self, params: StructuredOutputsParams, key: str) -> CompiledGrammar:
-        param = f"structured_outputs.{params.kind()}"
+        kind = params.kind()
+        # Tool calls are not a `structured_outputs` kind clients send; see tools.py.
+        param = TOOLS_PARAM if kind == "tool_calls" else f"structured_outputs.{kind}"
         try:
             return self._compile_within(params, key, param, self._deadline())
         except TimeoutError as exc:
@@ -235,7 +243,10 @@ class StructuredBackend:
 
         start = time.perf_counter()
         kind = params.kind()
-        grammar = build_grammar(params)
+        if params.tool_calls is not None:
+            grammar = tool_calls_grammar(params.tool_calls)
+        else:
+            grammar = build_grammar(params)
         for tokenizer in (self.tokenizer, byte_tokenizer()):
             check_deadline()
             # The byte vocabulary has no special tokens: a grammar naming one fails here.

@@ -58,14 +58,14 @@ def json_schema_grammar(value: dict[str, Any] | str, strict: bool, param: str) -
     return grammar
 
 
-def _inline_schema(value: dict[str, Any], strict: bool, param: str) -> str:
+def inline_schema(value: dict[str, Any], strict: bool, param: str) -> str:
     """A schema for Lark's `%json {...}`, checked like a top-level one first."""
     json_schema_grammar(value, strict, param)
     enforced = drop_noop_keywords(apply_strict(value) if strict else value)
     return json.dumps({**enforced, "x-guidance": JSON_OPTIONS})
 
 
-def _regex_literal(text: str) -> str:
+def regex_literal(text: str) -> str:
     # Every non-alphanumeric character as \x{..}: no Rust-regex escape surprises (`\<`).
     return "".join(c if c.isalnum() else f"\\x{{{ord(c):x}}}" for c in text)
 
@@ -120,12 +120,12 @@ def structural_tag_grammar(value: dict[str, Any] | str, strict: bool) -> str:
                 param=param,
                 keyword="begin",
             )
-        schema = _inline_schema(item["schema"], strict, f"{where}.schema")
+        schema = inline_schema(item["schema"], strict, f"{where}.schema")
         rest = json.dumps(begin[len(trigger) :]) if begin != trigger else ""
         end = json.dumps(item["end"]) if item["end"] else ""
         bodies[trigger].append(f"{rest} %json {schema} {end}")
     used = [t for t in triggers if bodies[t]]
-    forbidden = "|".join(_regex_literal(t) for t in used)
+    forbidden = "|".join(regex_literal(t) for t in used)
     lines = [
         "start: (" + " | ".join(f"tag{i}" for i in range(len(used))) + ")* tail",
         r"TEXT: /(.|\n)*/",
