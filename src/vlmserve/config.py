@@ -171,7 +171,8 @@ class RegistryConfig:
 
 def data_dir() -> Path:
     """Where durable state lives (the model registry; stored responses): $VLMSERVE_DATA_DIR,
-    else $XDG_DATA_HOME/vlmserve, else ~/.local/share/vlmserve."""
+    else $XDG_DATA_HOME/vlmserve, else ~/.local/share/vlmserve; `vlmserve serve --data-dir`
+    overrides all three."""
     root = os.environ.get("VLMSERVE_DATA_DIR")
     if root:
         return Path(root)

@@ -34,12 +34,15 @@ def _aim(case: schemathesis.Case) -> None:
         # longer than the 10 s read timeout on a loaded 2-core machine. Only valid values
         # are changed: capping an invalid one would make a negative case valid, which
         # schemathesis then fails as "schema-violating request accepted".
-        for field in ("max_tokens", "max_completion_tokens"):
+        fields = ("max_tokens", "max_completion_tokens")
+        if case.operation.path == "/v1/responses":
+            fields = ("max_output_tokens",)
+        for field in fields:
             value = body.get(field)
             if isinstance(value, int) and not isinstance(value, bool) and value > 4:
                 body[field] = 4
-        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
-            body["max_tokens"] = 4
+        if all(body.get(field) is None for field in fields):
+            body[fields[0]] = 4
 
 
 def test_fuzz_openapi(app: FastAPI) -> None:

@@ -1,6 +1,9 @@
-"""`vlmserve serve` as the process owner: it, not the engine, sets torch's thread count."""
+"""`vlmserve serve` as the process owner: it, not the engine, sets torch's thread count; its
+durable state lives in one data dir."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,3 +31,16 @@ def test_run_server_sets_the_thread_count_before_building(
     assert seen == [wanted]
     with pytest.raises(ValueError, match="cpu_threads must be at least 1"):
         ServerConfig(cpu_threads=0)
+
+
+def test_the_registry_and_stored_responses_share_one_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("VLMSERVE_DATA_DIR", str(tmp_path / "env"))
+    assert ServerConfig().state_dir() == tmp_path / "env"
+    assert server.registry_path(ServerConfig()) == str(tmp_path / "env" / server.REGISTRY_FILE)
+    flag = ServerConfig(data_dir=str(tmp_path / "flag"))  # --data-dir wins over the variable
+    assert flag.state_dir() == tmp_path / "flag"
+    assert server.registry_path(flag) == str(tmp_path / "flag" / server.REGISTRY_FILE)
+    explicit = ServerConfig(data_dir=str(tmp_path / "flag"), registry_path="/r.db")
+    assert server.registry_path(explicit) == "/r.db"  # --registry names the file itself

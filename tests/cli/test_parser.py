@@ -53,6 +53,8 @@ def test_flags_map_to_configs() -> None:
             "64MiB",
             "--media-max-bytes-per-item",
             "1M",
+            "--data-dir",
+            "/var/lib/vlm",
         ]
     )
     engine, server, media = build_configs(args, args.model, "name", None)
@@ -65,6 +67,7 @@ def test_flags_map_to_configs() -> None:
     assert engine.kv_cache_memory_bytes == 64 * 2**20
     assert (server.port, server.api_key, server.max_waiting) == (9000, "k", 7)
     assert server.max_request_body_bytes == 32 * 2**20  # the "32MiB" default, parsed
+    assert server.data_dir == "/var/lib/vlm"
     assert media.allowed_media_domains == ("*.example.com",)
     assert media.media_fetch_timeout == MediaFetchTimeout(3, 3, 3)
     assert (media.video_max_frames, media.max_image_pixels) == (8, 1_000_000)

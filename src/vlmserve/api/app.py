@@ -14,7 +14,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.routing import Route
 
 import vlmserve
-from vlmserve.api import admin, chat, completions, errors, routes
+from vlmserve.api import admin, chat, completions, errors, responses_endpoint, routes
 from vlmserve.api.body_limit import BodySizeLimitMiddleware
 from vlmserve.api.errors import CatchAllMiddleware
 from vlmserve.api.metrics import Metrics, RequestCountMiddleware
@@ -25,6 +25,7 @@ from vlmserve.config import MediaConfig
 from vlmserve.multimodal.fetch import Resolver, TransportFactory, resolve_host
 from vlmserve.registry import ModelRegistry
 from vlmserve.serving import MediaLoader, MeteredConnector, Serving
+from vlmserve.serving.response_store import ResponseStore
 
 
 def create_app(
@@ -53,8 +54,11 @@ def create_app(
     )
     app.state.vlm = ServingState(Serving(models, MediaLoader(connector)), config, metrics)
     app.state.tenants = Tenants(config.api_key, config.admin_api_key, config.api_keys_file)
+    # Opened on first use: an app that never stores a response creates no file.
+    app.state.responses = ResponseStore(config.state_dir())
     known: list[Route] = []
-    for router in (chat.router, completions.router, admin.router, routes.router, *extra_routers):
+    routers = (chat.router, completions.router, responses_endpoint.router, admin.router)
+    for router in (*routers, routes.router, *extra_routers):
         app.include_router(router)
         known.extend(r for r in router.routes if isinstance(r, Route))
     errors.install(app)

@@ -62,6 +62,17 @@ UNSUPPORTED_FIELDS = frozenset(
         "best_of",
         "suffix",
         "name",
+        # the Responses API's
+        "background",
+        "conversation",
+        "include",
+        "max_tool_calls",
+        "prompt",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "reasoning",
+        "safety_identifier",
+        "top_logprobs",
     }
 )
 

@@ -25,7 +25,7 @@ from fastapi import APIRouter
 from vlmserve.api.app import create_app
 from vlmserve.api.server_config import ServerConfig
 from vlmserve.api.startup_log import log_model_summary, log_server_summary
-from vlmserve.config import EngineConfig, MediaConfig, data_dir
+from vlmserve.config import EngineConfig, MediaConfig
 from vlmserve.engine.loading import set_cpu_threads
 from vlmserve.registry import LocalEngineHost, ModelRegistry, ModelSpec, RegistryStore
 
@@ -49,7 +49,7 @@ def run_server(
 
 
 def registry_path(config: ServerConfig) -> str:
-    return config.registry_path or str(data_dir() / REGISTRY_FILE)
+    return config.registry_path or str(config.state_dir() / REGISTRY_FILE)
 
 
 def startup_spec(engine_config: EngineConfig, config: ServerConfig) -> ModelSpec:

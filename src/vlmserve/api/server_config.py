@@ -12,6 +12,7 @@ import yaml
 
 from vlmserve.api.tenants import load_keys_file
 from vlmserve.config import RegistryConfig
+from vlmserve.config import data_dir as default_data_dir
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,14 @@ class ServerConfig:
     # torch intra-op threads for the whole process (the server owns it, not an engine);
     # None keeps torch's default (one per core).
     cpu_threads: int | None = None
-    registry_path: str | None = None  # the registry file; None: registry.db in data_dir()
+    registry_path: str | None = None  # the registry file; None: registry.db in state_dir()
     registry: RegistryConfig = field(default_factory=RegistryConfig)  # model lifecycles
+    data_dir: str | None = None  # see state_dir()
+
+    def state_dir(self) -> Path:
+        """The one folder for durable state, the model registry and stored responses alike:
+        `--data-dir`, else vlmserve.config.data_dir()."""
+        return Path(self.data_dir) if self.data_dir else default_data_dir()
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:

@@ -112,6 +112,7 @@ def build_configs(
         cpu_threads=args.cpu_threads,
         registry_path=args.registry,
         registry=registry_config(args),
+        data_dir=args.data_dir,
     )
     return engine_config, server_config, media_config(args)
 

@@ -98,6 +98,13 @@ def _server_flags(serve: argparse.ArgumentParser) -> None:
         help="a Jinja chat template file (default: the tokenizer's)",
     )
     serve.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="durable state: the model registry (registry.db, unless --registry) and stored "
+        "responses (/v1/responses with store) (default: $VLMSERVE_DATA_DIR, else "
+        "$XDG_DATA_HOME/vlmserve, else ~/.local/share/vlmserve)",
+    )
+    serve.add_argument(
         "--max-request-body-bytes",
         type=byte_size,
         default="32MiB",
@@ -122,8 +129,7 @@ def _model_flags(models: Any) -> None:
     models.add_argument(
         "--registry",
         metavar="FILE",
-        help="SQLite file of the registered models (default: registry.db in $VLMSERVE_DATA_DIR, "
-        "else $XDG_DATA_HOME/vlmserve, else ~/.local/share/vlmserve)",
+        help="SQLite file of the registered models (default: registry.db in --data-dir)",
     )
     models.add_argument(
         "--keep-alive",
