@@ -8,7 +8,7 @@ import logging
 
 from vlmserve.api.errors import APIError
 from vlmserve.api.protocol import ChatCompletionRequest
-from vlmserve.api.protocol_tools import NamedToolChoice
+from vlmserve.api.protocol_tools import NamedToolChoice, tool_mode
 from vlmserve.api.responses import (
     ChatDelta,
     ChatMessageOut,
@@ -56,7 +56,7 @@ def chat_tools(body: ChatCompletionRequest) -> Tools | None:
     return Tools(
         definitions=[tool.model_dump(exclude_none=True) for tool in body.tools],
         functions=tuple(functions),
-        mode="required" if named else (choice or "auto"),  # type: ignore[arg-type]
+        mode=tool_mode(choice),
         function=named,
         parallel=body.parallel_tool_calls is not False,
     )

@@ -97,3 +97,12 @@ ResponsesToolChoice = Annotated[
         custom_error_message="tool_choice must be 'none', 'auto', 'required' or a function",
     ),
 ]
+
+
+def tool_mode(
+    choice: ToolChoiceMode | NamedToolChoice | FunctionToolChoice | None,
+) -> ToolChoiceMode:
+    """`required` for a named function (only its calls); `auto` when not given."""
+    if choice is None:
+        return "auto"
+    return choice if isinstance(choice, str) else "required"

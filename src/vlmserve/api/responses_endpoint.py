@@ -21,7 +21,7 @@ from vlmserve.api.errors import ERROR_RESPONSES, APIError
 from vlmserve.api.json_body import StrictJSONRoute
 from vlmserve.api.metrics import RequestTimer
 from vlmserve.api.responses_objects import ResponseDeleted, ResponseObject
-from vlmserve.api.responses_output import ResponseShape, status_of, stream_events
+from vlmserve.api.responses_output import ResponseShape, status_of
 from vlmserve.api.responses_protocol import ResponsesRequest
 from vlmserve.api.responses_request import (
     as_input,
@@ -33,6 +33,7 @@ from vlmserve.api.responses_request import (
     sampling_params,
     tools,
 )
+from vlmserve.api.responses_stream import stream_events
 from vlmserve.api.sse import STREAM_RESPONSES, sse_response
 from vlmserve.api.state import get_state
 from vlmserve.api.tenants import cache_salt

@@ -14,7 +14,7 @@ from fastapi import Request
 from vlmserve.api.auth import request_tenant
 from vlmserve.api.chat_tools import NO_PARAMETERS
 from vlmserve.api.errors import APIError
-from vlmserve.api.protocol_tools import FunctionToolChoice
+from vlmserve.api.protocol_tools import FunctionToolChoice, tool_mode
 from vlmserve.api.responses_protocol import (
     ResponsesRequest,
     TextFormatJSONObject,
@@ -82,7 +82,7 @@ def tools(body: ResponsesRequest) -> Tools | None:
     return Tools(
         definitions=definitions,
         functions=tuple(functions),
-        mode="required" if named else (choice or "auto"),  # type: ignore[arg-type]
+        mode=tool_mode(choice),
         function=named,
         parallel=body.parallel_tool_calls is not False,
     )
