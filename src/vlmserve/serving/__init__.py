@@ -7,6 +7,8 @@ from vlmserve.serving.generation import Generation
 from vlmserve.serving.media import MediaLoader, MeteredConnector
 from vlmserve.serving.scoring import ScoreRequest
 from vlmserve.serving.service import ChatRequest, CompletionRequest, Serving
+from vlmserve.serving.tool_calls import ToolCall, ToolCallStream, parse_output
+from vlmserve.serving.tools import Tools
 
 __all__ = [
     "ChatRequest",
@@ -18,4 +20,8 @@ __all__ = [
     "ScoreRequest",
     "Serving",
     "ServingError",
+    "ToolCall",
+    "ToolCallStream",
+    "Tools",
+    "parse_output",
 ]
