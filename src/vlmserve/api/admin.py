@@ -105,7 +105,14 @@ async def _call(work: Awaitable[T]) -> T:
         raise registry_error(exc) from exc
 
 
-@router.post("/v1/models/register", status_code=201, responses=ADMIN_RESPONSES, tags=["models"])
+# 201 registers; the same spec again is 200 (documented, so clients and fuzzers expect it).
+_REGISTER_RESPONSES = {
+    **ADMIN_RESPONSES,
+    200: {"model": AdminModelCard, "description": "already registered with the same spec"},
+}
+
+
+@router.post("/v1/models/register", status_code=201, responses=_REGISTER_RESPONSES, tags=["models"])
 async def register_model(
     body: RegisterRequest, request: Request, response: Response
 ) -> AdminModelCard:
