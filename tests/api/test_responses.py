@@ -78,6 +78,13 @@ async def test_json_schema_text_format(client: openai.AsyncOpenAI) -> None:
         max_output_tokens=20,
     )
     validate(json.loads(raw.output_text), WEATHER)
+    anything: Any = {"format": {"type": "json_object"}}
+    obj = await client.responses.create(
+        model=MODEL, input="JSON, please.", text=anything, max_output_tokens=12
+    )
+    assert isinstance(json.loads(obj.output_text), dict)  # cut or not, an object
+    assert obj.text is not None and obj.text.format is not None
+    assert obj.text.format.type == "json_object"
 
 
 @pytest.mark.parametrize(
