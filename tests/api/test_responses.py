@@ -63,6 +63,17 @@ async def test_text_and_an_image(client: openai.AsyncOpenAI, tmp_path: Path) -> 
         store=False,
     )
     assert image.usage is not None and image.usage.input_tokens > text.usage.input_tokens + 8
+    # detail as on chat: low caps the image's pixel budget, so it costs fewer tokens.
+    big: Any = [{"type": "input_image", "image_url": png_data_url((672, 672))}]
+    low: Any = [{**big[0], "detail": "low"}]
+    tokens = []
+    for parts in (big, low):
+        answer = await client.responses.create(
+            model=MODEL, input=[{"role": "user", "content": parts}], max_output_tokens=1
+        )
+        assert answer.usage is not None
+        tokens.append(answer.usage.input_tokens)
+    assert tokens[1] < tokens[0], tokens
     assert (tmp_path / FILE_NAME).is_file()  # the first response was stored
 
 
@@ -223,13 +234,16 @@ async def test_stream_events_in_order(client: openai.AsyncOpenAI, tool_choice: s
                 "input": [
                     {
                         "role": "user",
-                        "content": [{"type": "input_image", "image_url": "x", "detail": "high"}],
+                        "content": [
+                            {"type": "input_image", "image_url": "x", "detail": "original"}
+                        ],
                     }
                 ]
             },
             "input[0].content[0].detail",
-            ["auto"],
+            ["original", "low"],
         ),
+        ({"input": [{"content": "x"}]}, "input[0].type", ["message", "function_call"]),
         (
             {
                 "input": [

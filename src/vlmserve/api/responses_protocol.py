@@ -26,10 +26,11 @@ class InputImage(StrictModel):
 
     @field_validator("detail")
     @classmethod
-    def _only_auto(cls, detail: str | None) -> str | None:
-        # As on chat completions: Qwen-VL sizes images by its own pixel budget.
-        if detail not in (None, "auto"):
-            raise ValueError(f"detail {detail!r} is not supported; only 'auto'")
+    def _not_original(cls, detail: str | None) -> str | None:
+        # As chat's image_url.detail: low caps the pixel budget, high and auto are the
+        # model's own; there is no budget beyond the model's for "original".
+        if detail == "original":
+            raise ValueError("detail 'original' is not supported; one of auto, low, high")
         return detail
 
 
@@ -96,7 +97,7 @@ class FunctionCallOutputItem(StrictModel):
 
 def _item_tag(value: Any) -> str | None:
     tag = _type_tag(value)
-    if tag is None and isinstance(value, dict) and "role" in value:
+    if tag == "#" and isinstance(value, dict) and "role" in value:
         return "#message"  # an "easy" message: {"role", "content"} without a type
     return tag
 

@@ -57,8 +57,9 @@ def _item_param(origin: _Origin, rest: str) -> str:
         return origin.calls[int(call.group(1))] + call.group(2)
     if origin.kind == "tool":
         rest = rest.replace(".content", ".output", 1).replace(".tool_call_id", ".call_id", 1)
-    # An image part's URL is `image_url` itself in this API.
-    return origin.param + re.sub(r"\.image_url\.url$", ".image_url", rest)
+    # An image part's URL is `image_url` itself in this API, its detail a sibling.
+    rest = re.sub(r"\.image_url\.url$", ".image_url", rest)
+    return origin.param + re.sub(r"\.image_url\.detail$", ".detail", rest)
 
 
 def _content(content: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
@@ -67,7 +68,10 @@ def _content(content: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     for part in content:
         if part["type"] == "input_image":
-            parts.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
+            image = {"url": part["image_url"]}
+            if part.get("detail") is not None:  # low: a smaller pixel budget, as on chat
+                image["detail"] = part["detail"]
+            parts.append({"type": "image_url", "image_url": image})
         else:  # input_text, output_text
             parts.append({"type": "text", "text": part["text"]})
     return parts
