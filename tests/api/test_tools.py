@@ -209,3 +209,45 @@ async def test_refusals_name_the_field(
         await client.chat.completions.create(model=MODEL, messages=USER, max_tokens=8, **fields)
     assert info.value.param == param, info.value  # type: ignore[attr-defined]
     assert all(word in info.value.message for word in words), info.value.message
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "extra", "param"),
+    [
+        ("required", {"min_tokens": 2}, "min_tokens"),
+        ("none", {"min_tokens": 2}, "min_tokens"),
+        ("auto", {"stop_token_ids": [5]}, "stop_token_ids"),
+        (NAMED, {"stop_token_ids": [5]}, "stop_token_ids"),
+    ],
+)
+async def test_vllm_fields_that_would_break_a_call_are_refused(
+    client: openai.AsyncOpenAI, tool_choice: Any, extra: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(
+            model=MODEL,
+            messages=USER,
+            tools=TOOLS,
+            tool_choice=tool_choice,
+            max_tokens=8,
+            extra_body=extra,
+        )
+    assert info.value.param == param, info.value  # type: ignore[attr-defined]
+
+
+async def test_calls_parse_with_special_tokens_kept_and_eos_ignored(
+    client: openai.AsyncOpenAI,
+) -> None:
+    for extra in ({"skip_special_tokens": False}, {"ignore_eos": True}):
+        for tool_choice in ("required", "auto"):
+            completion = await client.chat.completions.create(
+                model=MODEL,
+                messages=USER,
+                tools=TOOLS,
+                tool_choice=tool_choice,
+                max_tokens=48,
+                seed=3,
+                extra_body=extra,
+            )
+            names = _check_calls(completion.choices[0].message.tool_calls)
+            assert tool_choice == "auto" or names

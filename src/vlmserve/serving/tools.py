@@ -86,15 +86,25 @@ class Tools:
         text (auto) or stays as it is (none). Raises ServingError for a combination the
         grammar cannot express."""
         given = params.structured_outputs
+        if params.min_tokens:
+            # As with any constraint: holding back the end the grammar needs could leave a
+            # step with nothing allowed (SamplingParams refuses the pair).
+            raise ServingError(
+                400,
+                "min_tokens cannot be combined with tools (the grammar decides where the "
+                "output ends)",
+                "min_tokens",
+            )
         if self.mode == "none":
             if given is not None:
                 return params
             return dataclasses.replace(
                 params, structured_outputs=StructuredOutputsParams(grammar=NO_TOOL_CALLS_LARK)
             )
-        if params.stop:
-            # A stop string could cut a call in half: its arguments would not parse.
-            raise ServingError(400, "stop cannot be combined with tool calls", "stop")
+        for field in ("stop", "stop_token_ids"):
+            if getattr(params, field):
+                # A stop could cut a call in half: its arguments would not parse.
+                raise ServingError(400, f"{field} cannot be combined with tool calls", field)
         text_schema: dict[str, Any] | None = None
         text_strict = False
         if self.mode == "auto" and given is not None:
