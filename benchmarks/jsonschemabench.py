@@ -16,6 +16,8 @@ import pathlib
 import sys
 import time
 
+from shared_dir import shared_dir
+
 from vlmserve.structured import StructuredBackend, StructuredOutputError
 from vlmserve.structured.testing import (
     adversarial_logits,
@@ -26,7 +28,6 @@ from vlmserve.structured.testing import (
 )
 from vlmserve.types import StructuredOutputsParams
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 BUDGET_SLACK = (0, 16, 64)  # extra tokens over the shortest valid output, per sample
 
 
@@ -41,7 +42,7 @@ def _reason(error: StructuredOutputError) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--data", type=pathlib.Path, default=REPO / "../shared/data/jsonschemabench"
+        "--data", type=pathlib.Path, default=shared_dir() / "data" / "jsonschemabench"
     )
     parser.add_argument("--limit", type=int, default=None, help="schemas per subset")
     parser.add_argument("--samples", type=int, default=3, help="outputs per compiled schema")
@@ -51,7 +52,8 @@ def main() -> int:
         parser.error(
             f"--data {args.data}: no such folder. It holds JSONSchemaBench's schemas, one "
             "folder per subset of *.json files (github.com/guidance-ai/jsonschemabench, "
-            "data/); the machines this was built on keep a copy in ../shared/data"
+            "data/); the machines this was built on keep a copy in a shared/ folder next to the "
+            "clone (shared/data/jsonschemabench)"
         )
 
     tokenizer = train_byte_level_bpe(4000, stdlib_sources(40))

@@ -38,11 +38,12 @@ import jsonschema
 import numpy as np
 from PIL import Image
 from server_process import NeighbourCpu, Server
+from shared_dir import shared_dir
 
 from vlmserve.safety.policy import load_policy
 
 REPO = Path(__file__).resolve().parent.parent
-PEER_DIR = REPO.parent / "shared" / "peers" / "vllm-cpu"
+PEER_DIR = shared_dir() / "peers" / "vllm-cpu"
 # The content-safety app's default policy: its strict schema and system prompt.
 POLICY = load_policy()
 SCHEMA: dict[str, Any] = POLICY.output_schema()
@@ -374,8 +375,8 @@ def main() -> int:
         where = (
             f"install it with {PEER_DIR / 'install.sh'}"
             if PEER_DIR.is_dir()
-            else f"its scripts live in {PEER_DIR}, a folder next to the clone on the machines "
-            "this was built on, not in the repository (docs/benchmarks.md)"
+            else f"its scripts live in {PEER_DIR}, in a shared/ folder next to the clone on the "
+            "machines this was built on, not in the repository (docs/benchmarks.md)"
         )
         print(
             f"vLLM CPU peer not found ({peer_python}, {PEER_DIR / 'serve.sh'}); it is not part "

@@ -20,6 +20,7 @@ Blocks in other languages (```text outputs, ```yaml, diagrams) are shown, not ru
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -196,3 +197,55 @@ def test_code_blocks_work(path: Path, tmp_path: Path, tiny_qwen2_vl: Path) -> No
             session.run(block)
     finally:
         session.stop_server()
+
+
+def media_flag_table() -> list[tuple[list[str], list[str]]]:
+    """docs/media.md's table of limits: per row, the `MediaConfig` fields and the example
+    flags (as a shell would split them)."""
+    text = (REPO / "docs" / "media.md").read_text()
+    table = text.split("| `MediaConfig` field | Default | Flag |", 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for row in table.strip().splitlines()[1:]:  # past the |---| line
+        fields, _default, flag = (cell.strip() for cell in row.strip("|").split("|"))
+        example = re.search(r"`([^`]+)`", flag)
+        assert example, row
+        rows.append((re.findall(r"`(\w+)`", fields), shlex.split(example.group(1))))
+    return rows
+
+
+def test_docs_media_table_lists_every_limit_with_a_flag_that_sets_it() -> None:
+    defaults = dataclasses.asdict(build_configs(parse_args(["serve"]), "tiny", None, None)[2])
+    rows = media_flag_table()
+    listed = {name for fields, _ in rows for name in fields}
+    assert listed == set(defaults), "docs/media.md's table and MediaConfig differ"
+    for fields, flag in rows:
+        media = build_configs(parse_args(["serve", *flag]), "tiny", None, None)[2]
+        changed = {k for k, v in dataclasses.asdict(media).items() if v != defaults[k]}
+        assert changed == set(fields), f"{shlex.join(flag)} sets {changed}, not its row's fields"
+
+
+def shape(line: str) -> str:
+    """A log line without what changes from run to run: the time, numbers, paths."""
+    line = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", line)
+    line = re.sub(r"(?<![\w.-])/[^\s:;,)]*", "PATH", line)
+    return re.sub(r"\d+(\.\d+)?", "#", line)
+
+
+def test_quickstart_shows_todays_start_up_log(tmp_path: Path, tiny_qwen2_vl: Path) -> None:
+    """docs/quickstart.md's recorded start-up log is what `vlmserve serve` writes today (the
+    lines that only a first run writes aside: the tests' tiny model exists already)."""
+    blocks = code_blocks(REPO / "docs" / "quickstart.md")
+    server = next(b for b in blocks if b.kind == "server")
+    shown = next(b for b in blocks if b.language == "text" and b.line > server.line)
+    session = Session(tmp_path, tiny_qwen2_vl)
+    try:
+        session.start_server(server, session.rewrite(server.code))
+    finally:
+        session.stop_server()
+    written = session.server_log.read_text()
+    got = {shape(line) for line in written.splitlines()}
+    first_run_only = ("vlmserve.cli.tiny: ", "vlmserve.models.progress: ")
+    expected = [line for line in shown.code.splitlines() if not line.startswith(first_run_only, 28)]
+    assert len(expected) >= 10
+    missing = [line for line in expected if shape(line) not in got]
+    assert not missing, f"not written today:\n{chr(10).join(missing)}\n\nwritten:\n{written}"

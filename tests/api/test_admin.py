@@ -189,6 +189,23 @@ async def test_without_an_admin_key_administration_is_off() -> None:
         ({"pinned": "yes"}, "pinned"),
         ({"load_now": 1}, "load_now"),
         ({"quantization": "awq"}, "quantization"),
+        ({"media": "strict"}, "media"),
+        ({"media": {"max_pixels": 5}}, "media.max_pixels"),
+        ({"media": {"max_image_pixels": "5"}}, "media.max_image_pixels"),
+        ({"media": {"max_bytes_per_item": 0}}, "media.max_bytes_per_item"),
+        ({"media": {"allowed_media_domains": []}}, "media.allowed_media_domains"),
+        (
+            {"media": {"allowed_media_domains": ["ok.example", "*"]}},
+            "media.allowed_media_domains[1]",
+        ),
+        ({"media": {"allowed_media_ports": [443, 0]}}, "media.allowed_media_ports[1]"),
+        ({"media": {"allowed_image_formats": ["PNG", "../x"]}}, "media.allowed_image_formats[1]"),
+        # Wider than the server (the default policy): never granted.
+        ({"media": {"allow_private_media_addresses": True}}, "media.allow_private_media_addresses"),
+        ({"media": {"allowed_media_ports": [443, 8080]}}, "media.allowed_media_ports[1]"),
+        ({"media": {"media_max_redirects": 2}}, "media.media_max_redirects"),
+        ({"media": {"max_image_pixels": 10**9}}, "media.max_image_pixels"),
+        ({"media": {"allowed_image_formats": ["PNG", "TIFF"]}}, "media.allowed_image_formats[1]"),
     ],
 )
 async def test_every_bad_payload_is_a_400_naming_the_field(

@@ -104,6 +104,12 @@ def test_refusals_are_one_line_with_status_1(
     status, _, err = run(capsys, "register", "x", "/m", "--max-model-len", "0", *url,
                          "--admin-key", "adm")  # fmt: skip
     assert status == 1 and "'max_model_len'" in err and "(HTTP 400)" in err
+    media = ["--media", '{"max_image_pixels": 1000}', "--json"]
+    status, out, _ = run(capsys, "register", "m", "/m", *media, *url, "--admin-key", "adm")
+    assert status == 0 and json.loads(out)["registration"]["media"] == {"max_image_pixels": 1000}
+    wider = ["--media", '{"allow_private_media_addresses": true}']
+    status, _, err = run(capsys, "register", "w", "/m", *wider, *url, "--admin-key", "adm")
+    assert status == 1 and "'media.allow_private_media_addresses'" in err and "(HTTP 400)" in err
     run(capsys, "register", "broken", "/m", *url, "--admin-key", "adm")
     status, _, err = run(capsys, "load", "broken", "--wait", *url, "--admin-key", "adm")
     assert status == 1 and "its last load failed" in err and "(HTTP 503)" in err

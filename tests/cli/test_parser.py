@@ -4,6 +4,7 @@ MODEL, config files, and the mapping to config objects."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,23 @@ def test_bad_config_files_stop_with_a_message(
     with pytest.raises(SystemExit):
         parse_args(["serve", "--config", str(path)])
     assert needle in capsys.readouterr().err
+
+
+def test_a_second_list_value_taken_as_model_is_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for argv in (
+        ["serve", "--allowed-media-ports", "80", "8080"],
+        ["serve", "--allowed-media-domains", "a.example.com", "b.example.com", "--port", "0"],
+    ):
+        with pytest.raises(SystemExit) as stop:
+            parse_args(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert f"MODEL '{argv[3]}' is no model folder; it follows {argv[1]} {argv[2]}" in err
+        assert "join the values with commas" in err
+    folder = tmp_path / "mymodel"
+    folder.mkdir()
+    with contextlib.chdir(tmp_path):  # a local folder named like a value stays the model
+        assert parse_args(["serve", "--allowed-media-ports", "80", "mymodel"]).model == "mymodel"
+    assert parse_args(["serve", "--allowed-media-ports", "80", "Qwen/X"]).model == "Qwen/X"

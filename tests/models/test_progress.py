@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from vlmserve.models.loader import read_checkpoint
 from vlmserve.models.progress import Progress, step
 from vlmserve.models.tiny import make_tiny_model
 
@@ -71,3 +73,13 @@ def test_make_tiny_model_reports_its_steps(
     said = messages(caplog)
     assert any(m.startswith("training a 300-token tokenizer: done in ") for m in said), said
     assert any(m.startswith("drawing random weights: done in ") for m in said), said
+
+
+def test_reading_a_checkpoint_reports_its_step(
+    tiny_qwen2_vl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="vlmserve")
+    tensors = read_checkpoint(tiny_qwen2_vl, torch.float32, torch.device("cpu"))
+    said = messages(caplog)
+    done = f"loading weights from {tiny_qwen2_vl}: done in "
+    assert tensors and any(m.startswith(done) for m in said), said

@@ -62,6 +62,15 @@ async def wait_for_state(registry: ModelRegistry, alias: str, state: ModelState)
         await asyncio.sleep(0.01)
 
 
+async def wait_in_flight(registry: ModelRegistry, alias: str) -> None:
+    """Until a request holds `alias` (READY alone can be seen before the waiting request
+    wakes up and takes the model: on a loaded machine the test then raced ahead of it)."""
+    deadline = time.monotonic() + BOUND_S
+    while registry.status(alias).in_flight == 0:
+        assert time.monotonic() < deadline, f"no request ever held {alias}"
+        await asyncio.sleep(0.01)
+
+
 async def test_twenty_first_requests_cause_one_load(close_after: list[ModelRegistry]) -> None:
     host = FakeHost(load_s=0.3)
     registry = await registry_with(close_after, host, "a")
@@ -185,7 +194,7 @@ async def test_eviction_drains_a_busy_model_without_cutting_it(
     host = FakeHost(token_s=0.02)
     registry = await registry_with(close_after, host, "a", "b", max_loaded_models=1)
     running = asyncio.create_task(generate(registry, "a", 25))  # ~0.5 s
-    await wait_for_state(registry, "a", ModelState.READY)
+    await wait_in_flight(registry, "a")
     await asyncio.sleep(0.05)
     assert await generate(registry, "b") == 1
     assert running.done() and running.result() == 25  # drained, not cut
@@ -200,7 +209,7 @@ async def test_an_eviction_past_the_drain_timeout_is_abandoned(
         close_after, host, "a", "b", max_loaded_models=1, drain_timeout=0.2
     )
     running = asyncio.create_task(generate(registry, "a", 50))  # ~1 s
-    await wait_for_state(registry, "a", ModelState.READY)
+    await wait_in_flight(registry, "a")
     start = time.monotonic()
     with pytest.raises(ModelUnavailable, match="evicting 'a' was abandoned") as raised:
         await generate(registry, "b")
@@ -351,7 +360,7 @@ async def test_remove_drains_first_and_new_requests_find_nothing(
     host = FakeHost(token_s=0.02)
     registry = await registry_with(close_after, host, "a")
     running = asyncio.create_task(generate(registry, "a", 20))
-    await wait_for_state(registry, "a", ModelState.READY)
+    await wait_in_flight(registry, "a")
     await asyncio.sleep(0.05)
     removing = asyncio.create_task(registry.remove("a"))
     await asyncio.sleep(0.05)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from vlmserve.multimodal.policy import MediaOverrides
 from vlmserve.registry import ModelSpec, RegistryFileError, RegistryStore, SpecConflict
 from vlmserve.registry import store as store_module
 
@@ -108,6 +109,7 @@ def test_migrations_run_in_order_each_in_its_transaction(
     store = RegistryStore(path)
     store.register(SPEC)
     store.close()
+    SCHEMA_VERSION = store_module.SCHEMA_VERSION
 
     def add_notes(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE models ADD COLUMN notes TEXT")
@@ -121,9 +123,45 @@ def test_migrations_run_in_order_each_in_its_transaction(
     with pytest.raises(RegistryFileError, match="simulated failure"):
         RegistryStore(path)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2  # the good step stayed
+        # The good step stayed.
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
         columns = [row[1] for row in conn.execute("PRAGMA table_info(models)")]
         assert "notes" in columns and "other" not in columns  # the failed one rolled back
     monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:-1])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     assert [m.spec for m in RegistryStore(path).models()] == [SPEC]
+
+
+def test_a_version_1_file_gains_media_overrides_and_keeps_its_models(tmp_path: Path) -> None:
+    """The file as vlmserve wrote it before media overrides (schema 1): migrated in place,
+    its models override nothing; afterwards overrides are stored and read back."""
+    path = tmp_path / "registry.db"
+    with sqlite3.connect(path) as conn:
+        store_module.MIGRATIONS[0](conn)
+        conn.execute(
+            "INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            ("old", "/models/old", '{"max_model_len": 512}', None, None, 0, 3, 1.0, 2.0, 7, 0.5),
+        )
+        conn.execute("PRAGMA user_version = 1")
+    store = RegistryStore(path)
+    (old,) = store.models()
+    assert old.spec == ModelSpec("old", "/models/old", max_model_len=512)
+    assert (old.revision, old.memory_bytes, old.load_seconds) == (3, 7, 0.5)
+    media = MediaOverrides(allowed_media_domains=("*.example.com",), max_image_pixels=1000)
+    store.replace(ModelSpec("old", "/models/old", max_model_len=512, media=media), 3)
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
+    (reread,) = RegistryStore(path).models()
+    assert reread.spec.media == media and reread.revision == 4
+
+
+def test_stored_media_overrides_that_no_longer_read_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    store = RegistryStore(path)
+    store.register(SPEC)
+    store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("""UPDATE models SET media = '{"max_pixels": 5}'""")
+    with pytest.raises(RegistryFileError, match="max_pixels"):
+        RegistryStore(path)

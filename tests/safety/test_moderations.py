@@ -36,7 +36,7 @@ from vlmserve.api.app import create_app
 from vlmserve.config import MediaConfig
 from vlmserve.engine.async_engine import AsyncEngine
 from vlmserve.multimodal.fetch import MediaConnector, Resolver, TransportFactory
-from vlmserve.registry import ModelHandle, ModelInfo, ModelRegistry
+from vlmserve.registry import ModelHandle, ModelInfo, ModelRegistry, ModelSpec, RegistryStore
 from vlmserve.safety.moderations import moderation_router
 from vlmserve.safety.policy import Policy, load_policy, policy_from_dict
 from vlmserve.safety.scores import class_paths, softmax
@@ -344,3 +344,25 @@ async def test_bad_requests_name_the_field(
     error = response.json()["error"]
     assert error["param"] == param and needle in error["message"], error
     assert "results" not in response.json()
+
+
+async def test_a_request_without_model_uses_the_pinned_model(safety_engine: AsyncEngine) -> None:
+    """The registration listed first (an unpinned model loaded on demand, here one that
+    cannot load) is not the default: the command line's pinned model is."""
+    store = RegistryStore()
+    store.register(ModelSpec("listed-first", "/nonexistent/model"))
+    models = ModelRegistry(
+        [ModelHandle(ModelInfo.from_engine(safety_engine.engine, MODEL), safety_engine)],
+        store=store,
+    )
+    assert [s.alias for s in models.list()] == ["listed-first", MODEL]
+    app = create_app(
+        models,
+        media_resolver=offline_resolver,
+        extra_routers=[moderation_router(load_policy())],
+    )
+    async with openai_client(app) as client:
+        answer = await client.moderations.create(input="Cold beer on tap", extra_body=FAST)
+    assert answer.model == MODEL
+    assert models.status("listed-first").state == "registered"  # never asked to load
+    store.close()

@@ -25,6 +25,8 @@ from vlmserve.api.errors import ADMIN_RESPONSES, APIError
 from vlmserve.api.model_cards import AdminModelCard, admin_card
 from vlmserve.api.protocol import StrictModel, keep_alive_seconds
 from vlmserve.api.state import get_state
+from vlmserve.config import MediaConfig
+from vlmserve.multimodal.policy import MediaOverrides, PolicyError
 from vlmserve.registry import (
     ModelSpec,
     RegistryError,
@@ -36,6 +38,24 @@ from vlmserve.serving.errors import registry_error
 
 router = APIRouter(dependencies=[Depends(require_model_admin)])
 T = TypeVar("T")
+
+
+class MediaPolicy(StrictModel):
+    """What this model narrows of the server's media policy (never widens; docs/registry.md)."""
+
+    allowed_media_domains: list[str] | None = Field(
+        None, description="hosts or '*.suffix' patterns, within the server's"
+    )
+    allow_private_media_addresses: bool | None = Field(
+        None, description="false refuses private addresses; true only if the server allows them"
+    )
+    allowed_media_ports: list[int] | None = None
+    media_max_redirects: int | None = None
+    max_bytes_per_item: int | None = None
+    max_bytes_per_request: int | None = None
+    max_image_pixels: int | None = None
+    allowed_image_formats: list[str] | None = None
+    video_max_frames: int | None = None
 
 
 class ModelSettings(StrictModel):
@@ -56,16 +76,26 @@ class ModelSettings(StrictModel):
         None, description="idle time before unloading: seconds, '5m', '1h30m'; -1 never"
     )
     pinned: bool = False
+    media: MediaPolicy | None = None
 
     @field_validator("keep_alive")
     @classmethod
     def _keep_alive(cls, value: float | str | None) -> float | None:
         return keep_alive_seconds(value)
 
-    def spec(self, alias: str) -> ModelSpec:
-        fields = self.model_dump(include=set(ModelSettings.model_fields))
+    def spec(self, alias: str, server_media: MediaConfig) -> ModelSpec:
+        """The registration, checked; its media overrides may only narrow `server_media`."""
+        fields = self.model_dump(include=set(ModelSettings.model_fields) - {"media"})
         try:
-            return ModelSpec(alias=alias, **fields)
+            given = self.media.model_dump(exclude_none=True) if self.media else {}
+            media = MediaOverrides.from_dict(given)
+            widenings = media.widenings(server_media)
+            if widenings:
+                raise widenings[0]
+            return ModelSpec(alias=alias, media=media, **fields)
+        except PolicyError as exc:
+            field = f"media.{exc.field}"
+            raise APIError(400, f"'{field}': {exc.reason}", field) from exc
         except SpecError as exc:
             raise APIError(400, str(exc), exc.field) from exc
 
@@ -116,8 +146,9 @@ _REGISTER_RESPONSES = {
 async def register_model(
     body: RegisterRequest, request: Request, response: Response
 ) -> AdminModelCard:
-    models = get_state(request).models
-    spec = body.spec(body.alias)
+    state = get_state(request)
+    models = state.models
+    spec = body.spec(body.alias, state.media.connector.config)
     status, created = await _call(models.register(spec, load=body.load_now))
     if body.load_now and body.wait:
         status = await _call(models.load(spec.alias, wait=True))
@@ -128,8 +159,10 @@ async def register_model(
 
 @router.put("/v1/models/{alias:path}", responses=ADMIN_RESPONSES, tags=["models"])
 async def replace_model(alias: str, body: ReplaceRequest, request: Request) -> AdminModelCard:
-    models = get_state(request).models
-    status = await _call(models.replace(body.spec(alias), body.expected_revision))
+    state = get_state(request)
+    models = state.models
+    spec = body.spec(alias, state.media.connector.config)
+    status = await _call(models.replace(spec, body.expected_revision))
     if body.wait:
         status = await _call(models.load(alias, wait=True))
     return admin_card(status)

@@ -47,8 +47,10 @@ def create_app(
         version=vlmserve.__version__,
         description="OpenAI-compatible serving of vision-language models. See docs/api.md.",
     )
-    # The registry's stats, not an engine's: metrics must not keep an unloaded engine alive.
-    metrics = Metrics(models.engine_stats)
+    # Read through the registry, never from an engine: metrics must not keep an unloaded
+    # engine alive.
+    metrics = Metrics(models.engine_stats, models.list)
+    models.events.subscribe(metrics.on_model_event)
     connector = MeteredConnector(
         media_config, metrics.observe_media, media_resolver, media_transport
     )

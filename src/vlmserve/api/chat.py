@@ -78,7 +78,7 @@ async def create_chat_completion(
         )
         try:
             generation = await state.serving.start_chat(
-                handle, chat, RequestTimer(state.metrics).observe
+                handle, chat, RequestTimer(state.metrics, handle.info.name).observe
             )
         except ServingError as exc:
             if tools is not None:

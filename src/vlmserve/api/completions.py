@@ -144,7 +144,10 @@ async def _start(
     each one started is aborted with `held` unless it finishes. A refusal names the prompt
     as the client wrote it (`prompt[2]` in a list)."""
     results = await asyncio.gather(
-        *(service.start_completion(handle, job, RequestTimer(metrics).observe) for job in jobs),
+        *(
+            service.start_completion(handle, job, RequestTimer(metrics, handle.info.name).observe)
+            for job in jobs
+        ),
         return_exceptions=True,
     )
     for result in results:

@@ -99,7 +99,7 @@ async def create_response(
         shape = ResponseShape(response_id, handle.info.name, echoed(body), offered)
         try:
             generation = await state.serving.start_chat(
-                handle, chat, RequestTimer(state.metrics).observe
+                handle, chat, RequestTimer(state.metrics, handle.info.name).observe
             )
         except ServingError as exc:
             name_fields(exc, conversation, offered)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import vlmserve
 from vlmserve.cli.config_file import apply_config_file
@@ -81,7 +82,27 @@ def _parse(
         if any(arg in lists for arg in used):
             message += f" ({LIST_FLAG_HINT})"
         (serve if args.command == "serve" else parser).error(message)
+    if args.command == "serve":
+        _second_list_value_as_model(serve, args, argv if argv is not None else sys.argv[1:])
     return args
+
+
+def _second_list_value_as_model(
+    serve: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
+) -> None:
+    """`--allowed-media-ports 80 8080` makes 8080 the MODEL. When that MODEL is no folder and
+    no hub id (owner/name) either, it could only fail later, after the start-up log, as a
+    missing model: say now that it was meant as a second value."""
+    model = args.model
+    if model is None or "/" in model or Path(model).exists():
+        return
+    lists = {o for a in serve._actions if isinstance(a, CommaList) for o in a.option_strings}
+    for i in range(2, len(argv)):
+        if argv[i] == model and argv[i - 2] in lists:
+            serve.error(
+                f"MODEL {model!r} is no model folder; it follows {argv[i - 2]} {argv[i - 1]}: "
+                f"{LIST_FLAG_HINT}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,6 +98,13 @@ def _register_flags(register: argparse.ArgumentParser) -> None:
     settings.add_argument(
         "--pinned", action="store_true", help="load now and never unload it for idleness"
     )
+    settings.add_argument(
+        "--media",
+        type=json_object,
+        metavar="JSON",
+        help="media policy overrides, narrower than the server's, e.g. "
+        '\'{"allowed_media_domains": ["*.example.com"], "max_image_pixels": 4000000}\'',
+    )
     register.add_argument("--load-now", action="store_true", help="start loading it now")
     register.add_argument("--wait", action="store_true", help="with --load-now: until ready")
 
@@ -113,6 +120,7 @@ _SETTINGS = (
     "tokenizer",
     "max_waiting",
     "keep_alive",
+    "media",
 )
 
 

@@ -10,6 +10,7 @@ are delegated to `local.py`. See docs/media.md for the policy and its reasons.
 from __future__ import annotations
 
 import asyncio
+import copy
 import ipaddress
 import socket
 import string
@@ -31,6 +32,7 @@ from vlmserve.multimodal.budget import ByteBudget
 from vlmserve.multimodal.errors import MediaError, MediaErrorCode
 from vlmserve.multimodal.formats import MediaKind, require_allowed_format
 from vlmserve.multimodal.local import load_data_url, load_file_url
+from vlmserve.multimodal.policy import MediaOverrides
 
 # (host, port) -> every address the host resolves to. Tests inject stubs here.
 Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
@@ -104,10 +106,21 @@ class MediaConnector:
 
         self._transport_factory = transport_factory
         self._slots = asyncio.Semaphore(config.max_concurrent_fetches)
+        self.model_domains: tuple[str, ...] = ()  # a served model's own allow-list (narrowed)
         timeout = config.media_fetch_timeout
         self._timeout = httpx.Timeout(
             connect=timeout.connect, read=timeout.read, write=timeout.read, pool=timeout.connect
         )
+
+    def narrowed(self, overrides: MediaOverrides) -> MediaConnector:
+        """This connector under a model's narrower policy (policy.py), sharing the fetch
+        slots (the server-wide cap), DNS and network."""
+        if overrides.empty:
+            return self
+        view = copy.copy(self)
+        view.config = overrides.apply(self.config)
+        view.model_domains = overrides.allowed_media_domains or ()
+        return view
 
     async def fetch(
         self,
@@ -229,6 +242,14 @@ class MediaConnector:
                 MediaErrorCode.DOMAIN_NOT_ALLOWED,
                 f"host {host!r} is not in the server's --allowed-media-domains "
                 f"({','.join(patterns)})",
+                item_index,
+            )
+        if self.model_domains and not domain_allowed(host, self.model_domains):
+            raise MediaError(
+                MediaErrorCode.DOMAIN_NOT_ALLOWED,
+                f"host {host!r} is not in this model's allowed media domains "
+                f"({','.join(self.model_domains)}: media.allowed_media_domains of its "
+                "registration)",
                 item_index,
             )
         port = port if port is not None else (443 if scheme == "https" else 80)

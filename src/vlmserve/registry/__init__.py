@@ -12,6 +12,7 @@ from vlmserve.registry.errors import (
     SpecConflict,
     SpecError,
 )
+from vlmserve.registry.events import EventKind, ModelEvent
 from vlmserve.registry.host import EngineHost, Loaded, LocalEngineHost
 from vlmserve.registry.info import ModelInfo
 from vlmserve.registry.registry import ModelRegistry
@@ -21,8 +22,10 @@ from vlmserve.registry.store import RegistryStore, StoredModel
 __all__ = [
     "NEVER",
     "EngineHost",
+    "EventKind",
     "Loaded",
     "LocalEngineHost",
+    "ModelEvent",
     "ModelHandle",
     "ModelInfo",
     "ModelNotFound",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmserve.engine.engine import LLMEngine
+from vlmserve.multimodal.policy import NO_OVERRIDES, MediaOverrides
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,16 @@ class ModelInfo:
     media_limits: dict[str, int]  # most media items per request, by modality
     decode: Callable[[list[int]], str]  # token ids -> text, for logprob entries
     encode: Callable[[str], list[int]]  # text -> token ids, for continuations to score
+    # What its registration narrows of the server's media policy (multimodal/policy.py).
+    media_policy: MediaOverrides = NO_OVERRIDES
 
     @classmethod
     def from_engine(
-        cls, engine: LLMEngine, name: str | None, chat_template: str | None = None
+        cls,
+        engine: LLMEngine,
+        name: str | None,
+        chat_template: str | None = None,
+        media_policy: MediaOverrides = NO_OVERRIDES,
     ) -> ModelInfo:
         # Only the tokenizer is captured (by `decode`), never the engine: the info outlives
         # an unloaded model's memory.
@@ -42,4 +49,5 @@ class ModelInfo:
             media_limits=engine.config.mm_limits,
             decode=lambda ids: tokenizer.tokenizer.decode(ids, skip_special_tokens=False),
             encode=tokenizer.encode,
+            media_policy=media_policy,
         )

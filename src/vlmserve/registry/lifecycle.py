@@ -22,6 +22,7 @@ from vlmserve.config import RegistryConfig
 from vlmserve.registry.budget import choose_victim, over_budget, shortfall
 from vlmserve.registry.entry import Entry, LoadAttempt, ModelHandle, ModelState, Signal, Version
 from vlmserve.registry.errors import ModelNotFound, ModelUnavailable
+from vlmserve.registry.events import EventKind, Listeners
 from vlmserve.registry.host import EngineHost, Loaded
 from vlmserve.registry.store import RegistryStore
 
@@ -48,6 +49,7 @@ class Lifecycle:
         self._changed = Signal()  # any model changed: loads waiting for room look again
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.events = Listeners()  # loads, failures, unloads, evictions (metrics count them)
 
     # -- admission (the request path) ------------------------------------------------------
     def _entry(self, alias: str) -> Entry:
@@ -162,6 +164,7 @@ class Lifecycle:
             logger.warning("model %r: not loaded: %s", entry.alias, exc)
         except Exception as exc:
             self._record_failure(entry, exc)
+            self.events.emit(entry.alias, EventKind.LOAD_FAILED)
             attempt.refusal = self._failed(entry, time.monotonic())
             attempt.error = exc
         else:
@@ -187,6 +190,7 @@ class Lifecycle:
         entry.failures, entry.last_error = 0, None
         entry.idle_since = time.monotonic()
         entry.expire_after = entry.keep_alive
+        self.events.emit(entry.alias, EventKind.LOADED, loaded.load_seconds)
         await self._measured(entry, loaded)
         if entry.stored.revision != revision:  # changed while it loaded
             self._start_replacement(entry)
@@ -307,6 +311,7 @@ class Lifecycle:
         entry.state = ModelState.REGISTERED
         self._notify(entry)
         self._forget_if_gone(entry)
+        self.events.emit(entry.alias, EventKind.EVICTED if evicting else EventKind.UNLOADED)
         return True
 
     async def _drain(self, entry: Entry, version: Version, deadline: float) -> bool:
@@ -345,6 +350,7 @@ class Lifecycle:
                         f"revision {serving} keeps serving"
                     )
                     logger.error("model %r: %s", entry.alias, entry.last_error)
+                    self.events.emit(entry.alias, EventKind.LOAD_FAILED)
                     return
                 finally:
                     entry.reserved, entry.no_room = False, None
@@ -363,6 +369,7 @@ class Lifecycle:
                 entry.retiring.append(old)
                 entry.last_error = None
                 self._notify(entry)
+                self.events.emit(entry.alias, EventKind.LOADED, loaded.load_seconds)
                 logger.info(
                     "model %r: revision %d serves, %d drains", entry.alias, revision, serving
                 )

@@ -5,7 +5,8 @@ Field names are the admin API's (the serverless payload's `alias`, `model_name`,
 `max_model_len`, `gpu_memory_utilization`, then ours), so an error names the field as the
 client wrote it. Settings left `None` take the server's defaults (its `serve` flags) when the
 model loads; per-model facts (tokenizer, chat template, context length) never come from
-another model.
+another model. `media` narrows the server's media policy for this model's requests (it can
+never widen it: multimodal/policy.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlmserve.config import EngineConfig
+from vlmserve.multimodal.policy import NO_OVERRIDES, MediaOverrides
 from vlmserve.registry.errors import SpecError
 
 NEVER = -1.0  # keep_alive: never unload for idleness
@@ -82,6 +84,7 @@ class ModelSpec:
     max_waiting: int | None = None  # requests in flight or waiting for its load
     keep_alive: float | None = None  # seconds idle before unloading; NEVER; None: default
     pinned: bool = False  # loaded at start-up, never unloaded for idleness or evicted
+    media: MediaOverrides = NO_OVERRIDES  # what it narrows of the server's media policy
 
     def __post_init__(self) -> None:
         _check(self)
@@ -104,7 +107,7 @@ class ModelSpec:
 
     def describe(self) -> dict[str, Any]:
         """Every field, as the admin API shows a registration."""
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "media": self.media.to_dict()}
 
 
 def _positive_int(spec: ModelSpec, name: str) -> None:
@@ -146,3 +149,5 @@ def _check(spec: ModelSpec) -> None:
             raise SpecError(f"limit_mm_per_prompt.{modality}", f"must be >= 0, got {limit!r}")
     if spec.keep_alive is not None:
         parse_keep_alive(spec.keep_alive)
+    if not isinstance(spec.media, MediaOverrides):
+        raise SpecError("media", f"must be media policy overrides, got {spec.media!r}")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from vlmserve.multimodal.policy import MediaOverrides, PolicyError
 from vlmserve.registry.errors import RegistryFileError, SpecConflict, SpecError
 from vlmserve.registry.spec import ENGINE_SETTINGS, ModelSpec
 
@@ -47,8 +48,13 @@ def _create_models(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_media(conn: sqlite3.Connection) -> None:
+    # JSON: the media policy overrides (version 2); rows from version 1 override nothing.
+    conn.execute("ALTER TABLE models ADD COLUMN media TEXT NOT NULL DEFAULT '{}'")
+
+
 # MIGRATIONS[v] upgrades a file at schema version v to v + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_models]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_models, _add_media]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -126,7 +132,7 @@ class RegistryStore:
     # -- reading ------------------------------------------------------------------------------
     _COLUMNS = (
         "alias, model_name, settings, max_waiting, keep_alive, pinned, revision, created_at, "
-        "updated_at, memory_bytes, load_seconds"
+        "updated_at, memory_bytes, load_seconds, media"
     )
 
     def _row(self, row: tuple[object, ...]) -> StoredModel:
@@ -135,17 +141,21 @@ class RegistryStore:
             settings = json.loads(str(row[2]))
             if not isinstance(settings, dict) or set(settings) - set(ENGINE_SETTINGS):
                 raise ValueError(f"unknown settings {sorted(set(settings) - set(ENGINE_SETTINGS))}")
+            media = json.loads(str(row[11]))
+            if not isinstance(media, dict):
+                raise ValueError(f"media overrides are not an object: {media!r}")
             spec = ModelSpec(
                 alias=str(alias),
                 model_name=str(row[1]),
                 max_waiting=row[3],  # type: ignore[arg-type]
                 keep_alive=row[4],  # type: ignore[arg-type]
                 pinned=bool(row[5]),
+                media=MediaOverrides.from_dict(media),
                 **settings,
             )
-        except (ValueError, TypeError, SpecError) as exc:
+        except (ValueError, TypeError, SpecError, PolicyError) as exc:
             raise self._error(f"has a model {alias!r} this vlmserve cannot read: {exc}") from exc
-        return StoredModel(spec, *row[6:])  # type: ignore[arg-type]
+        return StoredModel(spec, *row[6:11])  # type: ignore[arg-type]
 
     def models(self) -> list[StoredModel]:
         with self._lock:
@@ -182,7 +192,7 @@ class RegistryStore:
             now = time.time()
             stored = StoredModel(spec, 1, now, now)
             self._conn.execute(
-                f"INSERT INTO models ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO models ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 self._values(stored),
             )
             return stored, True
@@ -211,7 +221,7 @@ class RegistryStore:
                     existing, spec=spec, revision=existing.revision + 1, updated_at=time.time()
                 )
             self._conn.execute(
-                f"INSERT OR REPLACE INTO models ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO models ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 self._values(stored),
             )
             return stored
@@ -247,4 +257,5 @@ class RegistryStore:
             stored.updated_at,
             stored.memory_bytes,
             stored.load_seconds,
+            json.dumps(spec.media.to_dict(), sort_keys=True),
         )

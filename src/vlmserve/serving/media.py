@@ -16,6 +16,7 @@ from vlmserve.multimodal.chat_media import load_chat_media
 from vlmserve.multimodal.errors import MediaError
 from vlmserve.multimodal.fetch import MediaConnector, Resolver, TransportFactory, resolve_host
 from vlmserve.multimodal.formats import MediaKind
+from vlmserve.multimodal.policy import NO_OVERRIDES, MediaOverrides
 from vlmserve.multimodal.prompt import ChatPrompt
 from vlmserve.serving.errors import ServingError
 from vlmserve.types import Prompt
@@ -54,10 +55,11 @@ class MediaLoader:
     def __init__(self, connector: MediaConnector) -> None:
         self.connector = connector
 
-    async def prompt(self, chat: ChatPrompt) -> Prompt:
-        """The engine prompt for `chat`, its images and videos fetched and decoded in order."""
+    async def prompt(self, chat: ChatPrompt, policy: MediaOverrides = NO_OVERRIDES) -> Prompt:
+        """The engine prompt for `chat`, its images and videos fetched and decoded in order
+        under the server's media policy narrowed by the model's `policy`."""
         try:
-            loaded = await load_chat_media(chat.media, self.connector)
+            loaded = await load_chat_media(chat.media, self.connector.narrowed(policy))
         except MediaError as exc:
             index = exc.item_index if exc.item_index is not None else 0
             param = chat.media[index].param

@@ -46,7 +46,7 @@ async def chat_prompt(
                 "(--limit-mm-per-prompt)",
                 "messages",
             )
-    return await media.prompt(chat)
+    return await media.prompt(chat, model.media_policy)
 
 
 def completion_prompt(model: ModelInfo, prompt: str | list[int]) -> Prompt:

@@ -18,6 +18,7 @@ from vlmserve.api.auth import request_tenant, require_api_key
 from vlmserve.api.errors import ERROR_RESPONSES
 from vlmserve.api.state import get_state
 from vlmserve.api.tenants import cache_salt
+from vlmserve.registry import ModelStatus
 from vlmserve.safety.moderations.protocol import (
     ModerationRequest,
     ModerationResponse,
@@ -138,6 +139,15 @@ def _result(verdict: Verdict, policy: Policy, item: _Input) -> ModerationResult:
     )
 
 
+def _default_model(served: list[ModelStatus]) -> str:
+    """The model a request without `model` is classified with: the first pinned one (the
+    command line's, always loaded), not whichever registration happens to be listed first
+    (that could be a large model loaded on demand, or a broken one)."""
+    if not served:
+        raise ServingError(404, "this server serves no model", "model", "model_not_found")
+    return next((s for s in served if s.pinned), served[0]).alias
+
+
 def moderation_router(policy: Policy, max_images: int = 1) -> APIRouter:
     """The route, classifying under `policy`, with at most `max_images` images per input."""
     if max_images < 1:
@@ -158,12 +168,7 @@ def moderation_router(policy: Policy, max_images: int = 1) -> APIRouter:
                 seed=extension.seed,
             )
         )
-        alias = body.model
-        if alias is None:
-            served = state.models.list()
-            if not served:
-                raise ServingError(404, "this server serves no model", "model", "model_not_found")
-            alias = served[0].alias
+        alias = body.model or _default_model(state.models.list())
         moderator = Moderator(state.serving, policy)
         salt = cache_salt(request_tenant(request), None)  # a tenant's cache is its own
         async with state.serving.model(alias) as handle:
