@@ -25,6 +25,7 @@ from vlmserve.config import MediaConfig
 from vlmserve.multimodal.fetch import Resolver, TransportFactory, resolve_host
 from vlmserve.registry import ModelRegistry
 from vlmserve.serving import MediaLoader, MeteredConnector, Serving
+from vlmserve.serving.watchdog import EngineWatchdog
 
 
 def create_app(
@@ -53,6 +54,7 @@ def create_app(
     )
     app.state.vlm = ServingState(Serving(models, MediaLoader(connector)), config, metrics)
     app.state.tenants = Tenants(config.api_key, config.admin_api_key, config.api_keys_file)
+    app.state.watchdog = EngineWatchdog(models.engine_stats, config.watchdog_seconds)
     known: list[Route] = []
     for router in (chat.router, completions.router, admin.router, routes.router, *extra_routers):
         app.include_router(router)

@@ -30,6 +30,11 @@ _GAUGES = (
     ("num_requests_waiting", "Sequences waiting to be scheduled", "num_waiting"),
     ("num_requests_running", "Sequences in the running batch", "num_running"),
     ("kv_cache_usage_ratio", "Fraction of KV-cache blocks in use", "kv_cache_usage"),
+    (
+        "engine_stalled_seconds",
+        "Seconds the engine has held requests without completing a step (0: idle or moving)",
+        "stalled_seconds",
+    ),
 )
 _COUNTERS = (
     ("prefix_cache_queries", "Prefix-cache block lookups", "prefix_cache_queries"),

@@ -111,7 +111,11 @@ async def serve(
         log_server_summary(config, media_config, sock.getsockname()[1], store.path)
         await models.start([spec])
         _take_reraised_sigterm()
-        await _serve_until_done(server, sock, models)
+        watchdog = asyncio.create_task(app.state.watchdog.run())
+        try:
+            await _serve_until_done(server, sock, models)
+        finally:
+            watchdog.cancel()
     finally:
         await models.close()
         host.close()

@@ -30,6 +30,9 @@ class ServerConfig:
     cpu_threads: int | None = None
     registry_path: str | None = None  # the registry file; None: registry.db in data_dir()
     registry: RegistryConfig = field(default_factory=RegistryConfig)  # model lifecycles
+    # /ready answers 503 when an engine holds requests and no step completed for this long;
+    # 0 turns the watchdog off.
+    watchdog_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -40,6 +43,8 @@ class ServerConfig:
             raise ValueError("max_waiting must be at least 1")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be at least 1, got {self.cpu_threads}")
+        if not self.watchdog_seconds >= 0:
+            raise ValueError(f"watchdog_seconds must be >= 0, got {self.watchdog_seconds}")
         for name in ("api_key", "admin_api_key"):
             key = getattr(self, name)
             # compare_digest needs ASCII; an empty key would let an empty bearer in.

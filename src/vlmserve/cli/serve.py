@@ -10,6 +10,7 @@ from typing import Any
 from vlmserve.cli.configs import build_configs, fetch_timeout
 from vlmserve.cli.help import CommaList, byte_size, duration, json_object, keep_alive
 from vlmserve.cli.logs import configure_logging
+from vlmserve.cli.ops_flags import add_operations_flags
 from vlmserve.cli.tiny import TINY_ARCH, default_tiny_model
 from vlmserve.config import MediaConfig, MediaFetchTimeout, RegistryConfig
 from vlmserve.safety import cli as safety_cli
@@ -60,6 +61,7 @@ def add_serve_parser(sub: Any, common: argparse.ArgumentParser, formatter: Any) 
     )
     _server_flags(serve)
     _model_flags(serve.add_argument_group("models: registry and lifecycle (docs/registry.md)"))
+    add_operations_flags(serve.add_argument_group("operations (docs/deploy.md)"))
     _engine_flags(serve.add_argument_group("engine (docs/engine.md)"))
     _media_flags(serve.add_argument_group("media fetching and decoding (docs/media.md)"))
     safety_cli.add_serve_flags(serve)
