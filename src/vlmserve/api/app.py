@@ -3,7 +3,8 @@
 Taking the registry (rather than loading models in a lifespan hook) keeps the app cheap to
 build in tests; whoever built the registry closes it. Every route reaches a model through the
 registry (`state.serving.model(alias)`), even with one model. Middleware order, outside in:
-catch-all 500 guard -> request counter -> body size limit -> FastAPI.
+request id + access log -> catch-all 500 guard -> request counter -> body size limit ->
+FastAPI.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from starlette.routing import Route
 
 import vlmserve
 from vlmserve.api import admin, chat, completions, errors, routes
+from vlmserve.api.access_log import AccessLogMiddleware
 from vlmserve.api.body_limit import BodySizeLimitMiddleware
 from vlmserve.api.errors import CatchAllMiddleware
 from vlmserve.api.metrics import Metrics, RequestCountMiddleware
@@ -64,4 +66,5 @@ def create_app(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_request_body_bytes)
     app.add_middleware(RequestCountMiddleware, metrics=metrics, routes=known)
     app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(AccessLogMiddleware, log_requests=config.log_requests)
     return app

@@ -107,7 +107,8 @@ async def serve(
         app = create_app(models, config, media_config, extra_routers=extra_routers)
         # log_config=None: uvicorn's loggers go through the process's logging setup (the
         # CLI's --log-level and format), not a configuration of uvicorn's own.
-        server = uvicorn.Server(uvicorn.Config(app, log_config=None))
+        # access_log=False: api/access_log.py writes a richer line (id, model, tokens).
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
         log_server_summary(config, media_config, sock.getsockname()[1], store.path)
         await models.start([spec])
         _take_reraised_sigterm()

@@ -33,6 +33,7 @@ class ServerConfig:
     # /ready answers 503 when an engine holds requests and no step completed for this long;
     # 0 turns the watchdog off.
     watchdog_seconds: float = 60.0
+    log_requests: bool = False  # log request bodies (prompts, images): debugging only
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:

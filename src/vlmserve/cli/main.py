@@ -10,7 +10,7 @@ import vlmserve
 from vlmserve.cli.config_file import apply_config_file
 from vlmserve.cli.errors import flag_names, in_flag_words
 from vlmserve.cli.help import LIST_FLAG_HINT, CommaList, CommandParser, HelpFormatter
-from vlmserve.cli.logs import LEVELS
+from vlmserve.cli.logs import FORMATS, LEVELS
 from vlmserve.cli.models import add_models_parser
 from vlmserve.cli.serve import add_serve_parser
 from vlmserve.cli.tiny import add_tiny_parser, default_tiny_model
@@ -46,6 +46,14 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
         choices=LEVELS,
         default="info",
         help="vlmserve's and uvicorn's log level (other libraries: warnings and errors)",
+    )
+    common.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text: lines for people; json: one object per line (time, level, logger, "
+        "message, request_id; access lines add method, route, status, latency_s, model, "
+        "tokens)",
     )
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=CommandParser

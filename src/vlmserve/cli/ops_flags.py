@@ -26,8 +26,15 @@ def add_operations_flags(group: Any) -> None:
         help="GET /ready answers 503 (and an error is logged) when an engine holds requests "
         "and no step completed for this long; 0: off",
     )
+    group.add_argument(
+        "--log-requests",
+        action="store_true",
+        default=False,
+        help="also log the first 4 KiB of every request body (prompts and images: "
+        "debugging only; off, no request content is ever logged)",
+    )
 
 
 def operations_config(args: argparse.Namespace) -> dict[str, Any]:
     """The `ServerConfig` fields these flags set."""
-    return {"watchdog_seconds": args.watchdog_seconds}
+    return {"watchdog_seconds": args.watchdog_seconds, "log_requests": args.log_requests}

@@ -339,7 +339,7 @@ def _media_flags(media: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     from vlmserve.api.server import run_server
 
     model, name = args.model, args.served_model_name

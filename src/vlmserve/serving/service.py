@@ -26,6 +26,7 @@ from vlmserve.serving.generation import Generation, OutputObserver
 from vlmserve.serving.media import MediaLoader
 from vlmserve.serving.prompts import chat_prompt, completion_prompt
 from vlmserve.serving.scoring import ScoreRequest, score_continuations
+from vlmserve.trace import current_trace
 from vlmserve.types import Prompt, RequestOutput, SamplingParams
 
 
@@ -58,6 +59,9 @@ class Serving:
         """The registry's `acquire` (loading the model if needed; `keep_alive` seconds
         overrides its idle time after this request), its refusals as `ServingError`s
         (unknown model: 404 `model_not_found`; not available now: 503 with Retry-After)."""
+        trace = current_trace()
+        if trace is not None:
+            trace.model = alias
         try:
             async with self.models.acquire(alias, keep_alive) as handle:
                 yield handle
