@@ -167,7 +167,8 @@ class RequestCountMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status: dict[str, Any] = {"code": 500}
+        # No response at all: the client left and the handler was stopped (nginx's 499).
+        status: dict[str, Any] = {"code": 499}
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -176,5 +177,9 @@ class RequestCountMiddleware:
 
         try:
             await self.app(scope, receive, counting_send)
+        except Exception:
+            if status["code"] == 499:  # nothing sent: the catch-all guard outside answers 500
+                status["code"] = 500
+            raise
         finally:
             self.metrics.requests.labels(self._label(scope), str(status["code"])).inc()
