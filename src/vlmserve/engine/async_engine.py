@@ -28,7 +28,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from vlmserve.engine.engine import LLMEngine
@@ -105,6 +105,7 @@ class AsyncEngine:
         self._admitting = True
         self._streams: dict[str, _Add] = {}
         self._pending = 0  # accepted by generate() but not finished
+        self._reserved = 0  # places held by callers still preparing a request (reserve())
         self._last_beat = time.monotonic()
         # When the engine last made progress: a step computed tokens or produced outputs,
         # the engine was seen idle, or work arrived at an idle engine.
@@ -232,16 +233,7 @@ class AsyncEngine:
         admit: Callable[[ProcessedInput], Callable[[LLMEngine], object]],
     ) -> AsyncGenerator[RequestOutput, None]:
         """Admission checks, input processing off the loop, then the request's outputs."""
-        if self._closed:
-            raise EngineClosed("the engine is closed")
-        if self._death is not None:
-            raise EngineDead(f"the engine loop stopped: {self._death!r}")
-        if not self._admitting:
-            raise EngineDraining("the engine is draining and admits no new requests; retry")
-        if not self.alive:
-            raise EngineDead("the engine loop is not running")
-        if self._pending >= self.max_waiting:
-            raise EngineOverloaded(f"{self._pending} requests in flight; retry later")
+        self._check_admission()
         self._pending += 1
         finished = False
         posted = False
@@ -263,6 +255,32 @@ class AsyncEngine:
             self._pending -= 1
             if posted and not finished:
                 self._post(request_id)  # abort; refused (and moot) once closed
+
+    @contextlib.contextmanager
+    def reserve(self) -> Iterator[None]:
+        """Hold one of the `max_waiting` places while the caller prepares a request (fetches
+        and decodes its media), so that a flood is refused before any of that work: raises
+        what `generate` would (EngineOverloaded, EngineDraining, ...). Leave the block right
+        before calling `generate`, which takes a place of its own."""
+        self._check_admission()
+        self._reserved += 1
+        try:
+            yield
+        finally:
+            self._reserved -= 1
+
+    def _check_admission(self) -> None:
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        if self._death is not None:
+            raise EngineDead(f"the engine loop stopped: {self._death!r}")
+        if not self._admitting:
+            raise EngineDraining("the engine is draining and admits no new requests; retry")
+        if not self.alive:
+            raise EngineDead("the engine loop is not running")
+        in_flight = self._pending + self._reserved
+        if in_flight >= self.max_waiting:
+            raise EngineOverloaded(f"{in_flight} requests in flight; retry later")
 
     def _post(self, command: _Add | str) -> bool:
         with self._post_lock:

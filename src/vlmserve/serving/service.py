@@ -20,8 +20,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmserve.engine.errors import EngineOverloaded, EngineUnavailable
 from vlmserve.registry import ModelHandle, ModelRegistry, RegistryError
-from vlmserve.serving.errors import registry_error
+from vlmserve.serving.errors import ServingError, engine_error, registry_error
 from vlmserve.serving.generation import Generation, OutputObserver
 from vlmserve.serving.media import MediaLoader
 from vlmserve.serving.prompts import chat_prompt, completion_prompt
@@ -72,10 +73,17 @@ class Serving:
         self, handle: ModelHandle, request: ChatRequest, observe: OutputObserver | None = None
     ) -> Generation:
         """Template, reserved-token and media-count checks, media loading, then the engine
-        request, started: its first output is in (see `Generation`)."""
-        prompt = await chat_prompt(
-            handle.info, request.messages, self.media, request.add_generation_prompt
-        )
+        request, started: its first output is in (see `Generation`). A place in the engine
+        (--max-waiting) is held from before the media is loaded: a flood gets 429 before
+        anything is fetched or decoded."""
+        try:
+            with handle.engine.reserve():
+                prompt = await chat_prompt(
+                    handle.info, request.messages, self.media, request.add_generation_prompt
+                )
+        except (EngineOverloaded, EngineUnavailable) as exc:
+            raise _refusal(exc) from exc
+        # No await between leaving the reservation and `generate` taking its own place.
         prompt.cache_salt = request.cache_salt
         return await _started(
             Generation(handle.engine, prompt, request.params, request.request_id, observe)
@@ -134,6 +142,12 @@ class Serving:
         async with self.model(alias) as handle:
             generation = await self.start_completion(handle, request)
             return await generation.final()
+
+
+def _refusal(exc: Exception) -> ServingError:
+    mapped = engine_error(exc)
+    assert mapped is not None  # every engine refusal has a status
+    return mapped
 
 
 async def _started(generation: Generation) -> Generation:
