@@ -31,6 +31,7 @@ from vlmserve.multimodal.fetch import Resolver, TransportFactory, resolve_host
 from vlmserve.registry import ModelRegistry
 from vlmserve.serving import MediaLoader, MeteredConnector, Serving
 from vlmserve.serving.watchdog import EngineWatchdog
+from vlmserve.serving.work_pool import WorkPool
 
 
 def create_app(
@@ -57,7 +58,10 @@ def create_app(
     connector = MeteredConnector(
         media_config, metrics.observe_media, media_resolver, media_transport
     )
-    app.state.vlm = ServingState(Serving(models, MediaLoader(connector)), config, metrics)
+    # Large bodies are parsed and long templates rendered here, off the event loop.
+    work = WorkPool()
+    serving = Serving(models, MediaLoader(connector), work)
+    app.state.vlm = ServingState(serving, config, metrics)
     app.state.tenants = Tenants(config.api_key, config.admin_api_key, config.api_keys_file)
     app.state.watchdog = EngineWatchdog(models.engine_stats, config.watchdog_seconds)
     app.state.drain = DrainGate()  # started by the server on SIGTERM (api/shutdown.py)

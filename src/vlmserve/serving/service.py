@@ -27,6 +27,7 @@ from vlmserve.serving.generation import Generation, OutputObserver
 from vlmserve.serving.media import MediaLoader
 from vlmserve.serving.prompts import chat_prompt, completion_prompt
 from vlmserve.serving.scoring import ScoreRequest, score_continuations
+from vlmserve.serving.work_pool import WorkPool
 from vlmserve.trace import current_trace
 from vlmserve.types import Prompt, RequestOutput, SamplingParams
 
@@ -49,9 +50,13 @@ class CompletionRequest:
 
 
 class Serving:
-    def __init__(self, models: ModelRegistry, media: MediaLoader) -> None:
+    def __init__(
+        self, models: ModelRegistry, media: MediaLoader, work: WorkPool | None = None
+    ) -> None:
+        """`work`: where long chat templates are rendered (None: on the caller's loop)."""
         self.models = models
         self.media = media
+        self.work = work
 
     @contextlib.asynccontextmanager
     async def model(
@@ -79,7 +84,11 @@ class Serving:
         try:
             with handle.engine.reserve():
                 prompt = await chat_prompt(
-                    handle.info, request.messages, self.media, request.add_generation_prompt
+                    handle.info,
+                    request.messages,
+                    self.media,
+                    request.add_generation_prompt,
+                    self.work,
                 )
         except (EngineOverloaded, EngineUnavailable) as exc:
             raise _refusal(exc) from exc
@@ -111,7 +120,9 @@ class Serving:
         """`messages` through the model's template, with the checks of `start_chat` and the
         media fetched and decoded: a prompt to reuse across engine requests (which share
         prefix cache and media UUIDs only with requests of the same `cache_salt`)."""
-        prompt = await chat_prompt(handle.info, messages, self.media, add_generation_prompt)
+        prompt = await chat_prompt(
+            handle.info, messages, self.media, add_generation_prompt, self.work
+        )
         prompt.cache_salt = cache_salt
         return prompt
 
