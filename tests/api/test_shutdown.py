@@ -83,7 +83,9 @@ def test_sigterm_lets_requests_in_flight_finish(tiny_qwen2_vl: Path, tmp_path: P
         assert entry["status"] == 200 and entry["model"] == "tiny" and entry["completion_tokens"]
     assert access["late"]["status"] == 503
     assert any("SIGTERM: draining" in e["message"] for e in lines)
-    assert lines[-1]["message"].startswith("Finished server process")
+    # uvicorn stopped, then the registry unloaded the model: nothing was cut on the way.
+    assert any(e["message"].startswith("Finished server process") for e in lines)
+    assert any("unloaded" in e["message"] for e in lines)
 
 
 @pytest.fixture
@@ -131,7 +133,9 @@ def test_sigterm_with_a_stuck_request_ends_within_the_timeout(
         sent = time.monotonic()
         server.send(signal.SIGTERM)
         assert server.exit_status(timeout=30) == 0
-        assert time.monotonic() - sent < 2 + 8  # the timeout, plus stopping and closing
+        # The timeout, plus stopping, closing and exiting: seconds, ten times that on a
+        # loaded 2-core machine; the stuck fetch would have held it for ten minutes.
+        assert time.monotonic() - sent < 2 + 28
     text = server.log.read_text()
     assert "1 requests still running after --shutdown-timeout 2 s; cutting them" in text
 
