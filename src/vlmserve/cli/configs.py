@@ -80,6 +80,7 @@ def build_configs(
     args: argparse.Namespace, model: str, name: str | None, template: str | None
 ) -> tuple[EngineConfig, Any, MediaConfig]:
     from vlmserve.api.server_config import ServerConfig
+    from vlmserve.cli.ops_flags import operations_config
 
     engine_config = EngineConfig(
         model=model,
@@ -112,6 +113,7 @@ def build_configs(
         cpu_threads=args.cpu_threads,
         registry_path=args.registry,
         registry=registry_config(args),
+        **operations_config(args),
     )
     return engine_config, server_config, media_config(args)
 
