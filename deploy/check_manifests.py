@@ -40,9 +40,10 @@ def server_metrics() -> set[str]:
     return {family.name for family in Metrics(lambda: []).registry.collect()}
 
 
-def check_args(args: list[str], errors: list[str]) -> None:
-    """Parses the arguments as the image's entrypoint would pass them, with a stand-in for
-    the keys file the Secret provides."""
+def check_args(args: list[str], env: list[dict[str, Any]], errors: list[str]) -> None:
+    """Parses the arguments as the image's entrypoint would pass them, with the container's
+    VLMSERVE_* variables (which set flags too) and a stand-in for the keys file the Secret
+    provides."""
     from vlmserve.cli import parse_args
     from vlmserve.cli.configs import build_configs
 
@@ -53,7 +54,8 @@ def check_args(args: list[str], errors: list[str]) -> None:
         stderr = io.StringIO()
         try:
             with contextlib.redirect_stderr(stderr):
-                parsed = parse_args(["serve", "--host", "0.0.0.0", *argv])
+                environ = {e["name"]: str(e["value"]) for e in env if "value" in e}
+                parsed = parse_args(["serve", "--host", "0.0.0.0", *argv], environ)
             build_configs(parsed, parsed.model or "tiny", None, None)
         except SystemExit:
             reason = (stderr.getvalue().strip().splitlines() or ["no message"])[-1]
@@ -77,7 +79,9 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 def check_probes(container: dict[str, Any], errors: list[str]) -> None:
     ports = {p.get("name") for p in container.get("ports", [])}
     routes = server_routes()
-    wanted = {"startupProbe": "/health", "readinessProbe": "/ready", "livenessProbe": "/health"}
+    # The port opens before the model loads (/health 200 at once): only /ready waits for
+    # the load and the warm-up, so only it can guard liveness while the model loads.
+    wanted = {"startupProbe": "/ready", "readinessProbe": "/ready", "livenessProbe": "/health"}
     for probe_name, path in wanted.items():
         probe = container.get(probe_name)
         if probe is None:
@@ -119,7 +123,7 @@ def check_pod(pod: dict[str, Any], claims: set[str], overlay: str, errors: list[
     if shm.get("medium") != "Memory":
         errors.append("/dev/shm must be a memory-backed emptyDir")
     args = container.get("args", [])
-    check_args(args, errors)
+    check_args(args, container.get("env", []), errors)
     if f"--config={KEYS_MOUNT}/keys.yaml" not in args:
         errors.append("args must read the API keys file (--config)")
     if not any(a.startswith("--cpu-threads=") for a in args):

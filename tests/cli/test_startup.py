@@ -91,8 +91,10 @@ def test_startup_summary_and_refusals(tiny_qwen2_vl: Path, tmp_path: Path) -> No
     )
     line(f"vlmserve.server: listening on {base} (OpenAI API under /v1")
     # uvicorn's lines share the format (time, level, logger) instead of uvicorn's own.
-    assert " INFO    uvicorn.access: " in line('"POST /v1/chat/completions HTTP/1.1" 400')
+    assert " INFO    uvicorn.error: " in line("Application startup complete")
+    access = line("vlmserve.access: POST /v1/chat/completions 400 ")
+    request_id = access.rsplit(" id ", 1)[1]
     refused = line("refused with 400: ")
-    assert "'messages' is required (param: messages)" in refused
+    assert refused.endswith(f"'messages' is required (param: messages) [request {request_id}]")
     assert "refused with 401: " in text
     assert "Traceback" not in text

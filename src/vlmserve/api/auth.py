@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 
 from vlmserve.api.errors import APIError
-from vlmserve.api.tenants import Tenant, Tenants
+from vlmserve.api.tenants import Grant, Tenant, Tenants
 
 
-def _bearer(request: Request) -> str:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def _bearer(authorization: str) -> str:
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise APIError(
             401,
@@ -49,23 +49,37 @@ async def require_api_key(request: Request) -> AsyncIterator[None]:
     # so the key's slot is held for the whole stream.
     tenants: Tenants = request.app.state.tenants
     request.state.tenant = None
-    if not tenants.required:
+    grant = find_grant(tenants, request.headers.get("authorization", ""))
+    if grant is None:
         yield
         return
-    grant = tenants.lookup(_bearer(request))
-    if grant is None:
-        raise _invalid()
     with tenants.limiter.admit(grant):
         request.state.tenant = grant.tenant
         yield
 
 
-async def require_admin_key(request: Request) -> None:
-    config = request.app.state.vlm.config
-    if config.admin_api_key is not None and not hmac.compare_digest(
-        _bearer(request).encode(), config.admin_api_key.encode()
+def find_grant(tenants: Tenants, authorization: str) -> Grant | None:
+    """The grant of the key in an `Authorization` header value; None when the server has
+    no keys. APIError 401 when the key is missing or unknown. (Also called before the body
+    is read: api/key_check.py.)"""
+    if not tenants.required:
+        return None
+    grant = tenants.lookup(_bearer(authorization))
+    if grant is None:
+        raise _invalid()
+    return grant
+
+
+def check_admin_key(admin_api_key: str | None, authorization: str) -> None:
+    if admin_api_key is not None and not hmac.compare_digest(
+        _bearer(authorization).encode(), admin_api_key.encode()
     ):
         raise _invalid()
+
+
+async def require_admin_key(request: Request) -> None:
+    config = request.app.state.vlm.config
+    check_admin_key(config.admin_api_key, request.headers.get("authorization", ""))
 
 
 async def require_model_admin(request: Request) -> None:
@@ -79,7 +93,7 @@ async def require_model_admin(request: Request) -> None:
             "model administration is off on this server: start it with --admin-api-key",
             code="admin_disabled",
         )
-    token = _bearer(request)
+    token = _bearer(request.headers.get("authorization", ""))
     if hmac.compare_digest(token.encode(), config.admin_api_key.encode()):
         return
     tenants: Tenants = request.app.state.tenants

@@ -6,10 +6,15 @@ see is a 400 naming the field, before any validation or work.
 - a lone surrogate (`"\\ud800"`): valid JSON, but not text — tokenizers, URL encoders and
   file systems raise on it;
 - nesting deeper than `MAX_JSON_DEPTH`: recursive code further on (schema rewriting,
-  grammar compilers) would overflow.
+  grammar compilers) would overflow;
+- more than `MAX_JSON_OBJECTS` objects: validating them would hold the GIL for seconds.
 
 `StrictJSONRoute` makes FastAPI read bodies through this parser (its own `json.loads` then
-never runs); routers opt in with `APIRouter(route_class=StrictJSONRoute)`.
+never runs); routers opt in with `APIRouter(route_class=StrictJSONRoute)`. A body of
+`OFFLOAD_BYTES` or more is parsed *and validated* on the app's work pool
+(serving/work_pool.py), off the event loop: a 12 MB body costs up to a second of CPU,
+which on the loop would stall every other request; FastAPI then receives the validated
+model and passes it through.
 """
 
 from __future__ import annotations
@@ -20,13 +25,23 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope
+
+from vlmserve.serving.work_pool import WorkPool
 
 # A JSON schema nested 64 levels deep (the most structured outputs accept) is ~130 levels.
 MAX_JSON_DEPTH = 256
+# Objects in one body. Validating one costs microseconds in pydantic-core, which holds the
+# GIL for the whole body: 400k content parts held every thread, the event loop included,
+# for seconds. A long conversation or a 3000-property schema is a few thousand.
+MAX_JSON_OBJECTS = 50_000
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Long paths are cut in `param`: the field's first levels say where it is.
 _MAX_PARAM_LEVELS = 8
+# Smaller bodies parse and validate in well under a millisecond: cheaper than a thread hop.
+OFFLOAD_BYTES = 256 * 1024
 
 
 class BodyError(HTTPException):
@@ -98,6 +113,7 @@ def parse_body(body: bytes) -> Any:
         ) from None
     # Iterative: the walk itself must not recurse on whatever depth arrived.
     stack: list[tuple[Any, list[str | int]]] = [(value, [])]
+    objects = 0
     while stack:
         node, path = stack.pop()
         if len(path) > MAX_JSON_DEPTH:
@@ -109,6 +125,14 @@ def parse_body(body: bytes) -> Any:
         if isinstance(node, str):
             _check_text(node, path, "the value")
         elif isinstance(node, dict):
+            objects += 1
+            if objects > MAX_JSON_OBJECTS:
+                where = _where(path)
+                raise BodyError(
+                    f"the request body holds more than {MAX_JSON_OBJECTS} objects (the "
+                    f"{MAX_JSON_OBJECTS + 1}th at '{where or 'the top'}'); send fewer parts",
+                    where,
+                )
             if isinstance(node, _Repeated):
                 where = _where([*path, node.key])
                 raise BodyError(
@@ -131,11 +155,52 @@ class StrictJSONRequest(Request):
         return self._json
 
 
+class _ValidatedRequest(Request):
+    """A request whose body was read, parsed and validated already: `json()` is the model
+    (FastAPI's own check of it then passes it through)."""
+
+    def __init__(self, scope: Scope, receive: Receive, body: bytes, value: Any) -> None:
+        super().__init__(scope, receive)
+        # FastAPI reads the body again before `json()`; the stream is consumed by now.
+        self._body = body
+        self._value = value
+
+    async def json(self) -> Any:
+        return self._value
+
+
+def _parse_and_validate(body: bytes, field: Any) -> Any:
+    """On a worker thread: what FastAPI would do with the body (`field`: the route's body
+    field), the same errors included."""
+    try:
+        value = parse_body(body)
+    except json.JSONDecodeError as exc:  # FastAPI's own shape for bad syntax
+        error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error"}
+        raise RequestValidationError([{**error, "input": {}, "ctx": {"error": exc.msg}}]) from None
+    validated, errors = field.validate(value, {}, loc=("body",))
+    if errors:
+        raise RequestValidationError(errors)
+    return validated
+
+
+def _json_content(request: Request) -> bool:
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    return kind == "application/json" or kind.endswith("+json")
+
+
 class StrictJSONRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        field = self.body_field
 
         async def strict_handler(request: Request) -> Response:
-            return await handler(StrictJSONRequest(request.scope, request.receive))
+            body = await request.body()
+            if field is not None and len(body) >= OFFLOAD_BYTES and _json_content(request):
+                work: WorkPool = request.app.state.vlm.serving.work
+                value = await work.run(_parse_and_validate, body, field)
+                return await handler(_ValidatedRequest(request.scope, request.receive, body, value))
+            strict = StrictJSONRequest(request.scope, request.receive)
+            strict._body = body  # read once, above
+            return await handler(strict)
 
         return strict_handler

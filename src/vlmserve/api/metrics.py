@@ -37,6 +37,11 @@ _GAUGES = (
     ("num_requests_waiting", "Sequences waiting to be scheduled", "num_waiting"),
     ("num_requests_running", "Sequences in the running batch", "num_running"),
     ("kv_cache_usage_ratio", "Fraction of KV-cache blocks in use", "kv_cache_usage"),
+    (
+        "engine_stalled_seconds",
+        "Seconds the engine has held requests without completing a step (0: idle or moving)",
+        "stalled_seconds",
+    ),
 )
 _COUNTERS = (
     ("prefix_cache_queries", "Prefix-cache block lookups", "prefix_cache_queries"),
@@ -235,7 +240,8 @@ class RequestCountMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status: dict[str, Any] = {"code": 500}
+        # No response at all: the client left and the handler was stopped (nginx's 499).
+        status: dict[str, Any] = {"code": 499}
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -244,5 +250,9 @@ class RequestCountMiddleware:
 
         try:
             await self.app(scope, receive, counting_send)
+        except Exception:
+            if status["code"] == 499:  # nothing sent: the catch-all guard outside answers 500
+                status["code"] = 500
+            raise
         finally:
             self.metrics.requests.labels(self._label(scope), str(status["code"])).inc()

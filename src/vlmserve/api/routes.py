@@ -47,13 +47,19 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/ready", responses={503: ERROR_RESPONSES[503]})
 async def ready(request: Request) -> JSONResponse:
-    """Readiness: the start-up models are loaded and every loaded engine's loop runs; the
-    503 names what it waits for (e.g. "model 'x' is loading (12 s so far)")."""
+    """Readiness: the start-up models are loaded (and warmed up) and every loaded engine's
+    loop runs; no engine holds requests without progress (the watchdog,
+    serving/watchdog.py). The 503 names what it waits for (e.g. "model 'x' is loading
+    (12 s so far)")."""
     models = get_state(request).models
     problems = models.problems()
     if problems:
         code = "shutting_down" if models.closed else "not_ready"
         body = error_body(503, "; ".join(problems), code=code)
+        return JSONResponse(body, status_code=503)
+    stuck = request.app.state.watchdog.check()
+    if stuck:
+        body = error_body(503, "; ".join(stuck), code="engine_stuck")
         return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready"})
 

@@ -5,8 +5,9 @@ closes the registry (drain, then close every engine) on the way out.
 
     open the registry (a damaged file stops here)  ->  bind HOST:PORT (in use: stops here)
     ->  uvicorn serves: /health 200, /ready 503 "model 'x' is loading"
-    ->  the registry loads the command line's model (pinned) and every pinned registration
-    ->  /ready 200
+    ->  the registry loads the command line's model (pinned) and every pinned registration,
+        each warmed up with one generated token
+    ->  /ready 200  ->  SIGTERM: drained (api/shutdown.py), registry closed, exit 0
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
+import math
 import socket
 from collections.abc import Sequence
-from types import FrameType
 
 import uvicorn
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 
 from vlmserve.api.app import create_app
+from vlmserve.api.http_protocol import protocol_with_head_timeout
 from vlmserve.api.server_config import ServerConfig
+from vlmserve.api.shutdown import DrainingServer, Shutdown
 from vlmserve.api.startup_log import log_model_summary, log_server_summary
 from vlmserve.config import EngineConfig, MediaConfig
 from vlmserve.engine.loading import set_cpu_threads
@@ -33,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 REGISTRY_FILE = "registry.db"
 BACKLOG = 2048  # uvicorn's default
+# Requests were drained before uvicorn stopped (or cut at --shutdown-timeout); what is left
+# for closing the registry is a safety margin.
+CLOSE_DRAIN_S = 5.0
+MAX_HEAD_BYTES = 16 * 1024  # a request line plus headers; h11 answers 400 above
 
 
 def run_server(
@@ -43,7 +49,7 @@ def run_server(
 ) -> None:
     if config.cpu_threads is not None:
         set_cpu_threads(config.cpu_threads)
-    # uvicorn re-raises the SIGINT it caught once it has shut down: that is the way out.
+    # A SIGINT before signals are taken over (while the registry file opens) ends it here.
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(engine_config, config, media_config, extra_routers))
 
@@ -105,17 +111,40 @@ async def serve(
     try:
         sock = bind(config.host, config.port)
         app = create_app(models, config, media_config, extra_routers=extra_routers)
-        # log_config=None: uvicorn's loggers go through the process's logging setup (the
-        # CLI's --log-level and format), not a configuration of uvicorn's own.
-        server = uvicorn.Server(uvicorn.Config(app, log_config=None))
         log_server_summary(config, media_config, sock.getsockname()[1], store.path)
+        # Signals are taken before the first model loads: a SIGTERM while it loads drains
+        # and exits too (the load is waited for, bounded by the shutdown deadline).
+        shutdown = Shutdown(app.state.drain, config.shutdown_timeout)
+        server = DrainingServer(uvicorn_config(app, config), shutdown)
+        shutdown.install(server)
         await models.start([spec])
-        _take_reraised_sigterm()
-        await _serve_until_done(server, sock, models)
+        watchdog = asyncio.create_task(app.state.watchdog.run())
+        try:
+            await _serve_until_done(server, sock, models)
+        finally:
+            watchdog.cancel()
     finally:
-        await models.close()
+        await models.close(min(config.shutdown_timeout, CLOSE_DRAIN_S))
         host.close()
         store.close()
+
+
+def uvicorn_config(app: FastAPI, config: ServerConfig) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        # uvicorn's loggers go through the process's logging setup (the CLI's --log-level
+        # and --log-format), and api/access_log.py writes a richer access line.
+        log_config=None,
+        access_log=False,
+        # h11 with a deadline for request heads (uvicorn has none), heads bounded in size.
+        http=protocol_with_head_timeout(config.header_read_timeout),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        limit_concurrency=config.limit_concurrency,
+        timeout_keep_alive=math.ceil(config.timeout_keep_alive),
+        # Requests had --shutdown-timeout to finish before uvicorn is told to stop; what
+        # still runs then is cancelled after this.
+        timeout_graceful_shutdown=1,
+    )
 
 
 async def _serve_until_done(
@@ -133,16 +162,3 @@ async def _serve_until_done(
         raise error
     await serving
     startup.cancel()
-
-
-def _take_reraised_sigterm() -> None:
-    """uvicorn shuts down gracefully on SIGTERM, then raises the signal again; with the default
-    handler that kills the process (exit 143) before the registry is closed. This handler takes
-    that one re-raise and puts the default back, so the process closes the registry and exits
-    0, and a later SIGTERM (a close that hangs) still ends it at once. Installed as uvicorn
-    starts (which is before the start-up model loads: its load is then waited for, bounded)."""
-
-    def restore_default(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signum, signal.SIG_DFL)
-
-    signal.signal(signal.SIGTERM, restore_default)

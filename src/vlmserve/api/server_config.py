@@ -31,6 +31,18 @@ class ServerConfig:
     cpu_threads: int | None = None
     registry_path: str | None = None  # the registry file; None: registry.db in state_dir()
     registry: RegistryConfig = field(default_factory=RegistryConfig)  # model lifecycles
+    # /ready answers 503 when an engine holds requests and no step completed for this long;
+    # 0 turns the watchdog off.
+    watchdog_seconds: float = 60.0
+    log_requests: bool = False  # log request bodies (prompts, images): debugging only
+    # After SIGTERM, requests in flight get this long to finish (docs/deploy.md).
+    shutdown_timeout: float = 30.0
+    # A connection must send a whole request head within this long, and a request's body
+    # must arrive within body_read_timeout: slow clients cannot hold connections or buffers.
+    header_read_timeout: float = 15.0
+    body_read_timeout: float = 60.0
+    timeout_keep_alive: float = 5.0  # an idle keep-alive connection is closed after this
+    limit_concurrency: int = 1024  # open connections + requests; above, uvicorn answers 503
     data_dir: str | None = None  # see state_dir()
 
     def state_dir(self) -> Path:
@@ -47,6 +59,18 @@ class ServerConfig:
             raise ValueError("max_waiting must be at least 1")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be at least 1, got {self.cpu_threads}")
+        if not self.watchdog_seconds >= 0:
+            raise ValueError(f"watchdog_seconds must be >= 0, got {self.watchdog_seconds}")
+        for name in (
+            "shutdown_timeout",
+            "header_read_timeout",
+            "body_read_timeout",
+            "timeout_keep_alive",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.limit_concurrency < 1:
+            raise ValueError(f"limit_concurrency must be at least 1, got {self.limit_concurrency}")
         for name in ("api_key", "admin_api_key"):
             key = getattr(self, name)
             # compare_digest needs ASCII; an empty key would let an empty bearer in.

@@ -80,6 +80,7 @@ def build_configs(
     args: argparse.Namespace, model: str, name: str | None, template: str | None
 ) -> tuple[EngineConfig, Any, MediaConfig]:
     from vlmserve.api.server_config import ServerConfig
+    from vlmserve.cli.ops_flags import operations_config
 
     engine_config = EngineConfig(
         model=model,
@@ -113,6 +114,7 @@ def build_configs(
         registry_path=args.registry,
         registry=registry_config(args),
         data_dir=args.data_dir,
+        **operations_config(args),
     )
     return engine_config, server_config, media_config(args)
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import vlmserve
-from vlmserve.cli.config_file import apply_config_file
+from vlmserve.cli.config_env import config_path, env_settings
+from vlmserve.cli.config_file import file_settings
 from vlmserve.cli.errors import flag_names, in_flag_words
 from vlmserve.cli.help import LIST_FLAG_HINT, CommaList, CommandParser, HelpFormatter
-from vlmserve.cli.logs import LEVELS
+from vlmserve.cli.logs import FORMATS, LEVELS
 from vlmserve.cli.models import add_models_parser
 from vlmserve.cli.serve import add_serve_parser
 from vlmserve.cli.tiny import add_tiny_parser, default_tiny_model
@@ -48,6 +51,14 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
         default="info",
         help="vlmserve's and uvicorn's log level (other libraries: warnings and errors)",
     )
+    common.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text: lines for people; json: one object per line (time, level, logger, "
+        "message, request_id; access lines add method, route, status, latency_s, model, "
+        "tokens)",
+    )
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=CommandParser
     )
@@ -58,15 +69,25 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     return parser, dict(sub.choices)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None = None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
+    """The command line; for `serve`, over the settings of its --config file and the
+    `VLMSERVE_*` environment (cli/config_env.py), which replace the flags' defaults."""
+    environ = os.environ if environ is None else environ
     parser, commands = _parsers()
     serve = commands["serve"]
     args = _parse(parser, serve, argv)
-    if getattr(args, "config", None):
-        try:
-            apply_config_file(serve, args.config)
-        except (OSError, ValueError, argparse.ArgumentTypeError) as exc:
-            serve.error(str(exc))
+    if args.command != "serve":
+        return args
+    try:
+        path = config_path(args, environ)
+        settings = file_settings(serve, path) if path else {}
+        settings.update(env_settings(serve, environ))
+    except (OSError, ValueError, argparse.ArgumentTypeError) as exc:
+        serve.error(str(exc))
+    if settings:
+        serve.set_defaults(**settings)
         args = _parse(parser, serve, argv)
     return args
 

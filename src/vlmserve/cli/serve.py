@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vlmserve.cli.config_env import render_config
 from vlmserve.cli.configs import build_configs, fetch_timeout
 from vlmserve.cli.help import CommaList, byte_size, duration, json_object, keep_alive
 from vlmserve.cli.logs import configure_logging
+from vlmserve.cli.ops_flags import add_operations_flags
 from vlmserve.cli.tiny import TINY_ARCH, default_tiny_model
 from vlmserve.config import MediaConfig, MediaFetchTimeout, RegistryConfig
 from vlmserve.safety import cli as safety_cli
@@ -21,8 +23,10 @@ validate. Without MODEL a tiny random-weight model is generated once and served:
 to try every endpoint, not to get meaningful answers.
 
 The start-up log says what was chosen (device, dtype, KV cache, context length, security
-settings); GET /ready answers 200 once the model is loaded. Every flag can also be set in
-a YAML or TOML file (--config) with the same names."""
+settings); GET /ready answers 200 once the model is loaded and warmed up. Every flag can
+also be set in a YAML or TOML file (--config) with the same names, or in the environment as
+VLMSERVE_ plus the flag's name (VLMSERVE_MAX_MODEL_LEN=4096); the command line wins over the
+environment, which wins over the file. --print-config shows the result."""
 
 SERVE_EPILOG = """\
 examples:
@@ -55,11 +59,18 @@ def add_serve_parser(sub: Any, common: argparse.ArgumentParser, formatter: Any) 
     serve.add_argument(
         "--config",
         metavar="FILE",
-        help="YAML or TOML file with the same keys as these flags; flags given here win "
-        "(default: none)",
+        help="YAML or TOML file with the same keys as these flags; flags given here and "
+        "VLMSERVE_* variables win (default: $VLMSERVE_CONFIG, else none)",
+    )
+    serve.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings (flags, environment, config file, defaults) as a "
+        "config file, API keys hidden, and exit",
     )
     _server_flags(serve)
     _model_flags(serve.add_argument_group("models: registry and lifecycle (docs/registry.md)"))
+    add_operations_flags(serve.add_argument_group("operations (docs/deploy.md)"))
     _engine_flags(serve.add_argument_group("engine (docs/engine.md)"))
     _media_flags(serve.add_argument_group("media fetching and decoding (docs/media.md)"))
     safety_cli.add_serve_flags(serve)
@@ -343,7 +354,10 @@ def _media_flags(media: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    if args.print_config:
+        print(render_config(args), end="")
+        return 0
+    configure_logging(args.log_level, args.log_format)
     from vlmserve.api.server import run_server
 
     model, name = args.model, args.served_model_name

@@ -54,7 +54,7 @@ def add_tiny_parser(sub: Any, common: argparse.ArgumentParser, formatter: Any) -
 
 
 def run_make_tiny_model(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     from vlmserve.models.tiny import make_tiny_model
 
     # The generator owns the default tokenizer size: pass it only when given.

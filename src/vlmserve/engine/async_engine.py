@@ -14,6 +14,10 @@ If the thread dies instead (an error no step handler caught), every open stream 
 `EngineDead` and later requests are refused at once: no caller waits forever. The loop beats
 at least every `HEARTBEAT_S`, idle or not, so `last_progress` tells a stuck step (liveness)
 from an idle engine.
+
+Progress is observable: `stalled_for()` is how long the engine has held requests without a
+step computing anything (a step stuck in the model, or a loop that turns without work
+getting done) — what a readiness watchdog reads.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from vlmserve.engine.engine import LLMEngine
@@ -85,6 +89,7 @@ class EngineStats:
     grammar_cache_hits: int
     grammar_compiles: int
     grammar_compile_seconds: float
+    stalled_seconds: float  # see AsyncEngine.stalled_for
 
 
 class AsyncEngine:
@@ -100,7 +105,11 @@ class AsyncEngine:
         self._admitting = True
         self._streams: dict[str, _Add] = {}
         self._pending = 0  # accepted by generate() but not finished
+        self._reserved = 0  # places held by callers still preparing a request (reserve())
         self._last_beat = time.monotonic()
+        # When the engine last made progress: a step computed tokens or produced outputs,
+        # the engine was seen idle, or work arrived at an idle engine.
+        self._progress_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="vlmserve-engine", daemon=True)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -125,6 +134,18 @@ class AsyncEngine:
         """`time.monotonic()` of the loop's last turn (for liveness: a loop that stops turning
         while it runs is stuck in a step)."""
         return self._last_beat
+
+    def stalled_for(self) -> float:
+        """Seconds the engine has held requests without a step computing anything; 0 while
+        it is idle or moving."""
+        if not self._has_work():
+            return 0.0
+        return max(0.0, time.monotonic() - self._progress_at)
+
+    def _has_work(self) -> bool:
+        # Read from the caller's thread: a dict's length and a queue's size are safe to
+        # read while the engine thread changes them.
+        return bool(self.engine.requests) or not self._commands.empty()
 
     async def drain(self, timeout: float) -> bool:
         """Stop admitting (new `generate` calls raise `EngineDraining`) and wait up to
@@ -212,16 +233,7 @@ class AsyncEngine:
         admit: Callable[[ProcessedInput], Callable[[LLMEngine], object]],
     ) -> AsyncGenerator[RequestOutput, None]:
         """Admission checks, input processing off the loop, then the request's outputs."""
-        if self._closed:
-            raise EngineClosed("the engine is closed")
-        if self._death is not None:
-            raise EngineDead(f"the engine loop stopped: {self._death!r}")
-        if not self._admitting:
-            raise EngineDraining("the engine is draining and admits no new requests; retry")
-        if not self.alive:
-            raise EngineDead("the engine loop is not running")
-        if self._pending >= self.max_waiting:
-            raise EngineOverloaded(f"{self._pending} requests in flight; retry later")
+        self._check_admission()
         self._pending += 1
         finished = False
         posted = False
@@ -244,10 +256,39 @@ class AsyncEngine:
             if posted and not finished:
                 self._post(request_id)  # abort; refused (and moot) once closed
 
+    @contextlib.contextmanager
+    def reserve(self) -> Iterator[None]:
+        """Hold one of the `max_waiting` places while the caller prepares a request (fetches
+        and decodes its media), so that a flood is refused before any of that work: raises
+        what `generate` would (EngineOverloaded, EngineDraining, ...). Leave the block right
+        before calling `generate`, which takes a place of its own."""
+        self._check_admission()
+        self._reserved += 1
+        try:
+            yield
+        finally:
+            self._reserved -= 1
+
+    def _check_admission(self) -> None:
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        if self._death is not None:
+            raise EngineDead(f"the engine loop stopped: {self._death!r}")
+        if not self._admitting:
+            raise EngineDraining("the engine is draining and admits no new requests; retry")
+        if not self.alive:
+            raise EngineDead("the engine loop is not running")
+        in_flight = self._pending + self._reserved
+        if in_flight >= self.max_waiting:
+            raise EngineOverloaded(f"{in_flight} requests in flight; retry later")
+
     def _post(self, command: _Add | str) -> bool:
         with self._post_lock:
             if self._closed or self._death is not None:
                 return False
+            if isinstance(command, _Add) and not self._has_work():
+                # An idle engine's clock starts when work arrives, not when it went idle.
+                self._progress_at = time.monotonic()
             self._commands.put(command)
             return True
 
@@ -275,6 +316,7 @@ class AsyncEngine:
             grammar_cache_hits=grammar.hits,
             grammar_compiles=grammar.misses,
             grammar_compile_seconds=grammar.compile_seconds,
+            stalled_seconds=self.stalled_for(),
         )
 
     # -- engine thread ----------------------------------------------------------------------
@@ -303,6 +345,8 @@ class AsyncEngine:
             self._last_beat = time.monotonic()
             if self.engine.has_unfinished():
                 self._step()
+            else:
+                self._progress_at = self._last_beat
 
     def _die(self, exc: BaseException) -> None:
         """The thread is stopping on an error: end every open stream and every queued add
@@ -351,6 +395,7 @@ class AsyncEngine:
         self._streams[command.request_id] = command
 
     def _step(self) -> None:
+        batches = self.engine.num_batches
         try:
             outputs = self.engine.step()
         except Exception as exc:
@@ -363,6 +408,8 @@ class AsyncEngine:
                         RuntimeError(f"the engine failed while running this request: {exc}")
                     )
             return
+        if outputs or self.engine.num_batches != batches:
+            self._progress_at = time.monotonic()
         for output in outputs:
             stream = self._streams.get(output.request_id)
             if stream is None:

@@ -51,6 +51,9 @@ class LLMEngine:
         self.model, self.model_config = loaded.model, loaded.model_config
         self.tokenizer = loaded.tokenizer
         self.closed = False
+        # Steps that computed tokens: the progress a watchdog looks for (a step that
+        # schedules nothing while requests wait is not progress).
+        self.num_batches = 0
         self.kv_plan = plan_kv_cache(
             config,
             self.model_config,
@@ -274,6 +277,7 @@ class LLMEngine:
         self._finished_at_admission.clear()
         batch = self.scheduler.schedule()
         if not batch.empty:
+            self.num_batches += 1
             sampling, logits = self._run(batch)
             if sampling:
                 self._sample(sampling, logits)

@@ -19,6 +19,7 @@ from typing import Protocol, cast
 
 from vlmserve.engine.errors import EngineLost
 from vlmserve.serving.errors import ClientDisconnected, ServingError, engine_error
+from vlmserve.trace import current_trace
 from vlmserve.types import Prompt, RequestOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,13 @@ def failed_output(output: RequestOutput) -> ServingError | None:
     if output.error is None and all(c.finish_reason != "error" for c in output.outputs):
         return None
     return ServingError(500, f"the engine failed on this request: {output.error or 'unknown'}")
+
+
+def _trace_tokens(output: RequestOutput) -> None:
+    trace = current_trace()
+    if trace is not None:
+        trace.prompt_tokens = len(output.prompt_token_ids)
+        trace.completion_tokens = sum(len(c.token_ids) for c in output.outputs)
 
 
 class Generation:
@@ -90,6 +98,8 @@ class Generation:
                 failure = failed_output(output)
                 if failure is not None:
                     raise failure
+                if output.finished:
+                    _trace_tokens(output)
                 yield output
                 if output.finished:
                     return

@@ -20,13 +20,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmserve.engine.errors import EngineOverloaded, EngineUnavailable
 from vlmserve.registry import ModelHandle, ModelRegistry, RegistryError
-from vlmserve.serving.errors import registry_error
+from vlmserve.serving.errors import ServingError, engine_error, registry_error
 from vlmserve.serving.generation import Generation, OutputObserver
 from vlmserve.serving.media import MediaLoader
 from vlmserve.serving.prompts import chat_prompt, completion_prompt
 from vlmserve.serving.scoring import ScoreRequest, score_continuations
 from vlmserve.serving.tools import Tools
+from vlmserve.serving.work_pool import WorkPool
+from vlmserve.trace import current_trace
 from vlmserve.types import Prompt, RequestOutput, SamplingParams
 
 
@@ -49,9 +52,13 @@ class CompletionRequest:
 
 
 class Serving:
-    def __init__(self, models: ModelRegistry, media: MediaLoader) -> None:
+    def __init__(
+        self, models: ModelRegistry, media: MediaLoader, work: WorkPool | None = None
+    ) -> None:
+        """`work`: where long chat templates are rendered (None: on the caller's loop)."""
         self.models = models
         self.media = media
+        self.work = work
 
     @contextlib.asynccontextmanager
     async def model(
@@ -60,6 +67,9 @@ class Serving:
         """The registry's `acquire` (loading the model if needed; `keep_alive` seconds
         overrides its idle time after this request), its refusals as `ServingError`s
         (unknown model: 404 `model_not_found`; not available now: 503 with Retry-After)."""
+        trace = current_trace()
+        if trace is not None:
+            trace.model = alias
         try:
             async with self.models.acquire(alias, keep_alive) as handle:
                 yield handle
@@ -70,16 +80,28 @@ class Serving:
         self, handle: ModelHandle, request: ChatRequest, observe: OutputObserver | None = None
     ) -> Generation:
         """Template, reserved-token and media-count checks, media loading, then the engine
-        request, started: its first output is in (see `Generation`). With `tools` the
-        output is constrained to the tool choice; reading the calls out of it is the
-        caller's (`parse_output`, `ToolCallStream` in serving/tool_calls.py)."""
+        request, started: its first output is in (see `Generation`). A place in the engine
+        (--max-waiting) is held from before the media is loaded: a flood gets 429 before
+        anything is fetched or decoded. With `tools` the output is constrained to the tool
+        choice; reading the calls out of it is the caller's (`parse_output`, `ToolCallStream`
+        in serving/tool_calls.py)."""
         params, definitions = request.params, None
         if request.tools is not None:
             params = request.tools.constrain(params)
             definitions = request.tools.definitions
-        prompt = await chat_prompt(
-            handle.info, request.messages, self.media, request.add_generation_prompt, definitions
-        )
+        try:
+            with handle.engine.reserve():
+                prompt = await chat_prompt(
+                    handle.info,
+                    request.messages,
+                    self.media,
+                    request.add_generation_prompt,
+                    self.work,
+                    definitions,
+                )
+        except (EngineOverloaded, EngineUnavailable) as exc:
+            raise _refusal(exc) from exc
+        # No await between leaving the reservation and `generate` taking its own place.
         prompt.cache_salt = request.cache_salt
         return await _started(
             Generation(handle.engine, prompt, params, request.request_id, observe)
@@ -107,7 +129,9 @@ class Serving:
         """`messages` through the model's template, with the checks of `start_chat` and the
         media fetched and decoded: a prompt to reuse across engine requests (which share
         prefix cache and media UUIDs only with requests of the same `cache_salt`)."""
-        prompt = await chat_prompt(handle.info, messages, self.media, add_generation_prompt)
+        prompt = await chat_prompt(
+            handle.info, messages, self.media, add_generation_prompt, self.work
+        )
         prompt.cache_salt = cache_salt
         return prompt
 
@@ -138,6 +162,12 @@ class Serving:
         async with self.model(alias) as handle:
             generation = await self.start_completion(handle, request)
             return await generation.final()
+
+
+def _refusal(exc: Exception) -> ServingError:
+    mapped = engine_error(exc)
+    assert mapped is not None  # every engine refusal has a status
+    return mapped
 
 
 async def _started(generation: Generation) -> Generation:
