@@ -155,30 +155,42 @@ class RequestGrammar:
         data = b"".join(self._tokens.token_bytes[t] for t in forced)
         if not closing.data.startswith(data):
             return []
-        if self._matcher.try_consume_tokens(forced) != len(forced):
+        if self._matcher.validate_tokens(forced) != len(forced):
             return []
-        after = self.tokens_for(closing.data[len(data) :])
-        self._matcher.rollback(len(forced))
+        after = self.tokens_for(closing.data[len(data) :], after=forced)
         return forced if len(forced) + len(after) <= self._remaining else []
 
     def steer(self, token_id: int) -> int:
         """The token to append for a sampled one: itself if a valid completion still fits the
-        budget after it, else the next token of the close (EOS when already complete)."""
+        budget after it, else the next token of the close (EOS when already complete).
+
+        Nothing is committed: the close after the token is found by probing (see
+        `_closing_after`); accepting the token then reuses it."""
         if self._remaining is None:
             return token_id
         closing = self._closing_for_state()
         if closing.tokens[:1] == [token_id]:
             return token_id
         fallback = closing.tokens[0] if closing.tokens else min(self._tokens.eos_token_ids)
-        if self._remaining <= len(closing.tokens) or not self._advance(token_id):
+        if self._remaining <= len(closing.tokens) or not self._accepts(token_id):
             return fallback
-        after = self._find_closing(closing.data, STEER_SEARCH_NODES)
-        self.rollback(1)
-        self._closing = closing
+        self._memo = None
+        after = self._closing_after(token_id, closing.data)
         if after is not None and len(after.tokens) <= self._remaining - 1:
             self._memo = (token_id, after)
             return token_id
         return fallback
+
+    def _accepts(self, token_id: int) -> bool:
+        """Whether accepting `token_id` would succeed, without changing state."""
+        return self._in_vocabulary(token_id) and self._matcher.validate_tokens([token_id]) == 1
+
+    def _in_vocabulary(self, token_id: int) -> bool:
+        """An ordinary token or an EOS id (never a special token or logits padding)."""
+        word = self._tokens.allowed_words
+        return 0 <= token_id < 32 * word.shape[0] and bool(
+            (int(word[token_id // 32]) >> (token_id % 32)) & 1
+        )
 
     def min_tokens_to_finish(self) -> int:
         """Tokens in the shortest valid completion found from here (0 when complete)."""
@@ -188,10 +200,11 @@ class RequestGrammar:
         """One short valid completion from here, as model tokens."""
         return list(self._closing_for_state().tokens)
 
-    def tokens_for(self, data: bytes) -> list[int]:
-        """Model tokens spelling `data` from the current state, each checked by the matcher."""
+    def tokens_for(self, data: bytes, after: list[int] | None = None) -> list[int]:
+        """Model tokens spelling `data` from the current state (or from the state after the
+        tokens `after`, which the matcher accepts), each checked by the matcher."""
         tokens = split_into_tokens(
-            self._matcher, data, self._tokens.vocab, self._tokens.max_token_bytes
+            self._matcher, data, self._tokens.vocab, self._tokens.max_token_bytes, after
         )
         if tokens is None:
             raise RuntimeError(f"no token sequence spells the completion {data!r}")
@@ -204,11 +217,7 @@ class RequestGrammar:
         return b"" if token_id in self._tokens.eos_token_ids else self._tokens.token_bytes[token_id]
 
     def _advance(self, token_id: int) -> bool:
-        word = self._tokens.allowed_words
-        if (
-            not (0 <= token_id < 32 * word.shape[0])
-            or not (int(word[token_id // 32]) >> (token_id % 32)) & 1
-        ):
+        if not self._in_vocabulary(token_id):
             return False
         if self._matcher.try_consume_tokens([token_id]) != 1:
             if self._matcher.is_error():
@@ -249,6 +258,29 @@ class RequestGrammar:
             data = shortest_completion(self._bytes, self._nesting, max_nodes)
         return None if data is None else _Closing(data, self.tokens_for(data))
 
+    def _closing_after(self, token_id: int, hint: bytes) -> _Closing | None:
+        """What `_find_closing(hint, STEER_SEARCH_NODES)` finds once `token_id` (which the
+        grammar allows) is accepted, without accepting it: the same candidates in the same
+        order, checked with `validate_tokens` instead of commit and rollback."""
+        if token_id in self._tokens.eos_token_ids:
+            return _Closing(b"", [])  # after EOS the grammar is complete
+        data = self._tokens.token_bytes[token_id]
+        after = list(data)
+        found = next((c for c in (hint[len(data) :], hint) if self._completes(c, after)), None)
+        if found is None:
+            probe = self._bytes.deep_copy()
+            if not probe.consume_tokens(after):
+                # The shared lexer cache ran out (see _rebuild_byte_matcher): as accepting
+                # the token would, continue on a private byte matcher.
+                self._rebuild_byte_matcher()
+                probe = self._bytes.deep_copy()
+                if not probe.consume_tokens(after):
+                    raise RuntimeError(f"byte matcher diverged: {probe.get_error()[:200]}")
+            found = shortest_completion(probe, self._nesting.scan(data), STEER_SEARCH_NODES)
+        if found is None:
+            return None
+        return _Closing(found, self.tokens_for(found, after=[token_id]))
+
     def _rebuild_byte_matcher(self) -> None:
         """A private byte matcher replaying this request's bytes.
 
@@ -260,6 +292,8 @@ class RequestGrammar:
         if not self._bytes.consume_tokens(self._byte_log):
             raise RuntimeError(f"byte matcher diverged: {self._bytes.get_error()[:200]}")
 
-    def _completes(self, data: bytes) -> bool:
-        probe = self._bytes.deep_copy()
-        return bool(probe.consume_tokens(list(data)) and probe.is_accepting())
+    def _completes(self, data: bytes, after: list[int] | None = None) -> bool:
+        """Whether `data` (after the bytes `after`) takes the byte matcher to an accepting
+        state: EOS is accepted exactly where the grammar may end."""
+        probe = (after or []) + list(data) + [BYTE_EOS]
+        return bool(self._bytes.validate_tokens(probe) == len(probe))
