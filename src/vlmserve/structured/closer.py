@@ -251,11 +251,45 @@ def _beam(
     return None
 
 
+class Spelling:
+    """Greedy longest-match spellings of byte strings in a model vocabulary. The same closes
+    come back from step to step and request to request, so spellings are memoised (a
+    bounded table, emptied when full)."""
+
+    def __init__(self, vocab: dict[bytes, int], max_token_bytes: int, memo_size: int = 1 << 16):
+        self._vocab = vocab
+        self._max_token_bytes = max_token_bytes
+        self._memo: dict[bytes, tuple[tuple[int, int], ...]] = {}
+        self._memo_size = memo_size
+
+    def longest(self, data: bytes, pos: int, max_size: int) -> tuple[int, int] | None:
+        """(token, size) of the longest token of at most `max_size` bytes at data[pos:]."""
+        for size in range(min(max_size, self._max_token_bytes, len(data) - pos), 0, -1):
+            token = self._vocab.get(data[pos : pos + size])
+            if token is not None:
+                return token, size
+        return None
+
+    def run(self, data: bytes) -> tuple[tuple[int, int], ...]:
+        """(token, size) of the longest token at every position from the start of `data`
+        on, until its end or a position where no token fits."""
+        spelled = self._memo.get(data)
+        if spelled is None:
+            found, pos = [], 0
+            while (longest := self.longest(data, pos, len(data))) is not None:
+                found.append(longest)
+                pos += longest[1]
+            spelled = tuple(found)
+            if len(self._memo) >= self._memo_size:
+                self._memo.clear()
+            self._memo[data] = spelled
+        return spelled
+
+
 def split_into_tokens(
     matcher: llguidance.LLMatcher,
     data: bytes,
-    vocab: dict[bytes, int],
-    max_token_bytes: int,
+    spelling: Spelling,
     prefix: list[int] | None = None,
 ) -> list[int] | None:
     """Longest-match tokens for `data` that the real matcher accepts from its state after
@@ -273,14 +307,8 @@ def split_into_tokens(
     skip = len(tokens)
     pos = 0
     while pos < len(data):
-        proposed: list[tuple[int, int]] = []  # (token, size) from pos on, longest first
-        end = pos
-        while end < len(data):
-            longest = _longest_token(data, end, vocab, max_token_bytes, max_token_bytes)
-            if longest is None:
-                break
-            proposed.append(longest)
-            end += longest[1]
+        proposed = spelling.run(data[pos:])
+        end = pos + sum(size for _, size in proposed)
         held = matcher.validate_tokens(tokens + [t for t, _ in proposed]) - len(tokens)
         if held < 0:
             return None  # the prefix itself is not accepted
@@ -294,7 +322,7 @@ def split_into_tokens(
         # The longest token at pos fails here: try the shorter ones, longest first.
         _, size = proposed[held]
         while True:
-            shorter = _longest_token(data, pos, vocab, max_token_bytes, size - 1)
+            shorter = spelling.longest(data, pos, size - 1)
             if shorter is None:
                 return None
             token, size = shorter
@@ -303,14 +331,3 @@ def split_into_tokens(
                 pos += size
                 break
     return tokens[skip:]
-
-
-def _longest_token(
-    data: bytes, pos: int, vocab: dict[bytes, int], max_token_bytes: int, max_size: int
-) -> tuple[int, int] | None:
-    """The longest vocabulary token of at most `max_size` bytes spelling data[pos:...]."""
-    for size in range(min(max_size, max_token_bytes, len(data) - pos), 0, -1):
-        token = vocab.get(data[pos : pos + size])
-        if token is not None:
-            return token, size
-    return None

@@ -14,6 +14,7 @@ budget equals the closing length, `forced_tokens` returns the whole close.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import llguidance
@@ -23,6 +24,7 @@ import torch
 from vlmserve.structured.closer import (
     BYTE_EOS,
     Nesting,
+    Spelling,
     new_byte_matcher,
     shortest_completion,
     split_into_tokens,
@@ -46,6 +48,10 @@ class TokenView:
     allowed_words: np.ndarray  # int32 bitmask words: ordinary tokens and EOS ids
     eos_token_ids: frozenset[int]
 
+    @functools.cached_property
+    def spelling(self) -> Spelling:
+        return Spelling(self.vocab, self.max_token_bytes)
+
 
 @dataclass
 class _Closing:
@@ -61,7 +67,10 @@ class RequestGrammar:
         grammar: str,
         tokens: TokenView,
         max_tokens: int | None,
+        shortest: tuple[bytes, tuple[int, ...]] | None = None,
     ) -> None:
+        """`shortest`: the close from the initial state if known (the compile found it, and
+        a search from here would find it again: the search is deterministic)."""
         self._matcher = matcher
         self._bytes = byte_matcher
         self._grammar = grammar
@@ -70,7 +79,7 @@ class RequestGrammar:
         self._remaining = max_tokens
         self._nesting = Nesting()
         self._history: list[tuple[int, Nesting]] = []  # per token: bytes consumed, nesting before
-        self._closing: _Closing | None = None
+        self._closing = None if shortest is None else _Closing(shortest[0], list(shortest[1]))
         self._hint: bytes | None = None  # previous close, tried before searching again
         self._memo: tuple[int, _Closing] | None = None  # steer()'s look at one token
 
@@ -96,6 +105,17 @@ class RequestGrammar:
             return
         self._matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
         words &= self._tokens.allowed_words[: words.shape[0]]
+
+    def mask_matcher(self) -> llguidance.LLMatcher | None:
+        """The matcher whose mask `fill_bitmask` writes before ANDing `allowed_words` (so that
+        many rows can be filled at once, see `batch.fill_bitmasks`); None when the budget is
+        tight and the mask is the close's next token."""
+        return None if self._is_tight() else self._matcher
+
+    @property
+    def allowed_words(self) -> np.ndarray:
+        """int32 words allowing only ordinary tokens and EOS: ANDed into every mask."""
+        return self._tokens.allowed_words
 
     def accept_token(self, token_id: int) -> bool:
         """Advance by one token. False leaves the state unchanged: the token is not allowed
@@ -181,6 +201,18 @@ class RequestGrammar:
             return token_id
         return fallback
 
+    def surely_allows(self, token_id: int) -> bool:
+        """True only if `fill_bitmask` would allow `token_id`, found without computing the
+        mask: a sampler can keep an unmasked winner that passes and mask only the rows that
+        fail. False where it cannot tell cheaply: where the next bytes are forced
+        (llguidance's mask then allows only their canonical tokens, fewer than the grammar
+        accepts) and for EOS."""
+        if self._is_tight():
+            return token_id in (self.closing_tokens()[:1] or self._tokens.eos_token_ids)
+        if token_id in self._tokens.eos_token_ids or self._matcher.compute_ff_bytes():
+            return False
+        return self._accepts(token_id)
+
     def _accepts(self, token_id: int) -> bool:
         """Whether accepting `token_id` would succeed, without changing state."""
         return self._in_vocabulary(token_id) and self._matcher.validate_tokens([token_id]) == 1
@@ -203,9 +235,7 @@ class RequestGrammar:
     def tokens_for(self, data: bytes, after: list[int] | None = None) -> list[int]:
         """Model tokens spelling `data` from the current state (or from the state after the
         tokens `after`, which the matcher accepts), each checked by the matcher."""
-        tokens = split_into_tokens(
-            self._matcher, data, self._tokens.vocab, self._tokens.max_token_bytes, after
-        )
+        tokens = split_into_tokens(self._matcher, data, self._tokens.spelling, after)
         if tokens is None:
             raise RuntimeError(f"no token sequence spells the completion {data!r}")
         return tokens
