@@ -6,16 +6,21 @@ grammar mask applies (last, so no bias can let a masked token through), and fina
 argmax or temperature / top-k / top-p / min-p sampling with the row's own generator (so a
 seeded request is reproducible whatever it is batched with).
 
+Picks run where the logits are (CPU or CUDA), batched: one argmax for the greedy rows, one
+set of tensor ops for the sampled rows (each row with its own temperature, top-k, top-p,
+min-p), the token ids coming back to the host once per pass. Sampling is an exponential
+race, argmax(p / E) with E ~ Exp(1), and every row's E comes from its own generator on the
+CPU, so a seed draws the same E on every device.
+
 Grammar masks are applied only where they change the pick. A greedy row picks its argmax
-and a temperature-only row its exponential race (argmax of p / E) on the unmasked logits
-first; when the grammar allows that token (checked in microseconds, `GrammarMasks`), the
-pick stands: the unmasked winner is then also the winner among the allowed tokens, so the
-masked pick would be the same token — for the race, with the same draw E. Only the rows
-whose pick fails, and the top-k / top-p / min-p rows (their filters depend on the masked
-distribution), get their masks filled (in parallel) and applied, and pick again; a race
-picks again with the same E, so it draws exactly as if masked first (and a seeded request
-gives the same tokens). Logits are read in place: only rows that penalties, min_tokens or a
-mask change are copied.
+and a temperature-only row its race on the unmasked logits first; when the grammar allows
+that token (checked in microseconds, `GrammarMasks`), the pick stands: the unmasked winner
+is then also the winner among the allowed tokens, so the masked pick would be the same
+token — for the race, with the same draw E. Only the rows whose pick fails, and the
+top-k / top-p / min-p rows (their filters depend on the masked distribution), get their
+masks filled (in parallel) and applied, and pick again; a race picks again with the same E,
+so it draws exactly as if masked first (and a seeded request gives the same tokens).
+Logits are read in place: only rows that penalties, min_tokens or a mask change are copied.
 """
 
 from __future__ import annotations
@@ -69,18 +74,20 @@ class SamplerOutput:
 
 
 @dataclass
-class _Race:
-    """A temperature-only row's first pick: its draw E, and the generator state before it
-    (a masked pick that finds nothing to draw from must leave the generator untouched)."""
+class _Draws:
+    """The exponential draws E of a batch of sampled rows (None: the row drew nothing), and
+    each generator's state before them (a pick that must not have drawn rewinds to it)."""
 
-    noise: torch.Tensor
-    state: torch.Tensor
+    noise: list[torch.Tensor | None]
+    states: list[torch.Tensor | None]
 
 
 def sample(
     logits: torch.Tensor, rows: list[SamplingRow], masks: RowMasks | None = None
 ) -> SamplerOutput:
-    """`masks`: the grammar masks of the constrained rows; the other rows are unconstrained."""
+    """`masks`: the grammar masks of the constrained rows; the other rows are unconstrained.
+    Works where the logits are: greedy and sampled rows are picked in batched tensor ops
+    (on CUDA too), the token ids come back to the host once per pass."""
     scores = logits.float()  # no copy when the runner's logits are float32 already
     # Logprobs cost a full-vocabulary pass per row: only when some row asked for them.
     want_logprobs = any(row.params.logprobs is not None for row in rows)
@@ -89,29 +96,37 @@ def sample(
     constrained = masks.rows if masks is not None else []
     # Rows whose pick must come from masked logits: only greedy and temperature-only picks
     # can be checked after the fact.
-    mask_first = [i for i in constrained if not _checkable(rows[i])]
+    mask_first = {i for i in constrained if not _checkable(rows[i])}
+    first = [i for i in range(len(rows)) if i not in mask_first]
     token_ids = [0] * len(rows)
-    races: dict[int, _Race] = {}
-    first = set(range(len(rows))) - set(mask_first)
-    greedy = _argmax(scores).tolist() if first else []
-    for i in sorted(first):
-        row_scores = edited.get(i)
-        if rows[i].params.greedy:
-            token_ids[i] = greedy[i] if row_scores is None else int(_argmax(row_scores))
-            continue
-        row_scores = scores[i] if row_scores is None else row_scores
-        generator = rows[i].generator
-        state = generator.get_state() if i in constrained and generator is not None else None
-        token_ids[i], noise = _sample_row(row_scores.cpu(), rows[i].params, generator)
-        if state is not None and noise is not None:
-            races[i] = _Race(noise, state)
-    missed = mask_first + [
-        i
-        for i in constrained
-        if i in first and not (masks is not None and masks.surely_allows(i, token_ids[i]))
-    ]
+    draws = _Draws([None] * len(rows), [None] * len(rows))
+    if first:
+        checked = set(constrained)
+        picks, first_draws = _pick(scores, first, edited, rows, None, keep_draws=checked)
+        for k, i in enumerate(first):
+            token_ids[i] = picks[k]
+            draws.noise[i], draws.states[i] = first_draws.noise[k], first_draws.states[k]
+    missed = sorted(
+        mask_first
+        | {
+            i
+            for i in constrained
+            if i not in mask_first
+            and not (masks is not None and masks.surely_allows(i, token_ids[i]))
+        }
+    )
     if missed and masks is not None:
-        _pick_masked(scores, edited, rows, masks, sorted(missed), races, token_ids)
+        # Copies of the rows that miss, masked; a race picks again with the draw it made.
+        masked = scores.index_select(0, torch.tensor(missed, device=scores.device))
+        for k, i in enumerate(missed):
+            if i in edited:
+                masked[k] = edited[i]
+        apply_token_bitmask(masked, masks.fill(missed))
+        rows_missed = list(range(len(missed)))
+        reuse = _Draws([draws.noise[i] for i in missed], [draws.states[i] for i in missed])
+        picks, _ = _pick(masked, rows_missed, {}, [rows[i] for i in missed], reuse)
+        for k, i in enumerate(missed):
+            token_ids[i] = picks[k]
     top_ids: list[list[int]] = [[] for _ in rows]
     top_lps: list[list[float]] = [[] for _ in rows]
     if raw_logprobs is None:
@@ -131,36 +146,99 @@ def sample(
     )
 
 
-def _pick_masked(
+def _pick(
     scores: torch.Tensor,
+    which: list[int],
     edited: dict[int, torch.Tensor],
     rows: list[SamplingRow],
-    masks: RowMasks,
-    missed: list[int],
-    races: dict[int, _Race],
-    token_ids: list[int],
-) -> None:
-    """Fill and apply the masks of `missed` rows (copies of their logits) and pick again."""
-    index = torch.tensor(missed, device=scores.device)
-    masked = scores.index_select(0, index)
-    for k, i in enumerate(missed):
-        if i in edited:
-            masked[k] = edited[i]
-    apply_token_bitmask(masked, masks.fill(missed))
-    greedy = _argmax(masked).tolist()
-    for k, i in enumerate(missed):
-        p = rows[i].params
-        if p.greedy:
-            token_ids[i] = greedy[k]
-            continue
-        race = races.get(i)
-        generator = rows[i].generator
-        token, noise = _sample_row(
-            masked[k].cpu(), p, generator, None if race is None else race.noise
+    reuse: _Draws | None,
+    keep_draws: set[int] | None = None,
+) -> tuple[list[int], _Draws]:
+    """Tokens for rows `which` of `scores` (`edited[i]` instead of row i where given):
+    greedy rows from one batched argmax, sampled ones from one batched race, returned to
+    the host together. `reuse`: earlier draws to use instead of drawing (by position in
+    `which`); `keep_draws`: rows whose draws (and generator states before them) to return
+    for a second pick."""
+    picks = _argmax(scores)[torch.tensor(which, device=scores.device)]
+    for k, i in enumerate(which):
+        if rows[i].params.greedy and i in edited:
+            picks[k] = _argmax(edited[i])
+    draws = _Draws([None] * len(which), [None] * len(which))
+    sampled = [k for k, i in enumerate(which) if not rows[i].params.greedy]
+    if sampled:
+        values = torch.stack([edited.get(which[k], scores[which[k]]) for k in sampled])
+        generators = [rows[which[k]].generator for k in sampled]
+        given = [None if reuse is None else reuse.noise[k] for k in sampled]
+        keep = [keep_draws is not None and which[k] in keep_draws for k in sampled]
+        tokens, noise, states = _race(
+            values, [rows[which[k]].params for k in sampled], generators, given, keep
         )
-        if noise is None and race is not None and generator is not None:
-            generator.set_state(race.state)  # nothing to draw from: as if never drawn
-        token_ids[i] = token
+        picks[torch.tensor(sampled, device=scores.device)] = tokens
+        for j, k in enumerate(sampled):
+            if keep[j]:
+                draws.noise[k], draws.states[k] = noise[j], states[j]
+            state = None if reuse is None else reuse.states[k]
+            generator = generators[j]
+            if noise[j] is None and state is not None and generator is not None:
+                generator.set_state(state)  # nothing to draw from: as if never drawn
+    return picks.tolist(), draws
+
+
+def _race(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+    given: list[torch.Tensor | None],
+    keep_state: list[bool],
+) -> tuple[torch.Tensor, list[torch.Tensor | None], list[torch.Tensor | None]]:
+    """Sampled tokens [R] (on the logits' device) for R rows: temperature, then top-k, top-p
+    and min-p, each row with its own parameters, batched. Exponential race: argmax(p / E)
+    with E ~ Exp(1) draws from p exactly, and each row's E comes from its own generator on
+    the CPU (so the same seed gives the same draw on every device), moved to the device in
+    one copy. `given`: a row's E from an earlier pick, reused instead of drawing. Returns
+    the tokens, each row's E (None where nothing was left to draw from: argmax stands in,
+    and nothing is drawn) and, where `keep_state`, its generator's state before drawing."""
+    device, vocab = logits.device, logits.shape[1]
+    scaled = logits / torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
+    top_k = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
+    if any(top_k):
+        # The k-th largest logit of each row (rows without top-k keep everything).
+        kth = scaled.topk(max(top_k), dim=-1).values
+        index = torch.tensor([max(k, 1) - 1 for k in top_k], device=device).unsqueeze(1)
+        threshold = kth.gather(1, index).squeeze(1)
+        threshold[torch.tensor([k == 0 for k in top_k], device=device)] = float("-inf")
+        scaled = scaled.masked_fill(scaled < threshold.unsqueeze(1), float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    top_p = [p.top_p for p in params]
+    if any(p < 1.0 for p in top_p):
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        cumulative = sorted_probs.cumsum(-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        limit = torch.tensor(top_p, device=device).unsqueeze(1)
+        drop_sorted = ((cumulative - sorted_probs) >= limit) & (limit < 1.0)
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+    min_p = [p.min_p for p in params]
+    if any(p > 0.0 for p in min_p):
+        floor = torch.tensor(min_p, device=device).unsqueeze(1)
+        probs = probs.masked_fill(probs < floor * probs.max(dim=-1, keepdim=True).values, 0.0)
+    # Everything masked out (cannot happen with a sound grammar): argmax stands in.
+    empty = (~torch.isfinite(probs).all(dim=-1) | (probs.sum(dim=-1) <= 0)).tolist()
+    noise: list[torch.Tensor | None] = []
+    states: list[torch.Tensor | None] = []
+    for row, generator in enumerate(generators):
+        keep = keep_state[row] and generator is not None
+        states.append(generator.get_state() if keep and generator is not None else None)
+        if empty[row]:
+            noise.append(None)
+        elif given[row] is not None:
+            noise.append(given[row])
+        else:
+            noise.append(torch.empty(vocab).exponential_(generator=generator))
+    drawn = torch.stack([e if e is not None else torch.ones(vocab) for e in noise])
+    race = probs / drawn.to(device, non_blocking=True)
+    fallback = torch.tensor(empty, device=device)
+    return torch.where(fallback, _argmax(scaled), _argmax(race)), noise, states
 
 
 def _argmax(values: torch.Tensor) -> torch.Tensor:
@@ -213,39 +291,6 @@ def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:
             : logits.shape[0]
         ].to(logits.dtype)
         logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
-
-
-def _sample_row(
-    logits: torch.Tensor,
-    p: SamplingParams,
-    generator: torch.Generator | None,
-    noise: torch.Tensor | None = None,
-) -> tuple[int, torch.Tensor | None]:
-    """One sampled token (per-request generators live on the CPU, so a sampled row is drawn
-    there: the same seed gives the same tokens on every device), and the draw it used (None
-    when nothing was drawn). `noise`: reuse an earlier draw instead of drawing."""
-    logits = logits / p.temperature
-    if p.top_k > 0 and p.top_k < logits.shape[0]:
-        kth = torch.topk(logits, p.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if p.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        cumulative = sorted_probs.cumsum(0)
-        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        drop_sorted = (cumulative - sorted_probs) >= p.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
-        probs = probs.masked_fill(drop, 0.0)
-    if p.min_p > 0.0:
-        probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
-    if not torch.isfinite(probs).all() or probs.sum() <= 0:
-        # Everything masked out (cannot happen with a sound grammar); fall back to argmax.
-        return int(_argmax(logits)), None
-    # Exponential-race sampling: argmax(p / E) with E ~ Exp(1) draws from p exactly and lets
-    # each row use its own generator.
-    if noise is None:
-        noise = torch.empty_like(probs).exponential_(generator=generator)
-    return int(_argmax(probs / noise)), noise
 
 
 def _apply_logit_bias(logits: torch.Tensor, bias: dict[int, float]) -> None:
