@@ -32,6 +32,11 @@ def test_prepacked_linears_give_the_same_bits() -> None:
     assert prepack_linears(net) == 2
     assert isinstance(net.proj, PackedLinear) and isinstance(net.inner[0], PackedLinear)
     assert type(net.head) is nn.Linear and net.head.weight is net.embed.weight
+    # The model reports the same size and the same parameter names.
+    assert sum(p.numel() for p in net.parameters()) == sum(
+        p.numel() for p in reference.parameters()
+    )
+    assert list(net.state_dict()) == list(reference.state_dict())
     for shape in [(1, 16), (7, 16), (3, 5, 16)]:
         x = torch.randn(shape).to(torch.bfloat16)
         with torch.inference_mode():

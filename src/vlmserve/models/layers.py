@@ -120,12 +120,15 @@ class PackedLinear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(linear.weight))
+        # Still the layer's `weight` parameter (same name, shape and count: what reports of
+        # the model's size and state_dict keys see), only its memory is oneDNN's layout.
+        packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
+        self.weight = nn.Parameter(packed, requires_grad=False)
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, "none", [], "")
         return out.view(*x.shape[:-1], self.out_features)
 
 
