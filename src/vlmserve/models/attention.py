@@ -176,22 +176,25 @@ def _decode_attention(
     materialise repeated KV heads."""
     batch, num_heads, head_dim = q.shape
     num_kv_heads, block_size = kv_cache.shape[1], kv_cache.shape[3]
-    max_len = max(context_lens)
-    num_blocks = (max_len + block_size - 1) // block_size
+    num_blocks = (max(context_lens) + block_size - 1) // block_size
+    # Whole blocks, not cut at the longest context: K and V stay contiguous, which CPU bmm
+    # needs to run without copying them again (2-4x faster on tiny shapes, measured); the
+    # tail past each row's length is masked like any other padding.
+    padded = num_blocks * block_size
     blocks = block_tables[:, :num_blocks].flatten()  # [B * nb]
     # [2 * Hkv, N, bs * D] -> [2 * Hkv, B * nb, bs * D] -> K, V as [Hkv * B, L, D].
     # index_select, not advanced indexing: the same copy, 2.7x faster on CPU (measured).
     ctx = kv_cache.view(2 * num_kv_heads, kv_cache.shape[2], -1).index_select(1, blocks)
-    ctx = ctx.view(2, num_kv_heads * batch, num_blocks * block_size, head_dim)
-    keys, values = ctx[0, :, :max_len].to(q.dtype), ctx[1, :, :max_len].to(q.dtype)
+    ctx = ctx.view(2, num_kv_heads * batch, padded, head_dim)
+    keys, values = ctx[0].to(q.dtype), ctx[1].to(q.dtype)
     # Query head h reads KV head h // group, as transformers' repeat_kv lays them out.
     group = num_heads // num_kv_heads
     grouped = q.view(batch, num_kv_heads, group, head_dim).transpose(0, 1)
     grouped = grouped.reshape(num_kv_heads * batch, group, head_dim)
     scores = torch.bmm(grouped, keys.transpose(1, 2)).float() * scale  # [Hkv * B, G, L]
     lens = torch.tensor(context_lens, device=q.device)
-    padding = torch.arange(max_len, device=q.device).unsqueeze(0) >= lens.unsqueeze(1)
-    scores.view(num_kv_heads, batch, group, max_len).masked_fill_(
+    padding = torch.arange(padded, device=q.device).unsqueeze(0) >= lens.unsqueeze(1)
+    scores.view(num_kv_heads, batch, group, padded).masked_fill_(
         padding[None, :, None, :], float("-inf")
     )
     probs = torch.softmax(scores, dim=-1).to(values.dtype)
