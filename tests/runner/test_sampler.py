@@ -28,10 +28,13 @@ def test_greedy_picks_argmax_and_reports_raw_logprob_and_rank() -> None:
 
 
 class FixedMasks:
-    """Grammar masks from a bitmask; `check` False makes every pick go through the mask."""
+    """Grammar masks from a bitmask; `check` False makes every pick go through the mask;
+    `forbids` True lets greedy picks walk past forbidden tokens."""
 
-    def __init__(self, bitmask: torch.Tensor, rows: list[int], check: bool = True) -> None:
-        self.bitmask, self._rows, self.check = bitmask, rows, check
+    def __init__(
+        self, bitmask: torch.Tensor, rows: list[int], check: bool = True, forbids: bool = False
+    ) -> None:
+        self.bitmask, self._rows, self.check, self.forbids = bitmask, rows, check, forbids
         self.filled: list[int] = []
 
     @property
@@ -40,6 +43,9 @@ class FixedMasks:
 
     def surely_allows(self, row: int, token_id: int) -> bool:
         return self.check and bool((int(self.bitmask[row, token_id // 32]) >> (token_id % 32)) & 1)
+
+    def surely_forbids(self, row: int, token_id: int) -> bool:
+        return self.forbids and not self.surely_allows(row, token_id)
 
     def fill(self, rows: list[int]) -> torch.Tensor:
         self.filled += rows
@@ -148,7 +154,7 @@ def test_checking_the_unmasked_pick_gives_the_masked_pick(params: SamplingParams
                 row(params, output=[5, 6], gen=100 * seed + i, blocked=[7] if i % 3 else [])
                 for i in range(batch)
             ]
-            masks = FixedMasks(bitmask, constrained, check)
+            masks = FixedMasks(bitmask, constrained, check, forbids=check)
             tokens = sample(logits, rows, masks).token_ids
             # The generators must be where the masked-first run leaves them, too.
             after = [int(torch.randint(0, 10**9, (1,), generator=r.generator)) for r in rows]
@@ -170,6 +176,22 @@ def test_masks_are_filled_only_for_rows_whose_pick_fails() -> None:
     greedy = SamplingParams(temperature=0.0)
     assert sample(logits, [row(greedy), row(greedy)], masks).token_ids == [1, 3]
     assert masks.filled == [1]
+
+
+def test_a_greedy_walk_past_forbidden_tokens_gives_the_masked_pick_without_a_mask() -> None:
+    # Token 0 wins but is forbidden; 1 and 2 tie below it: the masked argmax takes the first.
+    with torch.inference_mode():  # as the runner's logits are
+        logits = torch.tensor([[5.0, 4.0, 4.0, 1.0], [5.0, 4.0, 4.0, 1.0]])
+    bitmask = torch.tensor([[0b0110], [0b0100]], dtype=torch.int32)
+    masks = FixedMasks(bitmask, [0, 1], forbids=True)
+    greedy = SamplingParams(temperature=0.0)
+    assert sample(logits, [row(greedy), row(greedy)], masks).token_ids == [1, 2]
+    assert masks.filled == []
+    # A token the walk cannot tell about sends the row to its mask (same pick).
+    unsure = FixedMasks(bitmask, [0, 1], forbids=False)
+    assert sample(logits, [row(greedy), row(greedy)], unsure).token_ids == [1, 2]
+    assert unsure.filled == [0, 1]
+    assert torch.equal(logits, torch.tensor([[5.0, 4.0, 4.0, 1.0]] * 2))  # left as it was
 
 
 def test_temperature_sampling_under_a_mask_follows_the_masked_distribution() -> None:

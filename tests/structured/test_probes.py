@@ -1,5 +1,5 @@
-"""The grammar's probes: `surely_allows` never allows a token the mask forbids, and
-answers exactly (for every token but EOS) wherever the next bytes are not forced."""
+"""The grammar's probes: `surely_allows` never allows a token the mask forbids (nor
+`surely_forbids` forbids one it allows), and `surely_allows` answers exactly (for every token but EOS) wherever the next bytes are not forced."""
 
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def test_surely_allows_agrees_with_the_mask(
         bits = ((words[token_ids // 32] >> (token_ids % 32)) & 1).bool().tolist()
         surely = [grammar.surely_allows(t) for t in token_ids.tolist()]
         assert not any(s and not bit for s, bit in zip(surely, bits, strict=True)), cut
+        forbids = [grammar.surely_forbids(t) for t in token_ids.tolist()]
+        assert not any(f and bit for f, bit in zip(forbids, bits, strict=True)), cut
         if not grammar.is_terminated() and not grammar._matcher.compute_ff_bytes():
             eos = backend.eos_token_ids
             assert [s for t, s in enumerate(surely) if t not in eos] == [

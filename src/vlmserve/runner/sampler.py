@@ -21,6 +21,12 @@ top-k / top-p / min-p rows (their filters depend on the masked distribution), ge
 masks filled (in parallel) and applied, and pick again; a race picks again with the same E,
 so it draws exactly as if masked first (and a seeded request gives the same tokens).
 Logits are read in place: only rows that penalties, min_tokens or a mask change are copied.
+
+A greedy row whose pick fails first walks down its logits (`_walk`): the winner is set
+aside when the grammar surely forbids it and the next argmax is checked, a few times; the
+first token the grammar surely allows is the masked argmax exactly (everything above it, or
+equal with a lower id, was forbidden), with no mask filled. Rows the walk cannot settle
+(a token it cannot tell about, or too many forbidden) are masked as above.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class RowMasks(Protocol):
     def rows(self) -> list[int]: ...
 
     def surely_allows(self, row: int, token_id: int) -> bool: ...
+
+    def surely_forbids(self, row: int, token_id: int) -> bool: ...
 
     def fill(self, rows: list[int]) -> torch.Tensor: ...
 
@@ -115,6 +123,11 @@ def sample(
             and not (masks is not None and masks.surely_allows(i, token_ids[i]))
         }
     )
+    if missed and masks is not None:
+        walked = _walk(scores, edited, [i for i in missed if rows[i].params.greedy], masks)
+        for i, token in walked.items():
+            token_ids[i] = token
+        missed = [i for i in missed if i not in walked]
     if missed and masks is not None:
         # Copies of the rows that miss, masked; a race picks again with the draw it made.
         masked = scores.index_select(0, torch.tensor(missed, device=scores.device))
@@ -182,6 +195,46 @@ def _pick(
             if noise[j] is None and state is not None and generator is not None:
                 generator.set_state(state)  # nothing to draw from: as if never drawn
     return picks.tolist(), draws
+
+
+# Argmaxes a greedy row may take walking past forbidden winners before it fills its mask
+# instead (an argmax at 152k columns costs about what applying a mask does; filling one
+# costs several times that).
+WALK_STEPS = 4
+
+
+def _walk(
+    scores: torch.Tensor, edited: dict[int, torch.Tensor], which: list[int], masks: RowMasks
+) -> dict[int, int]:
+    """Masked greedy picks of rows `which` found without filling masks, where the walk
+    settles them: {row: token}. Each row's logits are set aside token by token (-inf, then
+    restored), so argmax's first-maximum rule decides ties exactly as over masked logits."""
+    found: dict[int, int] = {}
+    # The runner's logits are inference tensors: edited in place only in inference mode.
+    with torch.inference_mode():
+        for i in which:
+            token = _walk_row(edited[i] if i in edited else scores[i], i, masks)
+            if token is not None:
+                found[i] = token
+    return found
+
+
+def _walk_row(values: torch.Tensor, row: int, masks: RowMasks) -> int | None:
+    hidden: list[tuple[int, float]] = []
+    token = int(_argmax(values))
+    found = None
+    for _ in range(WALK_STEPS):
+        if masks.surely_allows(row, token):
+            found = token
+            break
+        if not masks.surely_forbids(row, token):
+            break  # cannot tell without the mask
+        hidden.append((token, float(values[token])))
+        values[token] = float("-inf")
+        token = int(_argmax(values))
+    for token_id, value in hidden:
+        values[token_id] = value
+    return found
 
 
 def _race(

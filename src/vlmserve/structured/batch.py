@@ -67,6 +67,10 @@ class GrammarMasks:
         """True only if row's mask allows the token (False: fill the mask to know)."""
         return self._grammars[row].surely_allows(token_id)
 
+    def surely_forbids(self, row: int, token_id: int) -> bool:
+        """True only if row's mask forbids the token (False: it may allow it)."""
+        return self._grammars[row].surely_forbids(token_id)
+
     def fill(self, rows: list[int]) -> torch.Tensor:
         """The masks of `rows`, one bitmask row each (int32 [len(rows), W], on the CPU)."""
         bitmask = allocate_bitmask(len(rows), self.vocab_size)

@@ -213,6 +213,18 @@ class RequestGrammar:
             return False
         return self._accepts(token_id)
 
+    def surely_forbids(self, token_id: int) -> bool:
+        """True only if `fill_bitmask` would forbid `token_id`: the mask never allows a token
+        the grammar rejects (it may allow fewer than it accepts, never more). A greedy
+        sampler can walk past rejected winners to the best allowed token without a mask.
+        Never for EOS: a complete grammar's mask allows it where the matcher, stopped,
+        rejects it."""
+        if token_id in self._tokens.eos_token_ids:
+            return False
+        if self._is_tight():
+            return token_id not in self.closing_tokens()[:1]
+        return not self._accepts(token_id)
+
     def _accepts(self, token_id: int) -> bool:
         """Whether accepting `token_id` would succeed, without changing state."""
         return self._in_vocabulary(token_id) and self._matcher.validate_tokens([token_id]) == 1
