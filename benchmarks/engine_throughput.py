@@ -12,6 +12,10 @@ transformers runs padded batches of --batch in arrival order and, as `generate` 
 batch going until its longest budget is spent; vlmserve gets every request at once with
 max_num_seqs=--batch. Both sides count only the tokens each request asked for. Prints req/s,
 output tok/s for each and the ratio; --profile adds where vlmserve's time goes.
+
+`--decode-step B1,B2,..` times the forward alone instead: one decode step of B sequences
+with --context tokens each in the paged cache (the runner, no scheduler, no sampling), in
+CPU seconds of one torch thread (steadier than the wall clock on a shared machine).
 """
 
 from __future__ import annotations
@@ -75,13 +79,14 @@ def run_vlmserve(
         for i, (img, _) in enumerate(work)
     ]
     profiler = cProfile.Profile() if args.profile else None
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if profiler:
         profiler.enable()
     outputs = llm.generate(prompts, params)
     if profiler:
         profiler.disable()
     elapsed = time.perf_counter() - start
+    print(f"vlmserve CPU time {time.process_time() - cpu:.1f} s (all threads of this process)")
     assert [len(o.outputs[0].token_ids) for o in outputs] == [n for _, n in work]
     if profiler:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
@@ -140,6 +145,42 @@ def run_transformers(
         return time.perf_counter() - start
 
 
+def bench_decode_step(
+    model: str, batches: list[int], context: int, args: argparse.Namespace
+) -> None:
+    from vlmserve.models.loader import load_model
+    from vlmserve.runner.model_runner import ModelRunner, SeqChunk
+
+    torch.set_num_threads(1)  # CPU time of one thread: idle OpenMP workers spin otherwise
+    dtype = torch.float32 if args.dtype == "float32" else torch.bfloat16
+    net, _ = load_model(model, dtype, torch.device("cpu"))
+    block_size = 16
+    per_seq = -(-(context + 1) // block_size)
+    runner = ModelRunner(net, torch.device("cpu"), dtype, 1 + per_seq * max(batches), block_size)
+    for cache in runner.kv_caches:
+        cache.normal_()
+    print(f"decode step, {context} tokens of context each, {args.dtype}, one forward:")
+    for batch in batches:
+        chunks = [
+            SeqChunk(
+                token_ids=[17 + i],
+                positions=torch.full((3, 1), context),
+                start=context,
+                block_table=list(range(1 + i * per_seq, 1 + (i + 1) * per_seq)),
+                needs_logits=True,
+            )
+            for i in range(batch)
+        ]
+        runner.execute(chunks)  # warm-up
+        times = []
+        for _ in range(args.steps):
+            start = time.process_time()
+            runner.execute(chunks)
+            times.append(time.process_time() - start)
+        best, median = min(times), sorted(times)[len(times) // 2]
+        print(f"  batch {batch:>3}: {best * 1e3:7.2f} ms best, {median * 1e3:7.2f} ms median CPU")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", help="model folder (default: generated small preset)")
@@ -154,6 +195,9 @@ def main() -> None:
     )
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--decode-step", help="batch sizes: time one decode forward instead")
+    parser.add_argument("--context", type=int, default=320, help="with --decode-step")
+    parser.add_argument("--steps", type=int, default=20, help="with --decode-step")
     args = parser.parse_args()
     model = args.model
     if model is None:
@@ -162,6 +206,10 @@ def main() -> None:
             make_tiny_model(folder, arch="qwen2_vl", preset="small")
         model = str(folder)
     torch.manual_seed(0)
+    if args.decode_step:
+        batches = [int(b) for b in args.decode_step.split(",")]
+        bench_decode_step(model, batches, args.context, args)
+        return
     work = workload(args)
     tokens = sum(n for _, n in work)
     shape = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,23 @@ async def test_many_concurrent_requests_all_complete(engine: AsyncEngine) -> Non
     assert all(r[-1].finished and len(r[-1].outputs[0].token_ids) == 8 for r in results)
     alone = await collect(engine, "prompt number 5", params, "alone")
     assert alone[-1].outputs[0].token_ids == results[5][-1].outputs[0].token_ids
+
+
+async def test_a_reader_that_falls_behind_gets_the_newest_output(engine: AsyncEngine) -> None:
+    stream = engine.generate("slow reader", SamplingParams(max_tokens=40, ignore_eos=True), "lag")
+    first = len((await anext(stream)).outputs[0].token_ids)
+    # Block this loop (the reader) while the engine thread goes on stepping.
+    seq = engine.engine.requests["lag"].sequences[0]
+    deadline = time.monotonic() + 60
+    while seq.num_output_tokens < first + 5 and not seq.is_finished:
+        assert time.monotonic() < deadline, "the engine made no progress"
+        time.sleep(0.01)
+    rest = [out async for out in stream]
+    # The steps made meanwhile arrive as one output (their newest), not one each.
+    assert len(rest[0].outputs[0].token_ids) >= first + 5
+    assert rest[-1].finished and len(rest[-1].outputs[0].token_ids) == 40
+    lengths = [len(o.outputs[0].token_ids) for o in rest]
+    assert lengths == sorted(set(lengths))  # growing, never the same output twice
 
 
 async def test_closing_the_stream_aborts_and_frees_blocks(engine: AsyncEngine) -> None:

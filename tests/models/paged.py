@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmserve.models.attention import AttentionMetadata
+from vlmserve.models.attention import AttentionMetadata, kv_cache_shape
 from vlmserve.models.base import VLModel
 
 
 class PagedKV:
     def __init__(self, model: VLModel, num_blocks: int, block_size: int, dtype: torch.dtype):
         c = model.config
-        shape = (2, num_blocks, block_size, c.num_key_value_heads, c.head_dim)
+        shape = kv_cache_shape(num_blocks, block_size, c.num_key_value_heads, c.head_dim)
         self.caches = [torch.zeros(shape, dtype=dtype) for _ in range(c.num_hidden_layers)]
         self.block_size = block_size
         self.next_block = 1  # block 0 is reserved, as in the block manager

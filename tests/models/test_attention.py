@@ -38,7 +38,7 @@ def test_paged_decode_matches_dense_attention() -> None:
     """Two sequences of different lengths decode one token each through the paged cache."""
     torch.manual_seed(0)
     block_size, lens = 4, [5, 11]
-    cache = torch.zeros(2, 8, block_size, 2, 8)
+    cache = torch.zeros(attention.kv_cache_shape(8, block_size, 2, 8))
     tables = torch.tensor([[1, 2, 0], [3, 4, 5]])
     contexts = [(torch.randn(n, 2, 8), torch.randn(n, 2, 8)) for n in lens]
     for (k, v), table in zip(contexts, tables):
@@ -65,13 +65,23 @@ def test_paged_decode_matches_dense_attention() -> None:
         assert torch.allclose(out[i : i + 1], expected, atol=1e-5)
 
 
-def test_mixed_batch_splits_decodes_from_longer_rows() -> None:
-    """A decode row and a three-token row (e.g. forced tokens) in one step."""
+@pytest.mark.parametrize(
+    ("lens", "new"),
+    [
+        ([6, 9], [1, 3]),  # a decode and a few forced tokens: one batched call
+        ([6, 30, 7], [2, 20, 7]),  # a prompt chunk (one by one) and a whole prompt
+    ],
+)
+def test_mixed_batch_rows_of_every_kind(lens: list[int], new: list[int]) -> None:
+    """Decode rows, short multi-token rows (e.g. forced tokens), prompt chunks and whole
+    prompts in one step each see exactly their own context."""
     torch.manual_seed(1)
     block_size = 4
-    cache = torch.zeros(2, 8, block_size, 2, 8)
-    tables = torch.tensor([[1, 2, 0], [3, 4, 5]])
-    lens, new = [6, 9], [1, 3]
+    per_seq = -(-max(lens) // block_size)
+    cache = torch.zeros(attention.kv_cache_shape(1 + per_seq * len(lens), block_size, 2, 8))
+    tables = torch.tensor(
+        [list(range(1 + i * per_seq, 1 + (i + 1) * per_seq)) for i in range(len(lens))]
+    )
     contexts = [(torch.randn(n, 2, 8), torch.randn(n, 2, 8)) for n in lens]
 
     def slot(table: torch.Tensor, p: int) -> int:
@@ -79,7 +89,10 @@ def test_mixed_batch_splits_decodes_from_longer_rows() -> None:
 
     for (k, v), table, n, m in zip(contexts, tables, lens, new):
         attention.write_kv(
-            cache, k[: n - m], v[: n - m], torch.tensor([slot(table, p) for p in range(n - m)])
+            cache,
+            k[: n - m],
+            v[: n - m],
+            torch.tensor([slot(table, p) for p in range(n - m)], dtype=torch.long),
         )
     meta = AttentionMetadata(
         query_lens=new,
@@ -94,5 +107,9 @@ def test_mixed_batch_splits_decodes_from_longer_rows() -> None:
     new_k = torch.cat([k[n - m :] for (k, _), n, m in zip(contexts, lens, new)])
     new_v = torch.cat([v[n - m :] for (_, v), n, m in zip(contexts, lens, new)])
     out = paged_attention(q, new_k, new_v, cache, meta, 8**-0.5)
-    assert torch.allclose(out[:1], reference(q[:1], *contexts[0], causal=True), atol=1e-5)
-    assert torch.allclose(out[1:], reference(q[1:], *contexts[1], causal=True), atol=1e-5)
+    start = 0
+    for (k, v), m in zip(contexts, new):
+        expected = reference(q[start : start + m], k, v, causal=True)
+        assert torch.allclose(out[start : start + m], expected, atol=1e-5)
+        start += m
+    assert max(new) > attention.MAX_BATCHED_QUERY_TOKENS or max(new) < 4

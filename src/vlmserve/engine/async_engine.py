@@ -10,6 +10,11 @@ Lifecycle, like a resource: build (`build_engine`, off the event loop) -> `start
 serve -> `drain(timeout)` (optional: stop admitting, let in-flight requests finish) ->
 `close()` (every open stream ends with `EngineClosed`, the thread stops, memory is freed).
 
+Outputs travel cheaply: a step wakes each caller's loop once for all of that loop's requests
+(not once per request), and each request keeps only its newest output for the reader. Outputs
+are cumulative, so a reader that falls behind skips to the newest one instead of working
+through every step's (streams then send one larger delta).
+
 If the thread dies instead (an error no step handler caught), every open stream ends with
 `EngineDead` and later requests are refused at once: no caller waits forever. The loop beats
 at least every `HEARTBEAT_S`, idle or not, so `last_progress` tells a stuck step (liveness)
@@ -58,9 +63,15 @@ class _Add:
     request_id: str
     admit: Callable[[LLMEngine], object]  # adds the request to the engine (engine thread)
     loop: asyncio.AbstractEventLoop
-    outputs: asyncio.Queue[RequestOutput | BaseException]
+    # Errors, and None for "`latest` has a newer output" (queued by `_wake`).
+    outputs: asyncio.Queue[BaseException | None]
+    # The newest output, written by the engine thread and read on `loop`; `signalled`: a
+    # wake-up for it is queued and unread (cleared by the reader before it reads `latest`,
+    # so an output written after that read queues a wake-up of its own).
+    latest: RequestOutput | None = None
+    signalled: bool = False
 
-    def post(self, item: RequestOutput | BaseException) -> bool:
+    def post(self, item: BaseException) -> bool:
         """Hand an item to the caller's loop; False when that loop is gone (closed)."""
         try:
             self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
@@ -239,18 +250,24 @@ class AsyncEngine:
         posted = False
         try:
             processed = await prepare()
-            outputs: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+            outputs: asyncio.Queue[BaseException | None] = asyncio.Queue()
             add = _Add(request_id, admit(processed), asyncio.get_running_loop(), outputs)
             if not self._post(add):
                 raise EngineClosed("the engine was closed before this request started")
             posted = True
+            last: RequestOutput | None = None
             while not finished:
                 item = await outputs.get()
-                if isinstance(item, BaseException):
+                if item is not None:
                     finished = True
                     raise item
-                finished = item.finished
-                yield item
+                add.signalled = False
+                output = add.latest
+                if output is None or output is last:  # read already, by an earlier wake-up
+                    continue
+                last = output
+                finished = output.finished
+                yield output
         finally:
             self._pending -= 1
             if posted and not finished:
@@ -410,13 +427,27 @@ class AsyncEngine:
             return
         if outputs or self.engine.num_batches != batches:
             self._progress_at = time.monotonic()
+        woken: dict[asyncio.AbstractEventLoop, list[_Add]] = {}
         for output in outputs:
             stream = self._streams.get(output.request_id)
             if stream is None:
                 continue
             if output.finished:
                 del self._streams[output.request_id]
-            if not stream.post(output) and not output.finished:
-                # Nobody can read this request any more: stop spending steps on it.
-                self.engine.abort(output.request_id)
-                del self._streams[output.request_id]
+            stream.latest = output
+            if not stream.signalled:
+                stream.signalled = True
+                woken.setdefault(stream.loop, []).append(stream)
+        for loop, streams in woken.items():
+            try:
+                loop.call_soon_threadsafe(_wake, streams)
+            except RuntimeError:  # that loop is closed: nobody can read these requests
+                for stream in streams:
+                    if self._streams.pop(stream.request_id, None) is not None:
+                        self.engine.abort(stream.request_id)  # stop spending steps on it
+
+
+def _wake(streams: list[_Add]) -> None:
+    """On the streams' loop: tell each reader that `latest` holds a newer output."""
+    for stream in streams:
+        stream.outputs.put_nowait(None)

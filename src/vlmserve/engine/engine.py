@@ -386,8 +386,7 @@ class LLMEngine:
                     p, seq.request.prompt_token_ids, seq.output_token_ids, seq.generator, blocked
                 )
             )
-        bitmask, constrained = self.guided.masks(seqs)
-        out = sample(logits, rows, bitmask, constrained)
+        out = sample(logits, rows, self.guided.masks(seqs))
         now = time.time()
         for i, seq in enumerate(seqs):
             if seq.is_finished:  # a sibling failed this step

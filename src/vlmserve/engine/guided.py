@@ -18,7 +18,6 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import torch
 from tokenizers import Tokenizer
 
 from vlmserve.engine.errors import EngineClosed, EngineOverloaded
@@ -30,8 +29,8 @@ from vlmserve.structured import (
     RequestGrammar,
     StructuredBackend,
     StructuredOutputError,
-    allocate_bitmask,
 )
+from vlmserve.structured.batch import GrammarMasks
 from vlmserve.types import FinishReason, SamplingParams
 
 
@@ -154,15 +153,15 @@ class GuidedDecoding:
     def detach(self, seq: Sequence) -> None:
         self.grammars.pop(seq.seq_id, None)
 
-    def masks(self, seqs: list[Sequence]) -> tuple[torch.Tensor | None, list[int]]:
-        """The step's bitmask [B, W] and the rows that carry a grammar."""
-        constrained = [i for i, seq in enumerate(seqs) if seq.seq_id in self.grammars]
-        if not constrained:
-            return None, []
-        bitmask = allocate_bitmask(len(seqs), self.vocab_size)
-        for i in constrained:
-            self.grammars[seqs[i].seq_id].fill_bitmask(bitmask[i])
-        return bitmask, constrained
+    def masks(self, seqs: list[Sequence]) -> GrammarMasks | None:
+        """The grammars of the step's sampled rows, for the sampler (which fills and applies
+        only the masks that change its pick)."""
+        grammars = {
+            i: self.grammars[seq.seq_id]
+            for i, seq in enumerate(seqs)
+            if seq.seq_id in self.grammars
+        }
+        return GrammarMasks(grammars, self.vocab_size) if grammars else None
 
     def steer(self, seq: Sequence, token: int) -> int:
         grammar = self.grammars.get(seq.seq_id)

@@ -44,9 +44,13 @@ def release_memory(device: torch.device) -> None:
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     """Bytes of the storage behind `tensors`, each storage counted once (views and tied
-    weights share one)."""
+    weights share one). A tensor in oneDNN's packed layout (`PackedLinear`) has no storage
+    to ask: it counts as its elements, which its blocked layout holds (padding aside)."""
     seen: dict[tuple[str, int], int] = {}
     for tensor in tensors:
+        if tensor.is_mkldnn:
+            seen[("mkldnn", id(tensor))] = tensor.numel() * tensor.element_size()
+            continue
         storage = tensor.untyped_storage()
         seen[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
     return sum(seen.values())

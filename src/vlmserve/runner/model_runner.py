@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vlmserve.models.attention import AttentionMetadata
+from vlmserve.models.attention import AttentionMetadata, kv_cache_shape
 from vlmserve.models.base import VLModel
+from vlmserve.models.layers import prepack_linears
 
 
 @dataclass
@@ -52,12 +53,14 @@ class ModelRunner:
         num_blocks: int,
         block_size: int,
     ) -> None:
+        if device.type == "cpu" and dtype == torch.bfloat16 and isinstance(model, torch.nn.Module):
+            prepack_linears(model)
         self.model = model
         self.device = device
         self.dtype = dtype
         self.block_size = block_size
         c = model.config
-        shape = (2, num_blocks, block_size, c.num_key_value_heads, c.head_dim)
+        shape = kv_cache_shape(num_blocks, block_size, c.num_key_value_heads, c.head_dim)
         self.kv_caches = [
             torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.num_hidden_layers)
         ]

@@ -65,6 +65,8 @@ class CompiledGrammar:
     byte_matcher: llguidance.LLMatcher  # template over bytes, for the closer
     min_output_tokens: int  # tokens in the shortest valid output found
     compile_seconds: float
+    # That output (bytes, tokens): every request starts from it instead of searching again.
+    shortest: tuple[bytes, tuple[int, ...]] | None = None
 
 
 def _cache_key(params: StructuredOutputsParams) -> str:
@@ -284,6 +286,7 @@ class StructuredBackend:
             byte_matcher=byte_matcher,
             min_output_tokens=len(closing),
             compile_seconds=time.perf_counter() - start,
+            shortest=(shortest, tuple(closing)),
         )
 
     def min_output_tokens(self, compiled: CompiledGrammar) -> int:
@@ -312,6 +315,7 @@ class StructuredBackend:
             compiled.grammar,
             self.tokens,
             max_tokens,
+            compiled.shortest,
         )
 
 

@@ -14,6 +14,7 @@ budget equals the closing length, `forced_tokens` returns the whole close.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import llguidance
@@ -23,6 +24,7 @@ import torch
 from vlmserve.structured.closer import (
     BYTE_EOS,
     Nesting,
+    Spelling,
     new_byte_matcher,
     shortest_completion,
     split_into_tokens,
@@ -46,6 +48,10 @@ class TokenView:
     allowed_words: np.ndarray  # int32 bitmask words: ordinary tokens and EOS ids
     eos_token_ids: frozenset[int]
 
+    @functools.cached_property
+    def spelling(self) -> Spelling:
+        return Spelling(self.vocab, self.max_token_bytes)
+
 
 @dataclass
 class _Closing:
@@ -61,7 +67,10 @@ class RequestGrammar:
         grammar: str,
         tokens: TokenView,
         max_tokens: int | None,
+        shortest: tuple[bytes, tuple[int, ...]] | None = None,
     ) -> None:
+        """`shortest`: the close from the initial state if known (the compile found it, and
+        a search from here would find it again: the search is deterministic)."""
         self._matcher = matcher
         self._bytes = byte_matcher
         self._grammar = grammar
@@ -70,7 +79,7 @@ class RequestGrammar:
         self._remaining = max_tokens
         self._nesting = Nesting()
         self._history: list[tuple[int, Nesting]] = []  # per token: bytes consumed, nesting before
-        self._closing: _Closing | None = None
+        self._closing = None if shortest is None else _Closing(shortest[0], list(shortest[1]))
         self._hint: bytes | None = None  # previous close, tried before searching again
         self._memo: tuple[int, _Closing] | None = None  # steer()'s look at one token
 
@@ -96,6 +105,17 @@ class RequestGrammar:
             return
         self._matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
         words &= self._tokens.allowed_words[: words.shape[0]]
+
+    def mask_matcher(self) -> llguidance.LLMatcher | None:
+        """The matcher whose mask `fill_bitmask` writes before ANDing `allowed_words` (so that
+        many rows can be filled at once, see `batch.fill_bitmasks`); None when the budget is
+        tight and the mask is the close's next token."""
+        return None if self._is_tight() else self._matcher
+
+    @property
+    def allowed_words(self) -> np.ndarray:
+        """int32 words allowing only ordinary tokens and EOS: ANDed into every mask."""
+        return self._tokens.allowed_words
 
     def accept_token(self, token_id: int) -> bool:
         """Advance by one token. False leaves the state unchanged: the token is not allowed
@@ -155,30 +175,66 @@ class RequestGrammar:
         data = b"".join(self._tokens.token_bytes[t] for t in forced)
         if not closing.data.startswith(data):
             return []
-        if self._matcher.try_consume_tokens(forced) != len(forced):
+        if self._matcher.validate_tokens(forced) != len(forced):
             return []
-        after = self.tokens_for(closing.data[len(data) :])
-        self._matcher.rollback(len(forced))
+        after = self.tokens_for(closing.data[len(data) :], after=forced)
         return forced if len(forced) + len(after) <= self._remaining else []
 
     def steer(self, token_id: int) -> int:
         """The token to append for a sampled one: itself if a valid completion still fits the
-        budget after it, else the next token of the close (EOS when already complete)."""
+        budget after it, else the next token of the close (EOS when already complete).
+
+        Nothing is committed: the close after the token is found by probing (see
+        `_closing_after`); accepting the token then reuses it."""
         if self._remaining is None:
             return token_id
         closing = self._closing_for_state()
         if closing.tokens[:1] == [token_id]:
             return token_id
         fallback = closing.tokens[0] if closing.tokens else min(self._tokens.eos_token_ids)
-        if self._remaining <= len(closing.tokens) or not self._advance(token_id):
+        if self._remaining <= len(closing.tokens) or not self._accepts(token_id):
             return fallback
-        after = self._find_closing(closing.data, STEER_SEARCH_NODES)
-        self.rollback(1)
-        self._closing = closing
+        self._memo = None
+        after = self._closing_after(token_id, closing.data)
         if after is not None and len(after.tokens) <= self._remaining - 1:
             self._memo = (token_id, after)
             return token_id
         return fallback
+
+    def surely_allows(self, token_id: int) -> bool:
+        """True only if `fill_bitmask` would allow `token_id`, found without computing the
+        mask: a sampler can keep an unmasked winner that passes and mask only the rows that
+        fail. False where it cannot tell cheaply: where the next bytes are forced
+        (llguidance's mask then allows only their canonical tokens, fewer than the grammar
+        accepts) and for EOS."""
+        if self._is_tight():
+            return token_id in (self.closing_tokens()[:1] or self._tokens.eos_token_ids)
+        if token_id in self._tokens.eos_token_ids or self._matcher.compute_ff_bytes():
+            return False
+        return self._accepts(token_id)
+
+    def surely_forbids(self, token_id: int) -> bool:
+        """True only if `fill_bitmask` would forbid `token_id`: the mask never allows a token
+        the grammar rejects (it may allow fewer than it accepts, never more). A greedy
+        sampler can walk past rejected winners to the best allowed token without a mask.
+        Never for EOS: a complete grammar's mask allows it where the matcher, stopped,
+        rejects it."""
+        if token_id in self._tokens.eos_token_ids:
+            return False
+        if self._is_tight():
+            return token_id not in self.closing_tokens()[:1]
+        return not self._accepts(token_id)
+
+    def _accepts(self, token_id: int) -> bool:
+        """Whether accepting `token_id` would succeed, without changing state."""
+        return self._in_vocabulary(token_id) and self._matcher.validate_tokens([token_id]) == 1
+
+    def _in_vocabulary(self, token_id: int) -> bool:
+        """An ordinary token or an EOS id (never a special token or logits padding)."""
+        word = self._tokens.allowed_words
+        return 0 <= token_id < 32 * word.shape[0] and bool(
+            (int(word[token_id // 32]) >> (token_id % 32)) & 1
+        )
 
     def min_tokens_to_finish(self) -> int:
         """Tokens in the shortest valid completion found from here (0 when complete)."""
@@ -188,11 +244,10 @@ class RequestGrammar:
         """One short valid completion from here, as model tokens."""
         return list(self._closing_for_state().tokens)
 
-    def tokens_for(self, data: bytes) -> list[int]:
-        """Model tokens spelling `data` from the current state, each checked by the matcher."""
-        tokens = split_into_tokens(
-            self._matcher, data, self._tokens.vocab, self._tokens.max_token_bytes
-        )
+    def tokens_for(self, data: bytes, after: list[int] | None = None) -> list[int]:
+        """Model tokens spelling `data` from the current state (or from the state after the
+        tokens `after`, which the matcher accepts), each checked by the matcher."""
+        tokens = split_into_tokens(self._matcher, data, self._tokens.spelling, after)
         if tokens is None:
             raise RuntimeError(f"no token sequence spells the completion {data!r}")
         return tokens
@@ -204,11 +259,7 @@ class RequestGrammar:
         return b"" if token_id in self._tokens.eos_token_ids else self._tokens.token_bytes[token_id]
 
     def _advance(self, token_id: int) -> bool:
-        word = self._tokens.allowed_words
-        if (
-            not (0 <= token_id < 32 * word.shape[0])
-            or not (int(word[token_id // 32]) >> (token_id % 32)) & 1
-        ):
+        if not self._in_vocabulary(token_id):
             return False
         if self._matcher.try_consume_tokens([token_id]) != 1:
             if self._matcher.is_error():
@@ -249,6 +300,29 @@ class RequestGrammar:
             data = shortest_completion(self._bytes, self._nesting, max_nodes)
         return None if data is None else _Closing(data, self.tokens_for(data))
 
+    def _closing_after(self, token_id: int, hint: bytes) -> _Closing | None:
+        """What `_find_closing(hint, STEER_SEARCH_NODES)` finds once `token_id` (which the
+        grammar allows) is accepted, without accepting it: the same candidates in the same
+        order, checked with `validate_tokens` instead of commit and rollback."""
+        if token_id in self._tokens.eos_token_ids:
+            return _Closing(b"", [])  # after EOS the grammar is complete
+        data = self._tokens.token_bytes[token_id]
+        after = list(data)
+        found = next((c for c in (hint[len(data) :], hint) if self._completes(c, after)), None)
+        if found is None:
+            probe = self._bytes.deep_copy()
+            if not probe.consume_tokens(after):
+                # The shared lexer cache ran out (see _rebuild_byte_matcher): as accepting
+                # the token would, continue on a private byte matcher.
+                self._rebuild_byte_matcher()
+                probe = self._bytes.deep_copy()
+                if not probe.consume_tokens(after):
+                    raise RuntimeError(f"byte matcher diverged: {probe.get_error()[:200]}")
+            found = shortest_completion(probe, self._nesting.scan(data), STEER_SEARCH_NODES)
+        if found is None:
+            return None
+        return _Closing(found, self.tokens_for(found, after=[token_id]))
+
     def _rebuild_byte_matcher(self) -> None:
         """A private byte matcher replaying this request's bytes.
 
@@ -260,6 +334,8 @@ class RequestGrammar:
         if not self._bytes.consume_tokens(self._byte_log):
             raise RuntimeError(f"byte matcher diverged: {self._bytes.get_error()[:200]}")
 
-    def _completes(self, data: bytes) -> bool:
-        probe = self._bytes.deep_copy()
-        return bool(probe.consume_tokens(list(data)) and probe.is_accepting())
+    def _completes(self, data: bytes, after: list[int] | None = None) -> bool:
+        """Whether `data` (after the bytes `after`) takes the byte matcher to an accepting
+        state: EOS is accepted exactly where the grammar may end."""
+        probe = (after or []) + list(data) + [BYTE_EOS]
+        return bool(self._bytes.validate_tokens(probe) == len(probe))
