@@ -14,8 +14,8 @@ vLLM serves one model per process: switching models means restarting it, so its 
 is timed from launching its server to the first token of the same request, one restart per
 run. Its runs alternate with vlmserve's (run 1 of each, run 2 of each, ...), so both meet
 the same neighbours. The CPU build is not part of CI: its scripts are looked for in
---peer-dir, else $VLMSERVE_VLLM_PEER_DIR, else ../shared/peers/vllm-cpu next to the clone,
-else /work/shared/peers/vllm-cpu (a worktree's parent has no shared/); its venv in
+--peer-dir, else $VLMSERVE_VLLM_PEER_DIR, else peers/vllm-cpu in the shared/ folder next
+to the clone (or next to the main clone of a worktree: shared_dir.py); its venv in
 --vllm-venv. Without them the script says what it looked for and measures vlmserve alone.
 Each vLLM start is bounded by --timeout; it needs 1-3 minutes on a loaded 2-core machine.
 
@@ -37,13 +37,14 @@ from pathlib import Path
 import httpx
 from serve_vs_vllm import REPO, ensure_model, load_average
 from server_process import Server
+from shared_dir import shared_dir
 
 ADMIN_KEY = "cold-start-bench"
 HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 PROMPT = "Describe a cold start in one sentence."
 GOAL_TINY_S = 3.0
 # Where the vLLM peer's scripts may live: next to a clone, then the machines' shared folder.
-PEER_DIRS = (REPO.parent / "shared" / "peers" / "vllm-cpu", Path("/work/shared/peers/vllm-cpu"))
+PEER_DIR = shared_dir() / "peers" / "vllm-cpu"
 
 
 @dataclass
@@ -132,10 +133,10 @@ class VlmserveCold:
 
 
 def find_peer_dir(given: Path | None) -> tuple[Path | None, list[Path]]:
-    """The first folder holding the peer's serve.sh among the given one (or
-    $VLMSERVE_VLLM_PEER_DIR) and the defaults; with the folders looked at."""
+    """The folder holding the peer's serve.sh: the given one, else $VLMSERVE_VLLM_PEER_DIR,
+    else the shared folder's; None if it has none. With the folder looked at."""
     env = os.environ.get("VLMSERVE_VLLM_PEER_DIR")
-    candidates = [given] if given else [Path(env)] if env else list(PEER_DIRS)
+    candidates = [given] if given else [Path(env)] if env else [PEER_DIR]
     return next((c for c in candidates if (c / "serve.sh").is_file()), None), candidates
 
 

@@ -124,7 +124,7 @@ class LocalEngineHost:
             seconds,
             footprint / MIB,
         )
-        info = ModelInfo.from_engine(engine, spec.alias, media_policy=spec.media)
+        info = ModelInfo.from_engine(engine, spec.alias)
         if self.on_ready is not None:
             self.on_ready(engine, info)
         return Loaded(ModelHandle(info, async_engine), footprint, seconds)

@@ -24,16 +24,13 @@ class ModelInfo:
     media_limits: dict[str, int]  # most media items per request, by modality
     decode: Callable[[list[int]], str]  # token ids -> text, for logprob entries
     encode: Callable[[str], list[int]]  # text -> token ids, for continuations to score
-    # What its registration narrows of the server's media policy (multimodal/policy.py).
+    # What its registration narrows of the server's media policy (multimodal/policy.py); the
+    # registry sets it from the registration, whichever host built the engine.
     media_policy: MediaOverrides = NO_OVERRIDES
 
     @classmethod
     def from_engine(
-        cls,
-        engine: LLMEngine,
-        name: str | None,
-        chat_template: str | None = None,
-        media_policy: MediaOverrides = NO_OVERRIDES,
+        cls, engine: LLMEngine, name: str | None, chat_template: str | None = None
     ) -> ModelInfo:
         # Only the tokenizer is captured (by `decode`), never the engine: the info outlives
         # an unloaded model's memory.
@@ -49,5 +46,4 @@ class ModelInfo:
             media_limits=engine.config.mm_limits,
             decode=lambda ids: tokenizer.tokenizer.decode(ids, skip_special_tokens=False),
             encode=tokenizer.encode,
-            media_policy=media_policy,
         )

@@ -24,6 +24,7 @@ from vlmserve.registry.entry import Entry, LoadAttempt, ModelHandle, ModelState,
 from vlmserve.registry.errors import ModelNotFound, ModelUnavailable
 from vlmserve.registry.events import EventKind, Listeners
 from vlmserve.registry.host import EngineHost, Loaded
+from vlmserve.registry.spec import ModelSpec
 from vlmserve.registry.store import RegistryStore
 
 logger = logging.getLogger("vlmserve.registry")
@@ -157,7 +158,7 @@ class Lifecycle:
         revision, spec = entry.stored.revision, entry.spec  # a PUT meanwhile: replaced after
         try:
             await self._make_room(entry)
-            loaded = await self._host().load(spec)
+            loaded = await self._host_load(spec)
         except NoRoom as exc:
             entry.state = ModelState.REGISTERED
             attempt.refusal = ModelUnavailable(entry.alias, ModelState.LOADING, str(exc), 1.0)
@@ -227,6 +228,12 @@ class Lifecycle:
         )
         if trace:
             logger.debug("model %r: the load failed here", entry.alias, exc_info=exc)
+
+    async def _host_load(self, spec: ModelSpec) -> Loaded:
+        """The host's load of `spec`, its media policy on the handle whatever the host."""
+        loaded = await self._host().load(spec)
+        info = dataclasses.replace(loaded.handle.info, media_policy=spec.media)
+        return dataclasses.replace(loaded, handle=ModelHandle(info, loaded.handle.engine))
 
     def _host(self) -> EngineHost:
         if self.host is None:
@@ -343,7 +350,7 @@ class Lifecycle:
                 revision, serving, spec = entry.stored.revision, entry.current.revision, entry.spec
                 try:
                     await self._make_room(entry)
-                    loaded = await self._host().load(spec)
+                    loaded = await self._host_load(spec)
                 except Exception as exc:
                     entry.last_error = (
                         f"revision {revision} failed to load ({type(exc).__name__}: {exc}); "
