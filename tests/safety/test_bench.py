@@ -1,6 +1,8 @@
 """`vlmserve bench` end to end: against our server on the tiny model every constrained answer
-is valid in every phase and case; against a server that ignores `response_format` it exits
-non-zero saying so; it refuses a non-loopback server unless told."""
+is valid in every phase and case; against a server that ignores `response_format` (fences,
+raw control characters) it exits 1 saying so, against one that answers errors it exits 3;
+the report names the machine, its load and the settings; it refuses a non-loopback server
+unless told; benchmarks/safety_bench_compare.py puts two reports side by side."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from benchmarks.safety_bench_compare import main as compare
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from tests.safety.conftest import MODEL, ThreadServer
 from tests.safety.fakes import FAKE_MODEL, answer_json, fake_app
@@ -121,6 +125,46 @@ def test_raw_control_characters_in_constrained_answers_fail_the_bench(
     cases = len(bench_cases(0))
     records = json.loads((out / "results.json").read_text())["records"]
     assert len(records) == 2 * cases + 14 and all(r["control_chars"] for r in records)
+
+
+def test_requests_without_an_answer_are_counted_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that refuses `response_format` with an error gives no answer, not an invalid
+    one: the bench exits 3 and names the error; the unconstrained answers still count."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        if "response_format" in body:
+            error = {"message": "response_format is not supported", "type": "invalid_request"}
+            return JSONResponse({"error": error}, status_code=400)
+        message = {"role": "assistant", "content": answer_json("no_issues")}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        return JSONResponse({"choices": [choice], "usage": {"completion_tokens": 9}})
+
+    with ThreadServer(app) as fake:
+        out = tmp_path / "bench"
+        argv = ["bench", "--base-url", fake.url, "--model", FAKE_MODEL, "--out", str(out)]
+        assert main([*argv, *TINY_PHASES]) == 3
+    err = capsys.readouterr().err
+    assert "got no answer (first: HTTP 400: response_format is not supported)" in err
+    results = json.loads((out / "results.json").read_text())
+    records = results["records"]
+    constrained = [r for r in records if r["mode"] == "constrained"]
+    assert results["verdict"] == {
+        "exit_status": 3,
+        "constrained_invalid": 0,
+        "no_answer": len(constrained),
+    }
+    assert all(r["status"] == 400 and not r["valid"] for r in constrained)
+    assert all(r["valid"] for r in records if r["mode"] == "unconstrained")
+    summary = {(s["phase"], s["mode"]): s for s in results["summary"]}
+    assert summary["burst", "constrained"]["success_rate"] == 0.0
+    assert summary["burst", "unconstrained"]["valid_rate"] == 1.0
+    report = (out / "report.md").read_text()
+    assert "request(s) got no answer" in report and "exit status: 3." in report
 
 
 def test_streaming_measures_time_to_first_token(live_server: ThreadServer, tmp_path: Path) -> None:
