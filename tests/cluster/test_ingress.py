@@ -236,6 +236,25 @@ async def test_moderations_score_in_the_replica(vlmserve_app: Deployed) -> None:
     assert math.fsum(scores.values()) == pytest.approx(1.0, abs=1e-6)
 
 
+async def test_a_broken_model_gets_503s_and_the_ingress_stays_ready(
+    vlmserve_app: Deployed, tmp_path: Path
+) -> None:
+    """A registration whose replicas cannot start (no model in its folder): its requests
+    get a 503 naming Serve's reason once Serve gives up, while the ingress stays ready and
+    the other models serve."""
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    async with httpx.AsyncClient(base_url=vlmserve_app.url, timeout=60) as client:
+        await register(client, "broken", broken)
+        refused = await answer(client, "broken")
+        assert refused.status_code == 503, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "model_unavailable" and error["param"] == "model", error
+        assert (await client.get("/ready")).status_code == 200
+        assert (await client.get("/health")).status_code == 200
+        assert (await answer(client, "alpha")).status_code == 200
+
+
 @pytest.mark.parametrize(("url", "reason"), BLOCKED)
 async def test_media_attacks_are_refused_by_the_ingress(
     vlmserve_app: Deployed, url: str, reason: str
