@@ -16,6 +16,7 @@ and unload; here:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -59,8 +60,11 @@ class RayEngineHost:
             facts.node_id[:12],
             seconds,
         )
+        # The registration's narrowing of the media policy applies where media is fetched:
+        # here, in the ingress (the replica knows only its engine).
+        info = dataclasses.replace(facts.info, media_policy=spec.media)
         # Nothing of the model lives in this process: it takes no room here.
-        return Loaded(ModelHandle(facts.info, engine), 0, seconds)
+        return Loaded(ModelHandle(info, engine), 0, seconds)
 
     async def unload(self, handle: ModelHandle) -> None:
         handle.engine.close()
