@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +97,18 @@ class RemoteEngine:
         self._admitting = False
 
     # -- requests -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def reserve(self) -> Iterator[None]:
+        """Counted in flight while the ingress prepares a request (media): refused once this
+        client is closed or draining. The model's queue is bounded by Serve
+        (`max_queued_requests`), which refuses when the request is sent."""
+        self._refuse_unless_admitting()
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
     async def generate(
         self, prompt: Prompt, params: SamplingParams, request_id: str
     ) -> AsyncIterator[RequestOutput]:

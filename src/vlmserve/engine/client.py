@@ -7,6 +7,7 @@ and the serving layer generates through either, so neither knows which it has.""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from vlmserve.engine.async_engine import EngineStats
@@ -25,6 +26,11 @@ class EngineClient(Protocol):
     @property
     def last_progress(self) -> float:
         """`time.monotonic()` when its loop last turned (liveness)."""
+        ...
+
+    def reserve(self) -> AbstractContextManager[None]:
+        """A place held while the caller prepares a request (media), refused as `generate`
+        would refuse it."""
         ...
 
     def generate(
