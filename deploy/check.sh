@@ -52,6 +52,19 @@ for tree in "${trees[@]}"; do
     log "$name: $(grep -c '^kind:' "$out") objects valid for Kubernetes ${K8S_VERSIONS// /, }"
 done
 
+# KubeRay's RayService (docs/ray.md): KubeRay's CRD schema and the fit of its pieces, then its
+# pod templates and other objects against the Kubernetes schemas (deploy/k8s/ray/).
+ray_dir="$DEPLOY_DIR/k8s/ray"
+timeout 120 "$bin/hadolint" "$ray_dir/Dockerfile" || die "hadolint $ray_dir/Dockerfile"
+timeout 120 "$bin/kubectl" kustomize "$ray_dir" > "$rendered/ray.yaml" || die "kubectl kustomize $ray_dir"
+timeout 120 "$REPO_ROOT/.venv/bin/python" "$ray_dir/check_rayservice.py" "$rendered/ray.yaml" \
+    "$rendered/ray-kube.yaml" || die "ray: the RayService does not validate or fit"
+for version in $K8S_VERSIONS; do
+    timeout 300 "$bin/kubernetes-validate" --strict --quiet -k "$version" "$rendered/ray-kube.yaml" \
+        || die "ray: its pods and objects do not validate against Kubernetes $version"
+done
+log "ray: RayService and $(grep -c '^kind:' "$rendered/ray-kube.yaml") objects valid"
+
 log "ruff and bash -n on deploy/"
 (cd "$REPO_ROOT" && timeout 120 "$bin/ruff" check deploy && timeout 120 "$bin/ruff" format --check deploy) \
     || die "ruff on deploy/"

@@ -76,18 +76,33 @@ def ray_instance() -> Iterator[RayInstance]:
     )
     try:
         ray.init(address=cluster.address, log_to_driver=False)
-        http_port = free_port()
-        # One proxy (on the head): nodes added on this machine would fight for its port.
-        serve.start(
-            proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": http_port}
+        instance = RayInstance(
+            cluster, f"http://127.0.0.1:{dashboard_port}", f"http://127.0.0.1:{free_port()}"
         )
-        yield RayInstance(
-            cluster, f"http://127.0.0.1:{dashboard_port}", f"http://127.0.0.1:{http_port}"
-        )
+        start_serve(instance)
+        yield instance
     finally:
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+
+
+def start_serve(instance: RayInstance) -> None:
+    """Serve on the instance, its HTTP proxy on `instance.http` (again after a shutdown: once
+    the old controller and proxy are gone, or the old controller's shutdown, which retries,
+    kills the new proxy of the same name)."""
+    from ray import serve
+    from ray.util.state import list_actors
+
+    def serve_actors() -> list[Any]:
+        filters: list[Any] = [("state", "!=", "DEAD")]
+        actors = list_actors(address=instance.dashboard, filters=filters, limit=1000)
+        return [a for a in actors if a.class_name in ("ServeController", "ProxyActor")]
+
+    wait_for(lambda: not serve_actors(), STARTUP_S, "the last Serve instance gone")
+    port = int(instance.http.rsplit(":", 1)[1])
+    # One proxy (on the head): nodes added on this machine would fight for its port.
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:

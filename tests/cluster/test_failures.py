@@ -106,3 +106,23 @@ async def test_kill_9_of_a_replica_under_load(
             assert errors[i].code == "engine_lost" and errors[i].status == 503
             assert streams[i] and not streams[i][-1].finished  # tokens went out first
     assert victim not in {r.pid for r in replicas(ray_instance, app)}
+
+
+async def test_no_replica_within_the_load_timeout_is_a_503_with_retry_after(
+    ray_instance: RayInstance, deploy: Callable[..., Any], tiny_qwen2_vl: Path
+) -> None:
+    """A model whose replica cannot start (here: it asks for more CPUs than the cluster
+    has) keeps the request waiting only for the load timeout."""
+    app = deploy("unplaceable", tiny_qwen2_vl, num_cpus=64)
+    engine = RemoteEngine(app.alias, RemotePolicy(load_timeout=3, request_timeout=STARTUP_S))
+    generation = Generation(engine, Prompt(text="Hi"), tokens(4), "waits")
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ServingError) as refused:
+        await generation.start()
+        await generation.final()
+    waited = asyncio.get_running_loop().time() - started
+    assert refused.value.status == 503 and refused.value.code == "model_unavailable"
+    assert "--load-timeout 3" in refused.value.message
+    assert int(refused.value.headers["Retry-After"]) >= 1
+    assert 3 <= waited < 60, waited
+    assert engine.num_in_flight == 0

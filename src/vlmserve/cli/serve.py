@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vlmserve.cli.cluster import add_ray_flags, run_on_ray
 from vlmserve.cli.config_env import render_config
 from vlmserve.cli.configs import build_configs, fetch_timeout
 from vlmserve.cli.help import CommaList, byte_size, duration, json_object, keep_alive
@@ -74,6 +75,7 @@ def add_serve_parser(sub: Any, common: argparse.ArgumentParser, formatter: Any) 
     _engine_flags(serve.add_argument_group("engine (docs/engine.md)"))
     _media_flags(serve.add_argument_group("media fetching and decoding (docs/media.md)"))
     safety_cli.add_serve_flags(serve)
+    add_ray_flags(serve.add_argument_group("Ray Serve: several machines (docs/ray.md)"))
     serve.set_defaults(func=run_serve)
 
 
@@ -371,5 +373,7 @@ def run_serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ValueError(f"--chat-template {args.chat_template}: {exc.strerror}") from None
     configs = build_configs(args, model, name, template)
+    if args.ray:
+        return run_on_ray(args, *configs)
     run_server(*configs, extra_routers=safety_cli.serve_routers(args))
     return 0

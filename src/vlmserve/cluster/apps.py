@@ -151,3 +151,8 @@ def deployed() -> dict[str, DeployedApp]:
             replicas={str(state): n for state, n in deployment.replica_states.items()},
         )
     return found
+
+
+def names() -> set[str]:
+    """The names of every Serve application, ours or not. Blocking."""
+    return set(serve.status().applications)

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +44,10 @@ DRAIN_POLL_S = 0.05
 
 @dataclass(frozen=True)
 class RemotePolicy:
-    load_timeout: float  # longest wait for a replica to take a request
+    load_timeout: float  # longest a request waits for a replica to take it
     request_timeout: float  # longest a request may run in all
     overload_status: int = 503  # a full queue: 503 or 429
+    start_timeout: float = 900.0  # longest `facts()` waits for a replica to start
 
 
 class _ReplicaLost(Exception):
@@ -73,6 +74,11 @@ class RemoteEngine:
     def num_in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def last_progress(self) -> float:
+        """Always now: a replica whose loop stalls fails Serve's health check instead."""
+        return time.monotonic()
+
     async def drain(self, timeout: float) -> bool:
         """Admit nothing new through this client; wait for its calls in flight."""
         self._admitting = False
@@ -91,13 +97,22 @@ class RemoteEngine:
         self._admitting = False
 
     # -- requests -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def reserve(self) -> Iterator[None]:
+        """Counted in flight while the ingress prepares a request (media): refused once this
+        client is closed or draining. The model's queue is bounded by Serve
+        (`max_queued_requests`), which refuses when the request is sent."""
+        self._refuse_unless_admitting()
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
     async def generate(
         self, prompt: Prompt, params: SamplingParams, request_id: str
     ) -> AsyncIterator[RequestOutput]:
-        if self._closed:
-            raise EngineClosed(f"the model {self.alias!r} is not served here any more")
-        if not self._admitting:
-            raise EngineDraining(f"the model {self.alias!r} admits no new requests; retry")
+        self._refuse_unless_admitting()
         deadline = time.monotonic() + self.policy.request_timeout
         self._in_flight += 1
         try:
@@ -130,6 +145,64 @@ class RemoteEngine:
         finally:
             self._in_flight -= 1
 
+    async def score(
+        self,
+        prompt: Prompt,
+        continuations: list[list[int]],
+        request_id: str,
+        top_logprobs: int = 0,
+    ) -> RequestOutput:
+        """The replica's teacher-forced scores (one call, nothing streamed): a replica lost
+        during it costs one retry, as an answer that had sent nothing; past the request
+        timeout, 504."""
+        self._refuse_unless_admitting()
+        self._in_flight += 1
+        try:
+            async with asyncio.timeout(self.policy.request_timeout):
+                for attempt in (1, 2):
+                    try:
+                        return await self._score_once(
+                            prompt, continuations, request_id, top_logprobs
+                        )
+                    except _ReplicaLost as lost:
+                        if attempt == 2:
+                            raise self._unavailable(
+                                f"its replicas stopped twice before answering ({lost})"
+                            ) from None
+                        logger.warning("model %r: %s: %s; retrying", self.alias, request_id, lost)
+        except TimeoutError:
+            raise self._timed_out() from None
+        finally:
+            self._in_flight -= 1
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def _score_once(
+        self, prompt: Prompt, continuations: list[list[int]], request_id: str, top_logprobs: int
+    ) -> RequestOutput:
+        handle = await self._stream_handle()
+        scoring = handle.options(stream=False).score
+        call = scoring.remote(prompt, continuations, request_id, top_logprobs)
+        answered = False
+        try:
+            answer: RequestOutput | Refusal = await call
+            answered = True
+        except BackPressureError:
+            raise self._overloaded() from None
+        except DeploymentUnavailableError as exc:
+            self._handle = None
+            raise _ReplicaLost(f"its application changed: {exc}") from None
+        except RayActorError as exc:
+            raise _ReplicaLost(type(exc).__name__) from None
+        except RayTaskError as exc:
+            logger.error("model %r: %s failed in its replica: %s", self.alias, request_id, exc)
+            raise ServingError(500, f"the model's replica failed: {exc.cause!r}") from None
+        finally:
+            if not answered:
+                _cancel(call)
+        if isinstance(answer, Refusal):
+            raise answer.error()
+        return answer
+
     async def _attempt(
         self, prompt: Prompt, params: SamplingParams, request_id: str, deadline: float
     ) -> AsyncGenerator[RequestOutput, None]:
@@ -153,11 +226,7 @@ class RemoteEngine:
                     async with asyncio.timeout_at(_loop_time(deadline)):
                         item = await anext(stream)
                 except TimeoutError:
-                    raise ServingError(
-                        504,
-                        f"the request ran past --request-timeout {self.policy.request_timeout:g} s",
-                        code="request_timeout",
-                    ) from None
+                    raise self._timed_out() from None
                 except StopAsyncIteration:
                     raise _ReplicaLost("the answer ended without a final output") from None
                 if isinstance(item, Refusal):
@@ -181,18 +250,19 @@ class RemoteEngine:
                 _cancel(stream)
 
     async def facts(self) -> ReplicaFacts:
-        """What a replica says about the model: waits for one (a scale-up from zero) up to
-        the load timeout."""
+        """What a replica says about the model; waits for one to start (from zero, a model
+        loading for minutes) up to the start timeout."""
         handle = await self._stream_handle()
         call = handle.options(stream=False).facts.remote()
+        answered = False
         try:
-            async with asyncio.timeout(self.policy.load_timeout):
+            async with asyncio.timeout(self.policy.start_timeout):
                 facts: ReplicaFacts = await call
-                return facts
+            answered = True
+            return facts
         except TimeoutError:
-            _cancel(call)
             raise self._unavailable(
-                f"no replica answered within --load-timeout {self.policy.load_timeout:g} s",
+                f"no replica started within {self.policy.start_timeout:g} s",
                 RETRY_AFTER_SCALING_S,
             ) from None
         except BackPressureError:
@@ -200,6 +270,9 @@ class RemoteEngine:
         except (DeploymentUnavailableError, RayActorError) as exc:
             self._handle = None
             raise self._unavailable(f"its replica was lost ({type(exc).__name__})") from None
+        finally:
+            if not answered:  # timed out, failed, or given up by the caller
+                _cancel(call)
 
     async def _stream_handle(self) -> Any:
         if self._handle is None:
@@ -213,6 +286,19 @@ class RemoteEngine:
     def stats(self) -> None:
         """Engine counters live in the replicas (their own metrics), not here."""
         return None
+
+    def _refuse_unless_admitting(self) -> None:
+        if self._closed:
+            raise EngineClosed(f"the model {self.alias!r} is not served here any more")
+        if not self._admitting:
+            raise EngineDraining(f"the model {self.alias!r} admits no new requests; retry")
+
+    def _timed_out(self) -> ServingError:
+        return ServingError(
+            504,
+            f"the request ran past --request-timeout {self.policy.request_timeout:g} s",
+            code="request_timeout",
+        )
 
     def _unavailable(self, why: str, retry_after: float = RETRY_AFTER_BUSY_S) -> ServingError:
         return ServingError(

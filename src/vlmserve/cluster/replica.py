@@ -32,6 +32,7 @@ from vlmserve.engine.engine import build_engine
 from vlmserve.engine.loading import set_cpu_threads
 from vlmserve.registry import ModelInfo
 from vlmserve.serving import Generation, ServingError
+from vlmserve.serving.errors import engine_error
 from vlmserve.types import Prompt, RequestOutput, SamplingParams
 
 logger = logging.getLogger("vlmserve.cluster")
@@ -124,6 +125,23 @@ class ModelServer:
             yield Refusal.of(exc)
         finally:
             await generation.aclose()
+
+    async def score(
+        self,
+        prompt: Prompt,
+        continuations: list[list[int]],
+        request_id: str,
+        top_logprobs: int = 0,
+    ) -> RequestOutput | Refusal:
+        """The engine's teacher-forced scores; an error the serving layer knows comes back
+        as a `Refusal` (a cancelled call aborts the request in the engine)."""
+        try:
+            return await self._engine.score(prompt, continuations, request_id, top_logprobs)
+        except Exception as exc:
+            mapped = engine_error(exc)
+            if mapped is None:
+                raise
+            return Refusal.of(mapped)
 
     def check_health(self) -> None:
         if not self._engine.alive:

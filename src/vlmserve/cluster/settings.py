@@ -92,33 +92,59 @@ class ClusterConfig:
     # Longest a request may run; every model's graceful shutdown waits at least this long,
     # so a downscale or an update never cuts a request that is within its time.
     request_timeout: float = 600.0
-    # Longest a request waits for a replica (a scale-up from zero, a full cluster); then 503
-    # with Retry-After. The same flag as the registry's wait for a load.
-    load_timeout: float = 120.0
     overload_status: int = 503  # a full queue: 503 or 429, with Retry-After
+    # Longest a model's load waits for its first replica to start (then the registry marks
+    # it failed and backs off); requests stop waiting at load_timeout.
+    replica_start_timeout: float = 900.0
     # The ingress (our FastAPI app as a Serve deployment; Serve's proxy in front of it).
     ingress_min_replicas: int = 1
     ingress_max_replicas: int = 2
     ingress_num_cpus: float = 0.5
-    http_host: str = "127.0.0.1"
-    http_port: int = 8000
+    ingress_max_ongoing_requests: int = 1024  # streams held open by one ingress replica
+    # Where the ingress and the reconciler run: by default the head node, whose disk holds
+    # the registry file. An empty mapping: anywhere (the file on a shared volume).
+    ingress_resources: Mapping[str, float] = field(
+        default_factory=lambda: {"node:__internal_head__": 0.001}
+    )
     reconcile_interval: float = 10.0  # how often Ray's state is compared with the registry
     defaults: DeploymentSettings = field(default_factory=DeploymentSettings)
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per alias
 
     def __post_init__(self) -> None:
-        for name in ("request_timeout", "load_timeout", "reconcile_interval", "ingress_num_cpus"):
+        for name in ("request_timeout", "reconcile_interval", "ingress_num_cpus"):
             _number(self, name, minimum=0, inclusive=False)
+        _number(self, "replica_start_timeout", minimum=0, inclusive=False)
+        _count(self, "ingress_max_ongoing_requests", minimum=1)
         if self.overload_status not in OVERLOAD_STATUSES:
             raise ValueError(
                 f"overload_status must be one of {OVERLOAD_STATUSES}, got {self.overload_status!r}"
             )
-        if not (_whole(self.http_port) and 0 <= self.http_port < 65536):
-            raise ValueError(f"http_port must be in 0..65535, got {self.http_port!r}")
         _count(self, "ingress_min_replicas", minimum=1)
         _count(self, "ingress_max_replicas", minimum=self.ingress_min_replicas)
         for alias in self.models:
             self.settings_for(alias)  # a bad override is a start-up error, not a later one
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], address: str | None = None) -> ClusterConfig:
+        """From the `--ray-config` mapping (the config file's `ray_config` section): these
+        fields, `defaults` (deployment settings of every model) and `models` (by alias)."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"address"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}; known: {sorted(known)}")
+        values = dict(data)
+        defaults = values.pop("defaults", {})
+        models = values.pop("models", {})
+        if not isinstance(defaults, Mapping) or not isinstance(models, Mapping):
+            raise ValueError("defaults and models must be mappings")
+        for alias, overrides in models.items():
+            if not isinstance(overrides, Mapping):
+                raise ValueError(f"models.{alias} must be a mapping of deployment settings")
+        try:
+            settings = DeploymentSettings().with_overrides(defaults)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"defaults.{exc}") from exc
+        return cls(address=address, defaults=settings, models=dict(models), **values)
 
     def settings_for(self, alias: str) -> DeploymentSettings:
         """The model's deployment settings: the defaults, its own overrides, and a graceful

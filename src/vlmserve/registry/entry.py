@@ -13,7 +13,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from vlmserve.engine.async_engine import AsyncEngine
+from vlmserve.engine.client import EngineClient
 from vlmserve.registry.errors import ModelUnavailable
 from vlmserve.registry.info import ModelInfo
 from vlmserve.registry.spec import NEVER, ModelSpec
@@ -33,7 +33,7 @@ class ModelHandle:
     """What a request holds while it uses a model."""
 
     info: ModelInfo
-    engine: AsyncEngine
+    engine: EngineClient  # AsyncEngine here, or a remote one (a Ray replica's)
 
 
 class Signal:

@@ -131,6 +131,7 @@ class LocalEngineHost:
 
     async def unload(self, handle: ModelHandle) -> None:
         engine = handle.engine
+        assert isinstance(engine, AsyncEngine), "loaded by another host"
         device = engine.engine.device
         before = _memory(device)
         start = time.monotonic()

@@ -53,6 +53,7 @@ class ModelRegistry(Lifecycle):
         self._admin = asyncio.Lock()  # administrative changes, one at a time (never requests)
         self._housekeeper: asyncio.Task[None] | None = None
         self._startup: list[LoadAttempt] = []  # the first loads of the command line's models
+        self._unstored: set[str] = set()  # served through `add`, never in the store
         self._last_tick = time.monotonic()
         for stored in self.store.models():
             self._entries[stored.spec.alias] = Entry(stored, self.config.keep_alive, False)
@@ -65,6 +66,7 @@ class ModelRegistry(Lifecycle):
         alias = handle.info.name
         if alias in self._entries:
             raise ValueError(f"a model named {alias!r} is already registered")
+        self._unstored.add(alias)
         now = time.time()
         entry = Entry(
             StoredModel(ModelSpec(alias, handle.info.root), 1, now, now),
@@ -176,15 +178,17 @@ class ModelRegistry(Lifecycle):
             self._refuse_if_closed()
             entry = self._entry(spec.alias)
             stored = await asyncio.to_thread(self.store.replace, spec, expected_revision)
-            if stored.revision == entry.stored.revision:
-                return entry.status()
-            entry.stored = stored
-            self._reset_failures(entry)
-            if entry.state is ModelState.READY:
-                self._start_replacement(entry)
-            elif entry.pinned and entry.state is ModelState.REGISTERED:
-                self._start_load(entry)
+            if stored.revision != entry.stored.revision:
+                self._take_revision(entry, stored)
         return entry.status()
+
+    def _take_revision(self, entry: Entry, stored: StoredModel) -> None:
+        entry.stored = stored
+        self._reset_failures(entry)
+        if entry.state is ModelState.READY:
+            self._start_replacement(entry)
+        elif entry.pinned and entry.state is ModelState.REGISTERED:
+            self._start_load(entry)
 
     async def load(self, alias: str, wait: bool = False) -> ModelStatus:
         """Load `alias` now (or switch it to its registered revision), resetting a failure
@@ -240,12 +244,44 @@ class ModelRegistry(Lifecycle):
         async with self._admin:
             entry = self._entry(alias)
             await asyncio.to_thread(self.store.delete, alias)
-            del self._entries[alias]
-            entry.removed = True
-            self._leaving.add(entry)
-            self._notify(entry)
+            self._drop(entry)
+        await self._unload_dropped(entry, "removed")
+
+    async def refresh(self) -> None:
+        """Take in what other processes changed in the store (the ingress replicas of a Ray
+        deployment share one, docs/ray.md): new registrations, new revisions (a loaded model
+        switches as after `replace`), removals (as after `remove`). Models served through
+        `add` are not stored and stay."""
+        stored = {s.spec.alias: s for s in await asyncio.to_thread(self.store.models)}
+        dropped = []
+        async with self._admin:
+            if self._closed:
+                return
+            for alias, fresh in stored.items():
+                entry = self._entries.get(alias)
+                if entry is None:
+                    self._entries[alias] = Entry(fresh, self.config.keep_alive, False)
+                elif (fresh.revision, fresh.created_at) != (
+                    entry.stored.revision,
+                    entry.stored.created_at,
+                ):
+                    self._take_revision(entry, fresh)
+            for alias, entry in list(self._entries.items()):
+                if alias not in stored and alias not in self._unstored:
+                    self._drop(entry)
+                    dropped.append(entry)
+        for entry in dropped:
+            await self._unload_dropped(entry, "removed by another server")
+
+    def _drop(self, entry: Entry) -> None:
+        del self._entries[entry.alias]
+        entry.removed = True
+        self._leaving.add(entry)
+        self._notify(entry)
+
+    async def _unload_dropped(self, entry: Entry, why: str) -> None:
         if entry.state is ModelState.READY:
-            await self._unload(entry, "removed")
+            await self._unload(entry, why)
         self._forget_if_gone(entry)
 
     def _reset_failures(self, entry: Entry) -> None:
@@ -319,12 +355,11 @@ class ModelRegistry(Lifecycle):
         return problems
 
     def engine_stats(self) -> builtins.list[tuple[str, EngineStats]]:
-        """Each loaded model's engine counters, by alias (for metrics at scrape time)."""
-        return [
-            (alias, entry.current.handle.engine.stats())
-            for alias, entry in self._entries.items()
-            if entry.current is not None
-        ]
+        """Each loaded model's engine counters, by alias (for metrics at scrape time);
+        remote engines keep theirs in their replicas."""
+        loaded = [(alias, e.current) for alias, e in self._entries.items() if e.current]
+        counters = [(alias, version.handle.engine.stats()) for alias, version in loaded]
+        return [(alias, stats) for alias, stats in counters if stats is not None]
 
     # -- shutting down ----------------------------------------------------------------------------
     async def close(self, drain_timeout: float | None = None) -> None:

@@ -3,10 +3,10 @@ output is awaited before anything is answered (so input problems the engine find
 a 4xx, not a broken stream), and a caller that leaves aborts the request so its KV blocks
 are freed.
 
-The engine is this process's `AsyncEngine` or one answering from elsewhere (a Ray replica,
-`vlmserve.cluster`): anything with `AsyncEngine.generate`'s signature. An engine lost midway
-(`EngineLost`) costs a whole answer (`final()`) nothing: nothing was sent, so it runs again
-once; a stream has sent its tokens and ends with the error.
+The engine is an `EngineClient`: this process's `AsyncEngine`, or one answering from a Ray
+replica (`vlmserve.cluster`). An engine lost midway (`EngineLost`) costs a whole answer
+(`final()`) nothing: nothing was sent, so it runs again once; a stream has sent its tokens
+and ends with the error.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Protocol, cast
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import cast
 
+from vlmserve.engine.client import EngineClient
 from vlmserve.engine.errors import EngineLost
 from vlmserve.serving.errors import ClientDisconnected, ServingError, engine_error
 from vlmserve.trace import current_trace
@@ -28,14 +29,6 @@ DISCONNECT_POLL_S = 0.2
 
 OutputObserver = Callable[[RequestOutput], None]  # sees every output (token timing metrics)
 DisconnectCheck = Callable[[], Awaitable[bool]]  # True once the caller has gone
-
-
-class EngineClient(Protocol):
-    """The request side of an engine (`AsyncEngine`, or a remote one)."""
-
-    def generate(
-        self, prompt: Prompt, params: SamplingParams, request_id: str
-    ) -> AsyncIterator[RequestOutput]: ...
 
 
 def failed_output(output: RequestOutput) -> ServingError | None:
