@@ -37,7 +37,7 @@ def server_metrics() -> set[str]:
     """The metric families /metrics serves, asked of the server's own registry."""
     from vlmserve.api.metrics import Metrics
 
-    return {family.name for family in Metrics(lambda: []).registry.collect()}
+    return {family.name for family in Metrics(lambda: [], lambda: []).registry.collect()}
 
 
 def check_args(args: list[str], env: list[dict[str, Any]], errors: list[str]) -> None:

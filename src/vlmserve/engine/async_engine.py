@@ -373,20 +373,15 @@ class AsyncEngine:
         error = EngineDead(f"the engine loop stopped while this request was running: {exc!r}")
         with self._post_lock:
             self._death = exc
-        for stream in self._streams.values():
-            stream.post(error)
-        self._streams.clear()
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(command, _Add):
-                command.post(error)
+        self._fail_everything(error)
 
     def _close_on_this_thread(self) -> None:
         """Fail every open stream and every add still queued, then free the engine."""
-        error = EngineClosed("the engine was closed while this request was running")
+        self._fail_everything(EngineClosed("the engine was closed while this request was running"))
+        self.engine.close()
+
+    def _fail_everything(self, error: Exception) -> None:
+        """End every open stream and every add still queued with `error`."""
         for stream in self._streams.values():
             stream.post(error)
         self._streams.clear()
@@ -397,7 +392,6 @@ class AsyncEngine:
                 break
             if isinstance(command, _Add):
                 command.post(error)
-        self.engine.close()
 
     def _handle(self, command: _Add | str) -> None:
         if isinstance(command, str):
