@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import chat_body, client_for, make_app
+from tests.api.conftest import chat_body, client_for, http_scope, make_app
 from tests.api.test_lifecycle import LONG
 from vlmserve.config import EngineConfig
 from vlmserve.engine.async_engine import AsyncEngine
@@ -32,26 +32,6 @@ async def one_slot_engine(tiny_qwen2_vl: Path) -> AsyncIterator[AsyncEngine]:
     engine = AsyncEngine(await asyncio.to_thread(build_engine, config)).start()
     yield engine
     await asyncio.to_thread(engine.close)
-
-
-def http_scope(path: str, payload: bytes) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "server": ("test", 80),
-        "client": ("c", 1),
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-        ],
-    }
 
 
 async def wait_until(condition: Any, timeout: float = 20) -> None:

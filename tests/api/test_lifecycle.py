@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from tests.api.conftest import chat_body
+from tests.api.conftest import chat_body, http_scope
 from tests.api.test_chat import sse_events
 from vlmserve.engine.async_engine import AsyncEngine
 
@@ -46,23 +46,7 @@ async def call_and_disconnect(
         if after_s is None and message.get("body"):
             gone.set()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "server": ("test", 80),
-        "client": ("c", 1),
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-        ],
-    }
+    scope = http_scope(path, payload)
     if after_s is not None:
         asyncio.get_running_loop().call_later(after_s, gone.set)
     await asyncio.wait_for(app(scope, receive, send), timeout=30)
