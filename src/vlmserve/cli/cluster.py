@@ -60,9 +60,12 @@ def cluster_options(args: argparse.Namespace, engine: Any, server: Any, media: A
 
 def run_on_ray(args: argparse.Namespace, engine: Any, server: Any, media: Any) -> int:
     from vlmserve.api.server import startup_spec
+
+    # Options first: without the ray extra they end in the one-line install hint, before
+    # anything imports ray.
+    options = cluster_options(args, engine, server, media)
     from vlmserve.cluster.launch import run
 
-    options = cluster_options(args, engine, server, media)
     register(options.registry_path, startup_spec(engine, server))
     run(options)
     return 0
