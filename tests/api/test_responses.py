@@ -297,6 +297,8 @@ async def test_stream_events_in_order(client: openai.AsyncOpenAI, tool_choice: s
             ["zz"],
         ),
         ({"tools": [{"type": "web_search"}]}, "tools[0].type", []),
+        ({"tools": [TOOLS[0], TOOLS[0]]}, "tools[1].name", ["two tools"]),
+        ({"tool_choice": "required"}, "tool_choice", ["needs tools"]),
     ],
 )
 async def test_refusals_name_the_field(

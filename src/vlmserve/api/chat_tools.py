@@ -5,6 +5,8 @@ as OpenAI's `message.tool_calls` or its streamed tool-call deltas."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from vlmserve.api.errors import APIError
 from vlmserve.api.protocol import ChatCompletionRequest
@@ -35,30 +37,55 @@ logger = logging.getLogger(__name__)
 NO_PARAMETERS = {"type": "object", "properties": {}}  # OpenAI: parameters left out
 
 
-def chat_tools(body: ChatCompletionRequest) -> Tools | None:
-    """None when the request offers no tools (then `tool_choice` may only be none/auto)."""
-    choice = body.tool_choice
-    if not body.tools:
+def offered_tools(
+    choice: Any,
+    *,
+    named: str | None,
+    functions: Sequence[ToolFunction],
+    name_param: Callable[[int], str],
+    choice_param: str,
+    definitions: list[dict[str, Any]],
+    parallel: bool | None,
+) -> Tools | None:
+    """The request's tools as `Tools`, the same checks for both APIs (they differ only in
+    where fields live): None when none are offered (then `tool_choice` may only be
+    none/auto), a 400 for two tools of one name or a `tool_choice` naming none of them."""
+    if not functions:
         if choice is not None and choice not in ("none", "auto"):
             raise APIError(400, "tool_choice needs tools to choose from", "tool_choice")
         return None
-    functions: list[ToolFunction] = []
-    for index, tool in enumerate(body.tools):
-        fn = tool.function
-        if any(other.name == fn.name for other in functions):
-            raise APIError(400, f"two tools are named {fn.name!r}", f"tools[{index}].function.name")
-        functions.append(ToolFunction(fn.name, fn.parameters or NO_PARAMETERS, bool(fn.strict)))
-    named = choice.function.name if isinstance(choice, NamedToolChoice) else None
-    if named is not None and all(fn.name != named for fn in functions):
-        raise APIError(
-            400, f"tool_choice names {named!r}, which is not in tools", "tool_choice.function.name"
-        )
+    seen: set[str] = set()
+    for index, fn in enumerate(functions):
+        if fn.name in seen:
+            raise APIError(400, f"two tools are named {fn.name!r}", name_param(index))
+        seen.add(fn.name)
+    if named is not None and named not in seen:
+        raise APIError(400, f"tool_choice names {named!r}, which is not in tools", choice_param)
     return Tools(
-        definitions=[tool.model_dump(exclude_none=True) for tool in body.tools],
+        definitions=definitions,
         functions=tuple(functions),
         mode=tool_mode(choice),
         function=named,
-        parallel=body.parallel_tool_calls is not False,
+        parallel=parallel is not False,
+    )
+
+
+def chat_tools(body: ChatCompletionRequest) -> Tools | None:
+    offered = body.tools or []
+    choice = body.tool_choice
+    return offered_tools(
+        choice,
+        named=choice.function.name if isinstance(choice, NamedToolChoice) else None,
+        functions=[
+            ToolFunction(
+                t.function.name, t.function.parameters or NO_PARAMETERS, bool(t.function.strict)
+            )
+            for t in offered
+        ],
+        name_param=lambda i: f"tools[{i}].function.name",
+        choice_param="tool_choice.function.name",
+        definitions=[tool.model_dump(exclude_none=True) for tool in offered],
+        parallel=body.parallel_tool_calls,
     )
 
 

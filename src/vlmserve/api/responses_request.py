@@ -12,9 +12,8 @@ from typing import Any
 from fastapi import Request
 
 from vlmserve.api.auth import request_tenant
-from vlmserve.api.chat_tools import NO_PARAMETERS
-from vlmserve.api.errors import APIError
-from vlmserve.api.protocol_tools import FunctionToolChoice, tool_mode
+from vlmserve.api.chat_tools import NO_PARAMETERS, offered_tools
+from vlmserve.api.protocol_tools import FunctionToolChoice
 from vlmserve.api.responses_protocol import (
     ResponsesRequest,
     TextFormatJSONObject,
@@ -58,33 +57,23 @@ def sampling_params(body: ResponsesRequest) -> SamplingParams:
 
 
 def tools(body: ResponsesRequest) -> Tools | None:
+    offered = body.tools or []
     choice = body.tool_choice
-    if not body.tools:
-        if choice is not None and choice not in ("none", "auto"):
-            raise APIError(400, "tool_choice needs tools to choose from", "tool_choice")
-        return None
-    functions: list[ToolFunction] = []
-    for index, tool in enumerate(body.tools):
-        if any(fn.name == tool.name for fn in functions):
-            raise APIError(400, f"two tools are named {tool.name!r}", f"tools[{index}].name")
+    return offered_tools(
+        choice,
+        named=choice.name if isinstance(choice, FunctionToolChoice) else None,
         # The Responses API's functions are strict unless they say otherwise.
-        strict = tool.strict is not False
-        functions.append(ToolFunction(tool.name, tool.parameters or NO_PARAMETERS, strict))
-    named = choice.name if isinstance(choice, FunctionToolChoice) else None
-    if named is not None and all(fn.name != named for fn in functions):
-        raise APIError(
-            400, f"tool_choice names {named!r}, which is not in tools", "tool_choice.name"
-        )
-    definitions = [
-        {"type": "function", "function": tool.model_dump(exclude_none=True, exclude={"type"})}
-        for tool in body.tools
-    ]
-    return Tools(
-        definitions=definitions,
-        functions=tuple(functions),
-        mode=tool_mode(choice),
-        function=named,
-        parallel=body.parallel_tool_calls is not False,
+        functions=[
+            ToolFunction(t.name, t.parameters or NO_PARAMETERS, t.strict is not False)
+            for t in offered
+        ],
+        name_param=lambda i: f"tools[{i}].name",
+        choice_param="tool_choice.name",
+        definitions=[
+            {"type": "function", "function": t.model_dump(exclude_none=True, exclude={"type"})}
+            for t in offered
+        ],
+        parallel=body.parallel_tool_calls,
     )
 
 
