@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.children import spawn
 from vlmserve.cli import parse_args
 from vlmserve.cli.configs import build_configs
 
@@ -156,7 +157,7 @@ class Session:
         self.stop_server()
         [argv] = commands(code)
         with self.server_log.open("ab") as log:
-            self.server = subprocess.Popen(
+            self.server = spawn(
                 [*argv, "--port", str(self.port)],
                 cwd=self.tmp,
                 env=self.env,

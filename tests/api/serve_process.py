@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.children import spawn
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -60,7 +62,7 @@ def serve(model: Path, tmp_path: Path, *flags: str, ready_timeout: float = 180) 
     command = [sys.executable, "-m", "vlmserve.cli", "serve", str(model), "--port", str(port)]
     command += ["--cpu-threads", "1", *flags]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
+        process = spawn(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
     served = Served(process, f"http://127.0.0.1:{port}", log)
     try:
         deadline = time.monotonic() + ready_timeout

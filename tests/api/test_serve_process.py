@@ -17,6 +17,8 @@ import httpx
 import psutil
 import pytest
 
+from tests.children import spawn
+
 ADMIN = {"Authorization": "Bearer adm"}
 START_S = 180  # a cold start on a loaded 2-core machine
 KV_BYTES = 256 * 1024 * 1024  # dwarfs the interpreter's own noise in RSS
@@ -26,7 +28,7 @@ class Process:
     def __init__(self, args: list[str], log: Path) -> None:
         self.log = log
         with log.open("ab") as out:
-            self.popen = subprocess.Popen(
+            self.popen = spawn(
                 [sys.executable, "-m", "vlmserve.cli", "serve", *args, "--cpu-threads", "1"],
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.children import spawn
+
 
 def wait_for_text(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
@@ -24,7 +26,7 @@ def test_sigterm_exits_zero(tiny_qwen2_vl: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "vlmserve.cli", "serve", str(tiny_qwen2_vl)]
     command += ["--host", "127.0.0.1", "--port", "0", "--cpu-threads", "1"]
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
+        proc = spawn(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
     try:
         wait_for_text(log, "Application startup complete", proc, timeout=120)
         proc.send_signal(signal.SIGTERM)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.children import spawn
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -58,7 +60,7 @@ def test_startup_summary_and_refusals(tiny_qwen2_vl: Path, tmp_path: Path) -> No
     ]
     base = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
+        process = spawn(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
     try:
         wait_ready(base, process)
         headers = {"Authorization": "Bearer k"}

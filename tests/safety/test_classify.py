@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.children import spawn
 from tests.safety.conftest import MODEL, ThreadServer
 from tests.safety.fakes import FAKE_MODEL, answer_json, fake_app
 from vlmserve.cli import main
@@ -178,9 +179,7 @@ def test_sigkill_at_random_points_then_resume(live_server: ThreadServer, tmp_pat
     kills = 0
     for _attempt in range(40):
         before = _count_lines(out)
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        process = spawn(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Kill after a random number of new results (sometimes before any), at a random
         # moment within the write that follows.
         target = before + rng.choice([0, rng.randint(1, 60)])
