@@ -72,10 +72,6 @@ async def test_from_zero_to_two_replicas_under_load_and_back_to_zero(
     await async_wait_for(lambda: not replicas(ray_instance, app), STARTUP_S, "back to 0 replicas")
 
 
-@pytest.mark.skip(
-    reason="known failure on main since the round-2 merges (issue 14, left open): the second "
-    "replica is never started while the long stream queues; it passed before those merges"
-)
 async def test_a_long_stream_outlives_the_downscale_of_its_replica(
     ray_instance: RayInstance, deploy: Callable[..., Any], tiny_qwen2_vl: Path
 ) -> None:
