@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
@@ -29,7 +29,13 @@ from vlmserve.api.shutdown import DrainingServer, Shutdown
 from vlmserve.api.startup_log import log_model_summary, log_server_summary
 from vlmserve.config import EngineConfig, MediaConfig
 from vlmserve.engine.loading import set_cpu_threads
-from vlmserve.registry import LocalEngineHost, ModelRegistry, ModelSpec, RegistryStore
+from vlmserve.registry import (
+    LocalEngineHost,
+    ModelRegistry,
+    ModelSpec,
+    ProcessEngineHost,
+    RegistryStore,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +52,15 @@ def run_server(
     config: ServerConfig,
     media_config: MediaConfig,
     extra_routers: Sequence[APIRouter] = (),
+    process_setup: Callable[[], None] | None = None,
 ) -> None:
+    """`process_setup`: what every engine process runs first (`--engine-process`), e.g. the
+    CLI's logging configuration; it must pickle."""
     if config.cpu_threads is not None:
         set_cpu_threads(config.cpu_threads)
     # A SIGINT before signals are taken over (while the registry file opens) ends it here.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(engine_config, config, media_config, extra_routers))
+        asyncio.run(serve(engine_config, config, media_config, extra_routers, process_setup))
 
 
 def registry_path(config: ServerConfig) -> str:
@@ -101,12 +110,23 @@ async def serve(
     config: ServerConfig,
     media_config: MediaConfig,
     extra_routers: Sequence[APIRouter] = (),
+    process_setup: Callable[[], None] | None = None,
 ) -> None:
     spec = startup_spec(engine_config, config)
     store = await asyncio.to_thread(RegistryStore, registry_path(config))
-    host = LocalEngineHost(
-        engine_config, max_waiting=config.max_waiting, on_ready=log_model_summary
-    )
+    host: LocalEngineHost | ProcessEngineHost
+    if config.engine_process:
+        host = ProcessEngineHost(
+            engine_config,
+            max_waiting=config.max_waiting,
+            on_ready=log_model_summary,
+            setup=process_setup,
+            cpu_threads=config.cpu_threads,
+        )
+    else:
+        host = LocalEngineHost(
+            engine_config, max_waiting=config.max_waiting, on_ready=log_model_summary
+        )
     models = ModelRegistry(host=host, store=store, config=config.registry)
     try:
         sock = bind(config.host, config.port)

@@ -29,6 +29,9 @@ class ServerConfig:
     # torch intra-op threads for the whole process (the server owns it, not an engine);
     # None keeps torch's default (one per core).
     cpu_threads: int | None = None
+    # Each model's engine in a process of its own (registry/process_host.py), not a thread of
+    # this one.
+    engine_process: bool = False
     registry_path: str | None = None  # the registry file; None: registry.db in state_dir()
     registry: RegistryConfig = field(default_factory=RegistryConfig)  # model lifecycles
     # /ready answers 503 when an engine holds requests and no step completed for this long;

@@ -111,6 +111,7 @@ def build_configs(
         max_request_body_bytes=args.max_request_body_bytes,
         max_waiting=args.max_waiting,
         cpu_threads=args.cpu_threads,
+        engine_process=args.engine_process,
         registry_path=args.registry,
         registry=registry_config(args),
         data_dir=args.data_dir,

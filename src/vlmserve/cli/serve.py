@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,13 @@ def _engine_flags(engine: Any) -> None:
         help="reuse the KV cache of shared prompt prefixes",
     )
     engine.add_argument(
+        "--engine-process",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="run each model's engine in a process of its own, so HTTP work (parsing, media "
+        "decoding, tokenizing, streaming) never waits on the engine's GIL; see docs/engine.md",
+    )
+    engine.add_argument(
         "--enable-chunked-prefill",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -375,5 +383,10 @@ def run_serve(args: argparse.Namespace) -> int:
     configs = build_configs(args, model, name, template)
     if args.ray:
         return run_on_ray(args, *configs)
-    run_server(*configs, extra_routers=safety_cli.serve_routers(args))
+    run_server(
+        *configs,
+        extra_routers=safety_cli.serve_routers(args),
+        # What each engine process (--engine-process) runs first: this process's logging.
+        process_setup=functools.partial(configure_logging, args.log_level, args.log_format),
+    )
     return 0

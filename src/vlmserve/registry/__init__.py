@@ -15,6 +15,7 @@ from vlmserve.registry.errors import (
 from vlmserve.registry.events import EventKind, ModelEvent
 from vlmserve.registry.host import EngineHost, Loaded, LocalEngineHost
 from vlmserve.registry.info import ModelInfo
+from vlmserve.registry.process_host import ProcessEngineHost
 from vlmserve.registry.registry import ModelRegistry
 from vlmserve.registry.spec import NEVER, ModelSpec, parse_keep_alive
 from vlmserve.registry.store import RegistryStore, StoredModel
@@ -34,6 +35,7 @@ __all__ = [
     "ModelState",
     "ModelStatus",
     "ModelUnavailable",
+    "ProcessEngineHost",
     "RegistryError",
     "RegistryFileError",
     "RegistryStore",

@@ -6,7 +6,8 @@ on the host's own worker threads (never on the event loop, and never on the defa
 that request preprocessing uses), the engine thread is started, and the model is ready only
 once a 1-token warm-up generation succeeded. A Ray deployment replaces the host, not the
 registry: its `load` starts a replica application and returns a handle whose engine speaks
-`AsyncEngine`'s request side (`generate`, `drain`, `resume`, `alive`, `last_progress`).
+`AsyncEngine`'s request side (`generate`, `drain`, `resume`, `alive`, `last_progress`), and
+`ProcessEngineHost` (process_host.py) runs each model's engine in a process of its own.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import torch
 
 from vlmserve.config import EngineConfig
 from vlmserve.engine.async_engine import AsyncEngine
+from vlmserve.engine.client import EngineClient
 from vlmserve.engine.engine import LLMEngine
 from vlmserve.engine.loading import load_checkpoint
 from vlmserve.engine.memory import process_rss, tensor_bytes
 from vlmserve.registry.entry import ModelHandle
 from vlmserve.registry.info import ModelInfo
 from vlmserve.registry.spec import ModelSpec
-from vlmserve.types import SamplingParams
+from vlmserve.types import Prompt, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -163,11 +165,13 @@ def _memory(device: torch.device) -> dict[str, int]:
     return measured
 
 
-async def _warm_up(engine: AsyncEngine) -> None:
+async def _warm_up(engine: EngineClient) -> None:
     """One token through the whole path (input processing, prefill, sampling, output)."""
     params = SamplingParams(max_tokens=1)
     final = None
-    async for output in engine.generate(WARMUP_PROMPT, params, f"warmup-{uuid.uuid4().hex}"):
+    async for output in engine.generate(
+        Prompt(WARMUP_PROMPT), params, f"warmup-{uuid.uuid4().hex}"
+    ):
         final = output
     if final is None or final.error is not None or not final.outputs[0].token_ids:
         error = final.error if final is not None else "no output"

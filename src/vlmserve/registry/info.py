@@ -8,9 +8,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from vlmserve.engine.engine import LLMEngine
+from vlmserve.config import EngineConfig
+from vlmserve.models.hf_tokenizer import TokenizerBundle
 from vlmserve.multimodal.policy import NO_OVERRIDES, MediaOverrides
+
+
+class BuiltEngine(Protocol):
+    """What the info is taken from: an `LLMEngine`, or a `ProcessEngine` (which holds the
+    tokenizer and the engine's facts on the HTTP side)."""
+
+    config: EngineConfig
+    tokenizer: TokenizerBundle
+    max_model_len: int
 
 
 @dataclass(frozen=True)
@@ -30,7 +41,7 @@ class ModelInfo:
 
     @classmethod
     def from_engine(
-        cls, engine: LLMEngine, name: str | None, chat_template: str | None = None
+        cls, engine: BuiltEngine, name: str | None, chat_template: str | None = None
     ) -> ModelInfo:
         # Only the tokenizer is captured (by `decode`), never the engine: the info outlives
         # an unloaded model's memory.
