@@ -30,6 +30,7 @@ from vlmserve.engine.process import ProcessEngine
 from vlmserve.registry import ModelRegistry, ModelSpec, ProcessEngineHost
 
 BOUND_S = 120  # far beyond any wait on a loaded 2-core machine
+WATCHDOG_S = 2.0  # an idle engine process reports every second: never a stall by itself
 
 
 @pytest.fixture
@@ -43,7 +44,8 @@ async def served(
     try:
         await models.start([ModelSpec(MODEL, str(tiny_qwen2_vl), max_model_len=512)])
         await asyncio.wait_for(models.wait_for_startup(), BOUND_S)
-        app = create_app(models, ServerConfig(), media_resolver=offline_resolver)
+        config = ServerConfig(watchdog_seconds=WATCHDOG_S)
+        app = create_app(models, config, media_resolver=offline_resolver)
         async with client_for(app) as client:
             yield client, models
     finally:
@@ -93,6 +95,37 @@ async def test_answers_streams_and_metrics_come_through_the_engine_process(
     assert f'vlmserve_prefix_cache_queries_total{{model="{MODEL}"}}' in metrics
     assert f'vlmserve_mm_cache_misses_total{{model="{MODEL}"}} 1.0' in metrics
     assert await asyncio.to_thread(engine.leaks) == []
+
+
+async def test_a_stopped_engine_process_is_a_stall_the_watchdog_reports(
+    served: tuple[httpx.AsyncClient, ModelRegistry],
+) -> None:
+    client, models = served
+    engine = engine_of(models)
+    await asyncio.sleep(WATCHDOG_S * 1.5)  # idle for longer than the threshold: still ready
+    assert (await client.get("/ready")).status_code == 200
+    body = chat_body(max_tokens=200, ignore_eos=True)
+    in_flight = asyncio.ensure_future(client.post("/v1/chat/completions", json=body))
+    deadline = time.monotonic() + BOUND_S
+    while engine.stats().num_running == 0:
+        assert time.monotonic() < deadline and not in_flight.done()
+        await asyncio.sleep(0.01)
+    assert engine.pid is not None
+    os.kill(engine.pid, signal.SIGSTOP)  # a step that never ends, as far as anyone can see
+    try:
+        while (stuck := await client.get("/ready")).status_code != 503:
+            assert time.monotonic() < deadline, stuck.text
+            await asyncio.sleep(0.05)
+        assert stuck.json()["error"]["code"] == "engine_stuck", stuck.text
+        assert f"model {MODEL!r}" in stuck.json()["error"]["message"]
+        assert (await client.get("/health")).status_code == 200
+    finally:
+        os.kill(engine.pid, signal.SIGCONT)
+    answer = await asyncio.wait_for(in_flight, BOUND_S)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 200
+    while (ready := await client.get("/ready")).status_code != 200:
+        assert time.monotonic() < deadline, ready.text
+        await asyncio.sleep(0.05)
 
 
 async def test_a_killed_engine_process_fails_its_requests_and_readiness(

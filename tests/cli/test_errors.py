@@ -63,10 +63,12 @@ def test_cuda_without_cuda(tiny_qwen2_vl: Path, capsys: pytest.CaptureFixture[st
     assert "use --device cpu" in line
 
 
+@pytest.mark.parametrize("mode", [[], ["--engine-process"]], ids=["in-process", "engine-process"])
 def test_max_model_len_too_big_for_the_cache(
-    tiny_qwen2_vl: Path, capsys: pytest.CaptureFixture[str]
+    tiny_qwen2_vl: Path, capsys: pytest.CaptureFixture[str], mode: list[str]
 ) -> None:
-    argv = ["serve", str(tiny_qwen2_vl), "--max-model-len", "30000"]
+    """Also when the engine is built in an engine process: its error crosses intact."""
+    argv = ["serve", str(tiny_qwen2_vl), *mode, "--max-model-len", "30000"]
     line = one_line_error([*argv, "--kv-cache-memory-bytes", "1MiB"], capsys)
     assert "--max-model-len 30000 does not fit in the KV cache of 2032 tokens" in line
     assert "lower --max-model-len or give the cache more memory (--kv-cache-memory-bytes" in line
@@ -83,6 +85,11 @@ def test_weightless_7b_folder_names_the_flag(
 def test_missing_chat_template(tiny_qwen2_vl: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = one_line_error(["serve", str(tiny_qwen2_vl), "--chat-template", "/nope.j2"], capsys)
     assert "--chat-template /nope.j2: No such file or directory" in line
+
+
+def test_engine_process_with_ray(capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(["serve", "/m", "--ray", "--engine-process"], capsys)
+    assert "--engine-process cannot be combined with --ray" in line
 
 
 def test_bad_media_settings(capsys: pytest.CaptureFixture[str]) -> None:

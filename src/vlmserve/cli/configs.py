@@ -82,6 +82,11 @@ def build_configs(
     from vlmserve.api.server_config import ServerConfig
     from vlmserve.cli.ops_flags import operations_config
 
+    if args.engine_process and getattr(args, "ray", False):
+        raise ValueError(
+            "--engine-process cannot be combined with --ray: each Ray replica runs its "
+            "engine in a process of its own already"
+        )
     engine_config = EngineConfig(
         model=model,
         max_model_len=args.max_model_len,

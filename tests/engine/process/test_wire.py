@@ -69,6 +69,7 @@ def test_errors_keep_their_kind_and_field() -> None:
         InputError("too long", "max_tokens", 413),
         EngineOverloaded("busy"),
         ValueError("bad"),
+        FileNotFoundError("no weights in /m"),
         KeyError("boom"),
     ]
     rebuilt = [pickle.loads(pickle.dumps(ErrorInfo.of(exc))).error() for exc in cases]
@@ -76,7 +77,8 @@ def test_errors_keep_their_kind_and_field() -> None:
     assert isinstance(first, InputError) and (first.param, first.status) == ("max_tokens", 413)
     assert isinstance(rebuilt[1], EngineOverloaded) and str(rebuilt[1]) == "busy"
     assert type(rebuilt[2]) is ValueError
-    assert isinstance(rebuilt[3], RuntimeError) and "KeyError" in str(rebuilt[3])
+    assert isinstance(rebuilt[3], OSError) and str(rebuilt[3]) == "no weights in /m"
+    assert isinstance(rebuilt[4], RuntimeError) and "KeyError" in str(rebuilt[4])
 
 
 def test_packed_inputs_carry_positions_by_value() -> None:

@@ -102,7 +102,7 @@ class Ready:
 
 @dataclass
 class ErrorInfo:
-    kind: str  # "input" | "overloaded" | "value" | "runtime"
+    kind: str  # "input" | "overloaded" | "value" | "os" | "runtime"
     message: str
     param: str | None = None
     status: int = 400
@@ -115,6 +115,8 @@ class ErrorInfo:
             return cls("overloaded", str(exc))
         if isinstance(exc, ValueError):
             return cls("value", str(exc))
+        if isinstance(exc, OSError):  # missing files, no network: start-up errors
+            return cls("os", str(exc))
         return cls("runtime", f"{type(exc).__name__}: {exc}")
 
     def error(self) -> Exception:
@@ -124,6 +126,8 @@ class ErrorInfo:
             return EngineOverloaded(self.message)
         if self.kind == "value":
             return ValueError(self.message)
+        if self.kind == "os":
+            return OSError(self.message)
         return RuntimeError(self.message)
 
 

@@ -82,8 +82,11 @@ class ProcessSettings:
 
 def run_engine_process(config: EngineConfig, conn: Connection, settings: ProcessSettings) -> None:
     """The process's entry point: build, report `Ready` (or `StartFailed`), serve, exit."""
-    # Ctrl-C reaches the whole process group: the HTTP process drains and then closes us.
+    # Ctrl-C reaches the whole process group, and a service manager may send SIGTERM to
+    # every process of the service: the HTTP process drains first and then closes us (and
+    # if it dies, the pipe closes and we exit).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if settings.setup is not None:
         settings.setup()
     try:
@@ -91,7 +94,8 @@ def run_engine_process(config: EngineConfig, conn: Connection, settings: Process
             set_cpu_threads(settings.cpu_threads)
         engine = build_engine(config)
     except Exception as exc:
-        logger.exception("the engine process could not build the engine")
+        # The server reports it (a start-up error is one line); the trace is for debugging.
+        logger.debug("the engine process could not build the engine", exc_info=True)
         conn.send(StartFailed(ErrorInfo.of(exc)))
         return
     if settings.on_ready is not None:
