@@ -111,11 +111,29 @@ async def test_an_image_sent_again_is_served_from_the_engines_media_cache(
     process_engine: ProcessEngine,
 ) -> None:
     params = SamplingParams(max_tokens=2, temperature=0.0)
-    await run(process_engine, image_prompt(2), params, "img-a")
-    hits = process_engine.stats().mm_cache_hits
+    first = await run(process_engine, image_prompt(2), params, "img-a")
+    hits, sent = process_engine.stats().mm_cache_hits, process_engine.media.cache.hits
     again = await run(process_engine, image_prompt(2), params, "img-b")
-    assert again[-1].finished
+    assert again[-1].outputs[0].token_ids == first[-1].outputs[0].token_ids
     assert process_engine.stats().mm_cache_hits == hits + 1
+    # It crossed by key alone: not preprocessed again on this side.
+    assert process_engine.media.cache.hits == sent + 1
+
+
+async def test_media_the_engine_process_no_longer_holds_is_sent_again_in_full(
+    process_engine: ProcessEngine, reference: AsyncEngine
+) -> None:
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+    prompt = image_prompt(4)
+    # This side believes the engine process holds the image; it never saw it (as after an
+    # eviction there).
+    process_engine.media.remember(process_engine.inputs.process(prompt).mm_items)
+    misses = process_engine.stats().mm_cache_misses
+    ours = await run(process_engine, prompt, params, "gone")
+    theirs = await run(reference, image_prompt(4), params, "gone-ref")
+    assert ours[-1].outputs[0].token_ids == theirs[-1].outputs[0].token_ids
+    assert process_engine.stats().mm_cache_misses >= misses + 1
+    assert len(process_engine.media.cache) == 1  # forgotten, then remembered as sent
 
 
 async def test_media_named_by_uuid_alone_is_resolved_in_the_engine_process(

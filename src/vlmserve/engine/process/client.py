@@ -34,6 +34,7 @@ from vlmserve.engine.async_engine import EngineStats
 from vlmserve.engine.errors import EngineClosed, EngineDead, EngineDraining, EngineOverloaded
 from vlmserve.engine.inputs import InputError, InputProcessor
 from vlmserve.engine.mm_cache import MultiModalCache
+from vlmserve.engine.process.media import SentMedia
 from vlmserve.engine.process.spawn import EngineProcess
 from vlmserve.engine.process.streams import Stream, StreamTable
 from vlmserve.engine.process.wire import (
@@ -42,6 +43,7 @@ from vlmserve.engine.process.wire import (
     Close,
     Command,
     EngineFacts,
+    MediaNotCached,
     OutputAccumulator,
     PackedInput,
     Probe,
@@ -111,15 +113,20 @@ class ProcessEngine:
             child.stop()
             raise
         self.max_model_len = self.facts.max_model_len
-        # No media cache on this side: the engine process has it, and swaps cached
-        # embeddings in for items it already holds (worker.py).
-        self.inputs = InputProcessor(
-            self.tokenizer,
-            self.model_config,
-            image_config,
-            MultiModalCache(0),
-            self.config.mm_limits,
-            self.max_model_len,
+        # The engine process has the vision cache; this side knows what it sent (media.py).
+        self.media = SentMedia(
+            self.config.mm_cache_bytes, self.model_config.hidden_size, self.facts.dtype
+        )
+        self.inputs, self._inputs_in_full = (
+            InputProcessor(
+                self.tokenizer,
+                self.model_config,
+                image_config,
+                cache,
+                self.config.mm_limits,
+                self.max_model_len,
+            )
+            for cache in (self.media.cache, MultiModalCache(0))
         )
         self._reader = threading.Thread(
             target=self._read, name="vlmserve-engine-client", daemon=True
@@ -196,8 +203,8 @@ class ProcessEngine:
         """Yields the request's outputs as they grow; the last has `finished=True`. Closing
         the iterator early aborts the request in the engine process."""
 
-        def command() -> Command:
-            return AddRequest(request_id, self._pack(prompt), params)
+        def command(known_media: bool) -> Command:
+            return AddRequest(request_id, self._pack(prompt, known_media), params)
 
         async with contextlib.aclosing(self._submit(request_id, command)) as outputs:
             async for output in outputs:
@@ -210,8 +217,9 @@ class ProcessEngine:
         request_id: str,
         top_logprobs: int = 0,
     ) -> RequestOutput:
-        def command() -> Command:
-            return ScoreRequest(request_id, self._pack(prompt), continuations, top_logprobs)
+        def command(known_media: bool) -> Command:
+            packed = self._pack(prompt, known_media)
+            return ScoreRequest(request_id, packed, continuations, top_logprobs)
 
         final: RequestOutput | None = None
         async with contextlib.aclosing(self._submit(request_id, command)) as outputs:
@@ -248,21 +256,31 @@ class ProcessEngine:
             self._probes.pop(token, None)
         return answer[0]
 
-    def _pack(self, prompt: PromptInput) -> PackedInput | Prompt:
-        """Tokenize and preprocess here (a worker thread), off the engine's process."""
+    def _pack(self, prompt: PromptInput, known_media: bool) -> PackedInput | Prompt:
+        """Tokenize and preprocess here (a worker thread), off the engine's process. Media
+        sent before crosses by key alone, unless `known_media` is False (the engine process
+        missed such an item: everything is sent again)."""
         typed = to_prompt(prompt)
         if any(item.data is None for item in typed.media):
             return typed  # named by UUID: only the engine process's media cache knows it
-        return PackedInput.pack(self.inputs.process(typed))
+        if known_media:
+            processed = self.inputs.process(typed)
+        else:
+            self.media.forget_all()
+            processed = self._inputs_in_full.process(typed)
+        # Remembered before it is sent: a request that races it by key alone may miss in the
+        # engine process, and is then sent again in full.
+        self.media.remember(self.media.strip(processed))
+        return PackedInput.pack(processed)
 
     async def _submit(
-        self, request_id: str, command: Callable[[], Command]
+        self, request_id: str, command: Callable[[bool], Command]
     ) -> AsyncGenerator[RequestOutput, None]:
         self._check_admission()
         self._pending += 1
         loop = asyncio.get_running_loop()
         stream = Stream(request_id, loop, OutputAccumulator(request_id))
-        post = loop.run_in_executor(None, self._post, stream, command)
+        post = loop.run_in_executor(None, self._post, stream, command, True)
         finished = False
         try:
             # Shielded: once the thread sends the request, only an abort sent after it
@@ -270,6 +288,11 @@ class ProcessEngine:
             await asyncio.shield(post)
             while not finished:
                 item = await stream.queue.get()
+                if isinstance(item, MediaNotCached):  # before any output: send it again
+                    stream = Stream(request_id, loop, OutputAccumulator(request_id))
+                    post = loop.run_in_executor(None, self._post, stream, command, False)
+                    await asyncio.shield(post)
+                    continue
                 if item is not None:
                     finished = True
                     raise item
@@ -284,9 +307,9 @@ class ProcessEngine:
             elif not finished and post.exception() is None:
                 self._abort(stream)
 
-    def _post(self, stream: Stream, command: Callable[[], Command]) -> None:
+    def _post(self, stream: Stream, command: Callable[[bool], Command], known_media: bool) -> None:
         """On a worker thread: process the input, register the stream, send the request."""
-        message = command()
+        message = command(known_media)
         with self._lock:  # atomic with close() and death, which fail every stream after
             self._check_open()
             if not self._streams:

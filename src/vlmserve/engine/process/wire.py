@@ -90,6 +90,7 @@ class EngineFacts:
     """What the HTTP side needs of the built engine."""
 
     max_model_len: int
+    dtype: torch.dtype  # of its weights, and of the vision embeddings it caches
     num_kv_blocks: int
     memory_bytes: int
     pid: int
@@ -100,9 +101,13 @@ class Ready:
     facts: EngineFacts
 
 
+class MediaNotCached(RuntimeError):
+    """An item sent by key alone (see media.py) is no longer in the engine's cache."""
+
+
 @dataclass
 class ErrorInfo:
-    kind: str  # "input" | "overloaded" | "value" | "os" | "runtime"
+    kind: str  # "input" | "media" | "overloaded" | "value" | "os" | "runtime"
     message: str
     param: str | None = None
     status: int = 400
@@ -111,6 +116,8 @@ class ErrorInfo:
     def of(cls, exc: BaseException) -> ErrorInfo:
         if isinstance(exc, InputError):
             return cls("input", str(exc), exc.param, exc.status)
+        if isinstance(exc, MediaNotCached):
+            return cls("media", str(exc))
         if isinstance(exc, EngineOverloaded):
             return cls("overloaded", str(exc))
         if isinstance(exc, ValueError):
@@ -124,6 +131,8 @@ class ErrorInfo:
             return InputError(self.message, self.param, self.status)
         if self.kind == "overloaded":
             return EngineOverloaded(self.message)
+        if self.kind == "media":
+            return MediaNotCached(self.message)
         if self.kind == "value":
             return ValueError(self.message)
         if self.kind == "os":

@@ -41,6 +41,7 @@ from vlmserve.engine.process.wire import (
     DeltaEncoder,
     EngineFacts,
     ErrorInfo,
+    MediaNotCached,
     OutputDelta,
     PackedInput,
     Probe,
@@ -101,7 +102,7 @@ def run_engine_process(config: EngineConfig, conn: Connection, settings: Process
     if settings.on_ready is not None:
         settings.on_ready(engine)
     facts = EngineFacts(
-        engine.max_model_len, engine.num_kv_blocks, engine.memory_bytes(), os.getpid()
+        engine.max_model_len, engine.dtype, engine.num_kv_blocks, engine.memory_bytes(), os.getpid()
     )
     worker = EngineWorker(engine, conn)
     conn.send(Ready(facts))
@@ -210,15 +211,18 @@ class EngineWorker:
         future.add_done_callback(lambda _: self._commands.put(admit))
 
     def _with_cached_media(self, packed: PackedInput) -> ProcessedInput:
-        """The HTTP side cannot see the vision-embedding cache: items it preprocessed that
-        the cache holds (same key, same content) take the cached embeddings here."""
+        """The HTTP side cannot see the vision-embedding cache: items it sent by key alone
+        (it sent their pixels before: media.py) and items it preprocessed that the cache
+        holds (same key, same content) take the cached embeddings here."""
         processed = packed.unpack()
         for item in processed.mm_items:
-            if item.embeddings is not None or item.pixel_values is None:
+            if item.embeddings is not None:
                 continue
             cached = self.engine.mm_cache.get(item.key, item.digest)
             if cached is not None and cached.grid_thw == item.grid_thw:
                 item.embeddings, item.pixel_values = cached.embeddings, None
+            elif item.pixel_values is None:
+                raise MediaNotCached(f"{item.modality} {item.key} is not cached any more")
         return processed
 
     def _admit(self, admit: _Admit) -> None:
