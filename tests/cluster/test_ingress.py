@@ -1,9 +1,9 @@
 """The whole vlmserve application on a real Ray instance: our ingress (the OpenAI API) and the
 reconciler in front of model applications, over Serve's HTTP proxy. Two models behind one
 ingress (streaming too), a registration through the admin API that leaves the running model's
-replicas alone under traffic, the media attack suite answered by the ingress, and a
-`serve shutdown` after which a restart brings every registered model back (the registry is
-the source of truth).
+replicas alone under traffic, moderations scored in a replica, a broken model beside working
+ones, and a `serve shutdown` after which a restart brings every registered model back (the
+registry is the source of truth). The media attacks through the ingress: test_media_attacks.py.
 
 The module shares one vlmserve application; the shutdown test runs last and restores Serve
 as the session started it.
@@ -28,52 +28,19 @@ from tests.cluster.conftest import (
     STARTUP_S,
     RayInstance,
     async_wait_for,
-    engine_config,
-    model_settings,
     replicas,
     start_serve,
     wait_for,
 )
-from vlmserve.api.server_config import ServerConfig
+from tests.cluster.vlmserve_app import ADMIN, CHAT, USER, Deployed, deployed, options
 from vlmserve.cluster import apps
-from vlmserve.cluster.ingress import APP_NAME, Options, application
-from vlmserve.cluster.launch import delete_applications
-from vlmserve.cluster.settings import ClusterConfig
-from vlmserve.config import MediaConfig, RegistryConfig
+from vlmserve.cluster.ingress import APP_NAME, application
+from vlmserve.config import MediaConfig
 from vlmserve.registry import ModelSpec, RegistryStore
 from vlmserve.safety.moderations import moderation_router
 from vlmserve.safety.policy import load_policy
 
 pytestmark = pytest.mark.ray
-
-API_KEY = "user-key"
-ADMIN_KEY = "admin-key"
-USER = {"Authorization": f"Bearer {API_KEY}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-CHAT = "/v1/chat/completions"
-# The API test suite's media attacks that need no simulated network: every numeric form of a
-# private address, and a name that resolves to loopback.
-BLOCKED = [
-    ("http://127.0.0.1/cat.png", "loopback address"),
-    ("http://localhost/cat.png", "loopback address"),
-    ("http://10.1.2.3/cat.png", "private address (RFC 1918)"),
-    ("http://192.168.0.1/cat.png", "private address (RFC 1918)"),
-    ("http://169.254.169.254/latest/meta-data/iam/", "cloud metadata endpoint"),
-    ("http://2130706433/cat.png", "loopback address"),
-    ("http://0x7f.1/cat.png", "loopback address"),
-    ("http://0177.0.0.1/cat.png", "loopback address"),
-    ("http://%31%32%37.0.0.1/cat.png", "loopback address"),
-    ("http://[::1]/cat.png", "loopback address"),
-    ("http://[::ffff:127.0.0.1]/cat.png", "loopback address"),
-    ("http://[::ffff:a9fe:a9fe]/cat.png", "cloud metadata endpoint"),
-    ("http://0.0.0.0/cat.png", "unspecified"),
-]
-
-
-@dataclass
-class Deployed:
-    url: str
-    options: Options
 
 
 def chat(model: str, content: object = "Hello", **fields: object) -> dict[str, object]:
@@ -92,38 +59,20 @@ def vlmserve_app(
 ) -> Iterator[Deployed]:
     """The vlmserve application, with model `alpha` registered before it starts (pinned:
     it keeps one replica)."""
-    registry = str(tmp_path_factory.mktemp("ray-registry") / "registry.db")
-    store = RegistryStore(registry)
     # Room for the moderation policy's prompt.
     alpha = ModelSpec("alpha", str(tiny_qwen2_vl), max_model_len=4096, pinned=True)
-    store.replace(alpha, None)
-    store.close()
-    options = Options(
-        server=ServerConfig(
-            api_key=API_KEY,
-            admin_api_key=ADMIN_KEY,
-            registry_path=registry,
-            registry=RegistryConfig(load_timeout=STARTUP_S),
+    registry = tmp_path_factory.mktemp("ray-registry") / "registry.db"
+    with deployed(
+        ray_instance,
+        options(
+            registry,
+            [alpha],
+            tiny_qwen2_vl,
+            media=MediaConfig(),
+            extra_routers=lambda: [moderation_router(load_policy())],
         ),
-        media=MediaConfig(),
-        engine_defaults=engine_config(tiny_qwen2_vl),
-        cluster=ClusterConfig(
-            request_timeout=STARTUP_S,
-            replica_start_timeout=STARTUP_S,
-            reconcile_interval=1.0,
-            ingress_max_replicas=1,
-            ingress_num_cpus=0.25,
-            defaults=model_settings(),
-        ),
-        registry_path=registry,
-        extra_routers=lambda: [moderation_router(load_policy())],
-    )
-    serve.run(application(options), name=APP_NAME, route_prefix="/")
-    try:
-        yield Deployed(ray_instance.http, options)
-    finally:
-        delete_applications(registry)
-        wait_for(lambda: APP_NAME not in apps.names(), STARTUP_S, "the application deleted")
+    ) as app:
+        yield app
 
 
 @dataclass
@@ -253,22 +202,6 @@ async def test_a_broken_model_gets_503s_and_the_ingress_stays_ready(
         assert (await client.get("/ready")).status_code == 200
         assert (await client.get("/health")).status_code == 200
         assert (await answer(client, "alpha")).status_code == 200
-
-
-@pytest.mark.parametrize(("url", "reason"), BLOCKED)
-async def test_media_attacks_are_refused_by_the_ingress(
-    vlmserve_app: Deployed, url: str, reason: str
-) -> None:
-    content = [
-        {"type": "image_url", "image_url": {"url": url}},
-        {"type": "text", "text": "What is it?"},
-    ]
-    async with httpx.AsyncClient(base_url=vlmserve_app.url, timeout=60) as client:
-        response = await client.post(CHAT, json=chat("alpha", content), headers=USER)
-        assert response.status_code == 400, response.text
-        error = response.json()["error"]
-        assert error["param"] == "messages[0].content[0]" and error["code"] == "blocked_address"
-        assert reason in error["message"], error
 
 
 async def test_serve_shutdown_then_a_restart_brings_the_models_back(

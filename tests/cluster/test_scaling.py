@@ -88,13 +88,22 @@ async def test_a_long_stream_outlives_the_downscale_of_its_replica(
     engine = RemoteEngine(app.alias, POLICY)
     long_tokens = round(30 / PACE_S)
 
-    async def streamed(request_id: str, n: int) -> list[RequestOutput]:
+    async def begin(request_id: str, n: int) -> Generation:
         generation = Generation(engine, Prompt(text="Once upon"), tokens(n), request_id)
         await generation.start()
+        return generation
+
+    async def rest(generation: Generation) -> list[RequestOutput]:
         return [out async for out in generation.outputs()]
 
-    short = asyncio.create_task(streamed("short", round(15 / PACE_S)))
-    await asyncio.sleep(1)
+    async def streamed(request_id: str, n: int) -> list[RequestOutput]:
+        return await rest(await begin(request_id, n))
+
+    # The long stream is sent only once the short one has output from the first replica:
+    # sent together, both would wait in the new handle's router until it learns of that
+    # replica, which may then take the long one (the short one then goes to the second
+    # replica, and the downscale comes only after both ended).
+    short = asyncio.create_task(rest(await begin("short", round(15 / PACE_S))))
     long = asyncio.create_task(streamed("long", long_tokens))
     started = time.monotonic()
     await async_wait_for(

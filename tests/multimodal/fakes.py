@@ -160,6 +160,11 @@ class FakeInternet(httpx.AsyncBaseTransport):
         self.destinations: list[tuple[str, int]] = []  # as asked for, before routing
         self._inner = httpx.AsyncHTTPTransport(retries=0)
 
+    def __reduce__(self) -> tuple[type[FakeInternet], tuple[dict[tuple[str, int], int]]]:
+        # Travels to another process (a Ray ingress fetches media there) as its routes: the
+        # copy routes the same way, and what it records stays in that process.
+        return FakeInternet, (self.routes,)
+
     def factory(self) -> httpx.AsyncBaseTransport:
         return self
 
