@@ -1,4 +1,5 @@
-"""Layer building blocks: prepacked bf16 linears give the same bits as `nn.Linear`."""
+"""Layer building blocks: prepacked bf16 linears and concatenated (fused) projections give
+the same bits as the separate `nn.Linear`s."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from vlmserve.models.layers import PackedLinear, prepack_linears
+from vlmserve.models.layers import GatedMLP, PackedLinear, concat_linears, prepack_linears
 
 pytestmark = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN"
@@ -49,3 +50,32 @@ def test_float32_layers_are_left_alone() -> None:
     net = Net()
     assert prepack_linears(net) == 0
     assert type(net.proj) is nn.Linear
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_concatenated_linears_give_the_separate_outputs(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    parts = [nn.Linear(16, n, bias=True).to(dtype) for n in (24, 8, 8)]
+    fused = concat_linears(parts)
+    assert fused is not None and fused.out_features == 40
+    for rows in (1, 5, 64):
+        x = torch.randn(rows, 16).to(dtype)
+        with torch.inference_mode():
+            assert torch.equal(fused(x), torch.cat([p(x) for p in parts], dim=-1))
+
+
+def test_linears_that_cannot_share_a_gemm_are_not_concatenated() -> None:
+    assert concat_linears([nn.Linear(16, 8), nn.Linear(12, 8)]) is None  # input sizes
+    assert concat_linears([nn.Linear(16, 8), nn.Linear(16, 8, bias=False)]) is None
+    assert concat_linears([nn.Linear(16, 8), nn.Linear(16, 8).to(torch.bfloat16)]) is None
+
+
+def test_fused_gated_mlp_gives_the_same_bits() -> None:
+    torch.manual_seed(0)
+    mlp = GatedMLP(16, 40, "silu", bias=True).to(torch.bfloat16)
+    x = torch.randn(9, 16).to(torch.bfloat16)
+    with torch.inference_mode():
+        before = mlp(x)
+        assert mlp.fuse()
+        assert mlp.gate_up_proj is not None and not hasattr(mlp, "gate_proj")
+        assert torch.equal(mlp(x), before)

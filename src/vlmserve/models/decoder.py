@@ -12,7 +12,13 @@ from torch import nn
 
 from vlmserve.models.attention import AttentionMetadata, paged_attention
 from vlmserve.models.config import ModelConfig
-from vlmserve.models.layers import GatedMLP, RMSNorm, apply_rotary, mrope_cos_sin
+from vlmserve.models.layers import (
+    GatedMLP,
+    RMSNorm,
+    apply_rotary,
+    concat_linears,
+    mrope_cos_sin,
+)
 
 
 class DecoderAttention(nn.Module):
@@ -27,6 +33,17 @@ class DecoderAttention(nn.Module):
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
         self.scale = self.head_dim**-0.5
+        # Set by `fuse`: q, k and v as one GEMM (then q_proj, k_proj and v_proj are gone).
+        self.qkv_proj: nn.Module | None = None
+
+    def fuse(self) -> bool:
+        """Compute q, k and v in one GEMM from now on, where that gives the same bits."""
+        fused = concat_linears([self.q_proj, self.k_proj, self.v_proj])
+        if fused is None:
+            return False
+        self.qkv_proj = fused
+        del self.q_proj, self.k_proj, self.v_proj
+        return True
 
     def forward(
         self,
@@ -37,10 +54,18 @@ class DecoderAttention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         tokens = x.shape[0]
-        q = self.q_proj(x).view(tokens, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.qkv_proj is not None:
+            heads = (self.num_heads, self.num_kv_heads, self.num_kv_heads)
+            qkv = self.qkv_proj(x).view(tokens, sum(heads), self.head_dim)
+            # q and k rotate together: one set of elementwise ops instead of two.
+            qk = apply_rotary(qkv[:, : heads[0] + heads[1]], cos, sin)
+            q, k = qk.split(heads[:2], dim=1)
+            v = qkv[:, heads[0] + heads[1] :]
+        else:
+            q = self.q_proj(x).view(tokens, self.num_heads, self.head_dim)
+            k = self.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
+            v = self.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = paged_attention(q, k, v, kv_cache, meta, self.scale)
         return self.o_proj(out.reshape(tokens, -1))
 
@@ -99,3 +124,12 @@ class Decoder(nn.Module):
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             x = layer(x, cos, sin, kv_cache, meta)
         return self.norm(x)
+
+
+def fuse_projections(model: nn.Module) -> int:
+    """Fuse every decoder attention's q/k/v and every gated MLP's gate/up projections (the
+    vision tower's included) into single GEMMs where that keeps outputs bit-identical;
+    returns how many modules were fused. After loading: the checkpoint's tensor names are
+    the separate ones."""
+    targets = [m for m in model.modules() if isinstance(m, DecoderAttention | GatedMLP)]
+    return sum(target.fuse() for target in targets)

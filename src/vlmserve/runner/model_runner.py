@@ -12,6 +12,7 @@ import torch
 
 from vlmserve.models.attention import AttentionMetadata, kv_cache_shape
 from vlmserve.models.base import VLModel
+from vlmserve.models.decoder import fuse_projections
 from vlmserve.models.layers import prepack_linears
 
 
@@ -53,8 +54,10 @@ class ModelRunner:
         num_blocks: int,
         block_size: int,
     ) -> None:
-        if device.type == "cpu" and dtype == torch.bfloat16 and isinstance(model, torch.nn.Module):
-            prepack_linears(model)
+        if isinstance(model, torch.nn.Module):
+            fuse_projections(model)
+            if device.type == "cpu" and dtype == torch.bfloat16:
+                prepack_linears(model)
         self.model = model
         self.device = device
         self.dtype = dtype
