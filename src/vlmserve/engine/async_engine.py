@@ -102,6 +102,25 @@ class EngineStats:
     grammar_compile_seconds: float
     stalled_seconds: float  # see AsyncEngine.stalled_for
 
+    @classmethod
+    def of(cls, e: LLMEngine, stalled_seconds: float) -> EngineStats:
+        """`e`'s counters now (read on its own thread, or where a racy read is fine)."""
+        grammar = e.guided.stats()
+        return cls(
+            num_waiting=len(e.scheduler.waiting),
+            num_running=len(e.scheduler.running),
+            kv_cache_usage=e.block_manager.usage(),
+            prefix_cache_queries=e.block_manager.num_prefix_queries,
+            prefix_cache_hits=e.block_manager.num_prefix_hits,
+            mm_cache_hits=e.mm_cache.hits,
+            mm_cache_misses=e.mm_cache.misses,
+            num_preemptions=e.scheduler.num_preemptions,
+            grammar_cache_hits=grammar.hits,
+            grammar_compiles=grammar.misses,
+            grammar_compile_seconds=grammar.compile_seconds,
+            stalled_seconds=stalled_seconds,
+        )
+
 
 class AsyncEngine:
     def __init__(self, engine: LLMEngine, max_waiting: int = 1024) -> None:
@@ -319,22 +338,7 @@ class AsyncEngine:
         return processed
 
     def stats(self) -> EngineStats:
-        e = self.engine
-        grammar = e.guided.stats()
-        return EngineStats(
-            num_waiting=len(e.scheduler.waiting),
-            num_running=len(e.scheduler.running),
-            kv_cache_usage=e.block_manager.usage(),
-            prefix_cache_queries=e.block_manager.num_prefix_queries,
-            prefix_cache_hits=e.block_manager.num_prefix_hits,
-            mm_cache_hits=e.mm_cache.hits,
-            mm_cache_misses=e.mm_cache.misses,
-            num_preemptions=e.scheduler.num_preemptions,
-            grammar_cache_hits=grammar.hits,
-            grammar_compiles=grammar.misses,
-            grammar_compile_seconds=grammar.compile_seconds,
-            stalled_seconds=self.stalled_for(),
-        )
+        return EngineStats.of(self.engine, self.stalled_for())
 
     # -- engine thread ----------------------------------------------------------------------
     def _run(self) -> None:

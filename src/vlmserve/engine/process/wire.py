@@ -153,43 +153,21 @@ class RequestFailed:
 
 @dataclass(frozen=True)
 class StatsSnapshot:
-    """The engine's counters, and its clocks (`time.monotonic()`, one clock for every
-    process of the machine): the loop's last turn and its last progress."""
+    """The engine's counters (`stalled_seconds` is left 0: the client computes it from the
+    clocks), and its clocks (`time.monotonic()`, one clock for every process of the
+    machine): the loop's last turn and its last progress."""
 
-    num_waiting: int
-    num_running: int
+    counters: EngineStats
     num_requests: int  # admitted and not finished, plus those still compiling
-    kv_cache_usage: float
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    mm_cache_hits: int
-    mm_cache_misses: int
-    num_preemptions: int
-    grammar_cache_hits: int
-    grammar_compiles: int
-    grammar_compile_seconds: float
     last_beat: float
     progress_at: float
 
     @classmethod
     def empty(cls) -> StatsSnapshot:
-        return cls(0, 0, 0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0)
+        return cls(EngineStats(0, 0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0), 0, 0.0, 0.0)
 
     def engine_stats(self, stalled_seconds: float) -> EngineStats:
-        return EngineStats(
-            num_waiting=self.num_waiting,
-            num_running=self.num_running,
-            kv_cache_usage=self.kv_cache_usage,
-            prefix_cache_queries=self.prefix_cache_queries,
-            prefix_cache_hits=self.prefix_cache_hits,
-            mm_cache_hits=self.mm_cache_hits,
-            mm_cache_misses=self.mm_cache_misses,
-            num_preemptions=self.num_preemptions,
-            grammar_cache_hits=self.grammar_cache_hits,
-            grammar_compiles=self.grammar_compiles,
-            grammar_compile_seconds=self.grammar_compile_seconds,
-            stalled_seconds=stalled_seconds,
-        )
+        return dataclasses.replace(self.counters, stalled_seconds=stalled_seconds)
 
 
 @dataclass

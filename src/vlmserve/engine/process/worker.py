@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from vlmserve.config import EngineConfig
+from vlmserve.engine.async_engine import EngineStats
 from vlmserve.engine.engine import LLMEngine, build_engine
 from vlmserve.engine.inputs import InputError, ProcessedInput
 from vlmserve.engine.invariants import leaks
@@ -277,20 +278,9 @@ class EngineWorker:
 
     def _stats(self) -> StatsSnapshot:
         e = self.engine
-        grammar = e.guided.stats()
         return StatsSnapshot(
-            num_waiting=len(e.scheduler.waiting),
-            num_running=len(e.scheduler.running),
+            counters=EngineStats.of(e, stalled_seconds=0.0),
             num_requests=len(e.requests),
-            kv_cache_usage=e.block_manager.usage(),
-            prefix_cache_queries=e.block_manager.num_prefix_queries,
-            prefix_cache_hits=e.block_manager.num_prefix_hits,
-            mm_cache_hits=e.mm_cache.hits,
-            mm_cache_misses=e.mm_cache.misses,
-            num_preemptions=e.scheduler.num_preemptions,
-            grammar_cache_hits=grammar.hits,
-            grammar_compiles=grammar.misses,
-            grammar_compile_seconds=grammar.compile_seconds,
             last_beat=self._last_beat,
             progress_at=self._progress_at,
         )
