@@ -181,7 +181,12 @@ def replicas(instance: RayInstance, app: Any, alive_only: bool = True) -> list[R
     if alive_only:
         filters.append(("state", "=", "ALIVE"))
     actors = list_actors(address=instance.dashboard, filters=filters, limit=1000)
-    return [Replica(a.pid, a.node_id, a.state) for a in actors]
+    # An actor Ray has not placed yet has no process: it is not a replica to count or kill.
+    return [
+        Replica(a.pid, a.node_id, a.state)
+        for a in actors
+        if a.pid is not None and a.node_id is not None
+    ]
 
 
 @pytest.fixture
@@ -212,13 +217,16 @@ async def generate_directly(alias: str, request_id: str, max_tokens: int = 4) ->
     """One generation through the application's own handle: the `Accepted` of the replica
     that served it (its pid and node), once the answer finished."""
     from ray import serve
+    from ray.serve.handle import DeploymentResponseGenerator
 
     from vlmserve.cluster.replica import Accepted
     from vlmserve.types import Prompt, RequestOutput, SamplingParams
 
     handle = serve.get_app_handle(alias).options(stream=True)
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-    items = [item async for item in handle.generate.remote(Prompt(text="Hi"), params, request_id)]
+    stream = handle.generate.remote(Prompt(text="Hi"), params, request_id)
+    assert isinstance(stream, DeploymentResponseGenerator)  # a streaming handle's answer
+    items = [item async for item in stream]
     assert isinstance(items[0], Accepted) and isinstance(items[-1], RequestOutput)
     assert items[-1].finished, items[-1]
     return items[0]
