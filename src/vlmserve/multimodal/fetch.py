@@ -1,6 +1,6 @@
 """The SSRF-safe media connector: turns a media URL into bytes under the media policy.
 
-Owns network fetching: URL checks (scheme, host, port, domain allow-list), one DNS resolution
+Owns network fetching: URL checks (`urls.py`: scheme, host, port, domain allow-list), one DNS resolution
 per hop whose every address must pass the address policy, a connection pinned to the checked
 address (no second lookup, so no DNS rebinding), manual redirects re-checked hop by hop, and
 limits enforced while the body streams (bytes, time, content type). `data:` and `file:` URLs
@@ -13,10 +13,8 @@ import asyncio
 import copy
 import ipaddress
 import socket
-import string
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx
 
@@ -24,15 +22,13 @@ from vlmserve.config import MediaConfig
 from vlmserve.multimodal.addresses import (
     IPAddress,
     blocked_reason,
-    domain_allowed,
-    normalize_host,
-    parse_ip_host,
 )
 from vlmserve.multimodal.budget import ByteBudget
 from vlmserve.multimodal.errors import MediaError, MediaErrorCode
 from vlmserve.multimodal.formats import MediaKind, require_allowed_format
 from vlmserve.multimodal.local import load_data_url, load_file_url
 from vlmserve.multimodal.policy import MediaOverrides
+from vlmserve.multimodal.urls import Target, check_url
 
 # (host, port) -> every address the host resolves to. Tests inject stubs here.
 Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
@@ -40,7 +36,6 @@ Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
 TransportFactory = Callable[[], httpx.AsyncBaseTransport]
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_HOST_CHARS = frozenset(string.ascii_lowercase + string.digits + "-._")
 
 
 async def resolve_host(host: str, port: int) -> list[IPAddress]:
@@ -53,35 +48,6 @@ async def resolve_host(host: str, port: int) -> list[IPAddress]:
             if ip not in addresses:
                 addresses.append(ip)
     return addresses
-
-
-def _local_hint(host: str, ip: IPAddress | None) -> str | None:
-    """Why a host is not public, as far as is known before any DNS lookup: a literal
-    address, or a name reserved for this machine (RFC 6761's `localhost`)."""
-    if ip is not None:
-        return blocked_reason(ip)
-    return "loopback name" if host == "localhost" or host.endswith(".localhost") else None
-
-
-@dataclass(frozen=True)
-class _Target:
-    """One checked http(s) URL, split into what the pinned request needs."""
-
-    scheme: str
-    host: str  # normalized domain name or IP text: the Host header and the TLS server name
-    port: int
-    path: str  # path and query
-    ip: IPAddress | None  # set when the URL names an address rather than a domain
-
-    @property
-    def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default_port = 443 if self.scheme == "https" else 80
-        return host if self.port == default_port else f"{host}:{self.port}"
-
-    def pinned_url(self, ip: IPAddress) -> httpx.URL:
-        netloc = f"[{ip}]" if ip.version == 6 else str(ip)
-        return httpx.URL(f"{self.scheme}://{netloc}:{self.port}{self.path}")
 
 
 class MediaConnector:
@@ -166,7 +132,7 @@ class MediaConnector:
         max_redirects = self.config.media_max_redirects
         hops = 0
         while True:
-            target = self._check_url(url, item_index)
+            target = check_url(url, item_index, self.config, self.model_domains)
             addresses = await self._checked_addresses(target, item_index)
             async with httpx.AsyncClient(
                 transport=self._transport_factory(),
@@ -204,73 +170,7 @@ class MediaConnector:
                     item_index,
                 ) from None
 
-    def _check_url(self, url: str, item_index: int) -> _Target:
-        def invalid(reason: str) -> MediaError:
-            return MediaError(
-                MediaErrorCode.INVALID_URL, f"invalid media URL: {reason}", item_index
-            )
-
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise invalid(str(exc)) from None
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):  # reached by redirects to file:, data:, gopher:, ...
-            raise MediaError(
-                MediaErrorCode.SCHEME_NOT_ALLOWED,
-                f"URL scheme {scheme!r} is not allowed for a fetched URL; use http or https",
-                item_index,
-            )
-        if parts.username is not None or parts.password is not None:
-            raise invalid("credentials in the URL are not allowed")
-        # Percent-decoded like browsers do, so `%31%32%37.0.0.1` is judged as 127.0.0.1.
-        host = unquote(parts.hostname or "")
-        try:
-            if ":" not in host:
-                host = normalize_host(host)
-            ip = parse_ip_host(host)
-        except (ValueError, UnicodeError) as exc:
-            raise invalid(f"bad host: {exc}") from None
-        if ip is not None:
-            host = str(ip)
-        elif not host or not set(host) <= _HOST_CHARS:
-            raise invalid(f"bad host {host!r}")
-        patterns = self.config.allowed_media_domains
-        if patterns and not domain_allowed(host, patterns):
-            raise MediaError(
-                MediaErrorCode.DOMAIN_NOT_ALLOWED,
-                f"host {host!r} is not in the server's --allowed-media-domains "
-                f"({','.join(patterns)})",
-                item_index,
-            )
-        if self.model_domains and not domain_allowed(host, self.model_domains):
-            raise MediaError(
-                MediaErrorCode.DOMAIN_NOT_ALLOWED,
-                f"host {host!r} is not in this model's allowed media domains "
-                f"({','.join(self.model_domains)}: media.allowed_media_domains of its "
-                "registration)",
-                item_index,
-            )
-        port = port if port is not None else (443 if scheme == "https" else 80)
-        if port not in self.config.allowed_media_ports:
-            allowed = ",".join(map(str, self.config.allowed_media_ports))
-            # Everything the URL still needs, in one message: a local test media server
-            # (127.0.0.1:8080) needs the port and the private-address flag.
-            needs = f"--allowed-media-ports {allowed},{port}"
-            reason = None if self.config.allow_private_media_addresses else _local_hint(host, ip)
-            if reason is not None:
-                needs += f" and --allow-private-media-addresses ({host} is a {reason})"
-            raise MediaError(
-                MediaErrorCode.PORT_NOT_ALLOWED,
-                f"port {port} is not allowed (--allowed-media-ports {allowed}); to fetch this "
-                f"URL the server must be started with {needs}",
-                item_index,
-            )
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return _Target(scheme, host, port, path, ip)
-
-    async def _checked_addresses(self, target: _Target, item_index: int) -> list[IPAddress]:
+    async def _checked_addresses(self, target: Target, item_index: int) -> list[IPAddress]:
         if target.ip is not None:
             addresses = [target.ip]
         else:
@@ -305,7 +205,7 @@ class MediaConnector:
     async def _send_pinned(
         self,
         client: httpx.AsyncClient,
-        target: _Target,
+        target: Target,
         addresses: list[IPAddress],
         kind: MediaKind,
         item_index: int,
@@ -350,7 +250,7 @@ class MediaConnector:
     async def _read_body(
         self,
         response: httpx.Response,
-        target: _Target,
+        target: Target,
         item_index: int,
         kind: MediaKind,
         budget: ByteBudget,
