@@ -8,8 +8,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from vlmserve.engine.async_engine import EngineStats
 from vlmserve.engine.errors import EngineClosed, EngineDraining
+from vlmserve.engine.stats import EngineStats
 from vlmserve.registry import Loaded, ModelHandle, ModelInfo, ModelSpec
 from vlmserve.types import CompletionOutput, RequestOutput, SamplingParams
 

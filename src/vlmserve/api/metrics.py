@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vlmserve.engine.async_engine import EngineStats
+from vlmserve.engine.stats import EngineStats
 from vlmserve.registry import EventKind, ModelEvent, ModelState, ModelStatus
 from vlmserve.types import RequestOutput
 

@@ -40,6 +40,7 @@ from vlmserve.engine.engine import LLMEngine
 from vlmserve.engine.errors import EngineClosed, EngineDead, EngineDraining, EngineOverloaded
 from vlmserve.engine.inputs import InputError, ProcessedInput
 from vlmserve.engine.prompts import PromptInput
+from vlmserve.engine.stats import EngineStats
 from vlmserve.types import RequestOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ __all__ = [
     "EngineDead",
     "EngineDraining",
     "EngineOverloaded",
-    "EngineStats",
 ]
 
 DRAIN_POLL_S = 0.01
@@ -85,41 +85,6 @@ class _Close:
 
 
 _Command = _Add | str | _Close  # a str is the id of a request to abort
-
-
-@dataclass
-class EngineStats:
-    num_waiting: int
-    num_running: int
-    kv_cache_usage: float
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    mm_cache_hits: int
-    mm_cache_misses: int
-    num_preemptions: int
-    grammar_cache_hits: int
-    grammar_compiles: int
-    grammar_compile_seconds: float
-    stalled_seconds: float  # see AsyncEngine.stalled_for
-
-    @classmethod
-    def of(cls, e: LLMEngine, stalled_seconds: float) -> EngineStats:
-        """`e`'s counters now (read on its own thread, or where a racy read is fine)."""
-        grammar = e.guided.stats()
-        return cls(
-            num_waiting=len(e.scheduler.waiting),
-            num_running=len(e.scheduler.running),
-            kv_cache_usage=e.block_manager.usage(),
-            prefix_cache_queries=e.block_manager.num_prefix_queries,
-            prefix_cache_hits=e.block_manager.num_prefix_hits,
-            mm_cache_hits=e.mm_cache.hits,
-            mm_cache_misses=e.mm_cache.misses,
-            num_preemptions=e.scheduler.num_preemptions,
-            grammar_cache_hits=grammar.hits,
-            grammar_compiles=grammar.misses,
-            grammar_compile_seconds=grammar.compile_seconds,
-            stalled_seconds=stalled_seconds,
-        )
 
 
 class AsyncEngine:

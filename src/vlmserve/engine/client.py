@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from vlmserve.engine.async_engine import EngineStats
+from vlmserve.engine.stats import EngineStats
 from vlmserve.types import Prompt, RequestOutput, SamplingParams
 
 

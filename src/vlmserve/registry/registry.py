@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 
 from vlmserve.config import RegistryConfig
-from vlmserve.engine.async_engine import EngineStats
+from vlmserve.engine.stats import EngineStats
 from vlmserve.registry.entry import (
     Entry,
     LoadAttempt,

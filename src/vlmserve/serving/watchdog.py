@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
-from vlmserve.engine.async_engine import EngineStats
+from vlmserve.engine.stats import EngineStats
 
 logger = logging.getLogger("vlmserve.watchdog")
 

@@ -30,7 +30,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 import torch.multiprocessing  # noqa: F401  (tensors then cross pipes in shared memory)
 
 from vlmserve.config import EngineConfig
-from vlmserve.engine.async_engine import EngineStats
 from vlmserve.engine.errors import EngineClosed, EngineDead, EngineDraining, EngineOverloaded
 from vlmserve.engine.inputs import InputError, InputProcessor
 from vlmserve.engine.mm_cache import MultiModalCache
@@ -54,6 +53,7 @@ from vlmserve.engine.process.wire import (
 )
 from vlmserve.engine.process.worker import ProcessSettings
 from vlmserve.engine.prompts import PromptInput, to_prompt
+from vlmserve.engine.stats import EngineStats
 from vlmserve.models.config import load_model_config
 from vlmserve.models.hf_tokenizer import load_tokenizer
 from vlmserve.models.loader import resolve_model_folder

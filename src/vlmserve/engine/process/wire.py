@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlmserve.engine.async_engine import EngineStats
 from vlmserve.engine.errors import EngineOverloaded
 from vlmserve.engine.inputs import InputError, ProcessedInput
+from vlmserve.engine.stats import EngineStats
 from vlmserve.types import CompletionOutput, Prompt, RequestMetrics, RequestOutput, SamplingParams
 
 # -- HTTP process -> engine process ----------------------------------------------------------

@@ -29,7 +29,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from vlmserve.config import EngineConfig
-from vlmserve.engine.async_engine import EngineStats
 from vlmserve.engine.engine import LLMEngine, build_engine
 from vlmserve.engine.inputs import InputError, ProcessedInput
 from vlmserve.engine.invariants import leaks
@@ -54,6 +53,7 @@ from vlmserve.engine.process.wire import (
     StatsSnapshot,
     StepOutputs,
 )
+from vlmserve.engine.stats import EngineStats
 from vlmserve.types import Prompt
 
 logger = logging.getLogger("vlmserve.engine.process")
