@@ -69,6 +69,7 @@ def run_vlmserve(
         max_num_seqs=args.batch,
         max_num_batched_tokens=args.batched_tokens,
         dtype=args.dtype,
+        cpu_threads=args.threads,
     )
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for _, n in work]
     llm.generate(
@@ -151,7 +152,8 @@ def bench_decode_step(
     from vlmserve.models.loader import load_model
     from vlmserve.runner.model_runner import ModelRunner, SeqChunk
 
-    torch.set_num_threads(1)  # CPU time of one thread: idle OpenMP workers spin otherwise
+    # CPU time of one thread by default: idle OpenMP workers spin, and their spinning counts.
+    torch.set_num_threads(args.threads or 1)
     dtype = torch.float32 if args.dtype == "float32" else torch.bfloat16
     net, _ = load_model(model, dtype, torch.device("cpu"))
     block_size = 16
@@ -198,6 +200,12 @@ def main() -> None:
     parser.add_argument("--decode-step", help="batch sizes: time one decode forward instead")
     parser.add_argument("--context", type=int, default=320, help="with --decode-step")
     parser.add_argument("--steps", type=int, default=20, help="with --decode-step")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads on both sides (default: the engine's choice, one for --decode-step); "
+        "on a loaded machine fewer threads than cores avoid OpenMP workers waiting on each other",
+    )
     args = parser.parse_args()
     model = args.model
     if model is None:
@@ -206,6 +214,10 @@ def main() -> None:
             make_tiny_model(folder, arch="qwen2_vl", preset="small")
         model = str(folder)
     torch.manual_seed(0)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)  # transformers' side; the engine gets cpu_threads
     if args.decode_step:
         batches = [int(b) for b in args.decode_step.split(",")]
         bench_decode_step(model, batches, args.context, args)
