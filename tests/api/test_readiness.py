@@ -6,6 +6,7 @@ draining: test_shutdown.py.)"""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -93,7 +94,9 @@ async def test_ready_only_once_the_warm_up_generation_succeeded(
 @pytest.mark.parametrize("server", [True], indirect=True)
 async def test_a_failed_warm_up_is_never_ready(
     server: tuple[httpx.AsyncClient, GatedWarmUp, ModelRegistry],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.ERROR, "vlmserve.registry")
     client, warm_up, models = server
     await asyncio.wait_for(warm_up.started.wait(), BOUND_S)
     warm_up.gate.set()
@@ -103,3 +106,6 @@ async def test_a_failed_warm_up_is_never_ready(
     assert response.status_code == 503
     assert "model 'tiny' failed to load" in response.json()["error"]["message"]
     assert "warm-up generation failed" in response.json()["error"]["message"]
+    # The process exits with this error: the log announces no later load.
+    (failure,) = [r.getMessage() for r in caplog.records if "failure 1" in r.getMessage()]
+    assert failure.endswith("; the server cannot start without it"), failure

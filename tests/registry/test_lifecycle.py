@@ -5,6 +5,7 @@ request, replacement, removal, dead engines and liveness."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -123,7 +124,10 @@ async def test_a_broken_model_is_not_reloaded_during_its_back_off(
     assert host.loads.count("bad") == 2
 
 
-async def test_back_off_doubles_up_to_its_cap(close_after: list[ModelRegistry]) -> None:
+async def test_back_off_doubles_up_to_its_cap(
+    close_after: list[ModelRegistry], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, "vlmserve.registry")
     host = FakeHost(broken={"bad"})
     registry = await registry_with(
         close_after, host, "bad", failure_backoff=0.1, failure_backoff_max=0.25
@@ -136,6 +140,14 @@ async def test_back_off_doubles_up_to_its_cap(close_after: list[ModelRegistry]) 
         await asyncio.sleep(0.3)  # past the back-off: the next request tries again
     assert host.loads == ["bad"] * 4
     assert hints == pytest.approx([0.1, 0.2, 0.25, 0.25], abs=0.02)
+    # Each failure says when the next load may come (a served model: the server stays up).
+    said = [r.getMessage() for r in caplog.records if "failure" in r.getMessage()]
+    assert [m.rsplit("; ", 1)[-1] for m in said] == [
+        "no new load for 0.1 s",
+        "no new load for 0.2 s",
+        "no new load for 0.25 s",
+        "no new load for 0.25 s",
+    ]
 
 
 async def test_keep_alive_counts_from_the_last_request_and_frees_the_model(

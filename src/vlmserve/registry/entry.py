@@ -81,6 +81,7 @@ class LoadAttempt:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     refusal: ModelUnavailable | None = None
     error: Exception | None = None  # what the load raised, as it was raised
+    fatal: bool = False  # a start-up model's first load: if it fails, the server exits
 
 
 class Entry:

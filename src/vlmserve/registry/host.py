@@ -104,7 +104,7 @@ class LocalEngineHost:
         logger.info(
             "model %r: KV cache of %d blocks (%.0f MiB) in %.1f s",
             spec.alias,
-            engine.num_kv_blocks,
+            engine.num_kv_blocks - 1,  # as the start-up summary counts: block 0 is padding
             (footprint - weights) / MIB,
             time.monotonic() - step,
         )

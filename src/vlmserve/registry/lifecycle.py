@@ -164,7 +164,7 @@ class Lifecycle:
             attempt.refusal = ModelUnavailable(entry.alias, ModelState.LOADING, str(exc), 1.0)
             logger.warning("model %r: not loaded: %s", entry.alias, exc)
         except Exception as exc:
-            self._record_failure(entry, exc)
+            self._record_failure(entry, exc, fatal=attempt.fatal)
             self.events.emit(entry.alias, EventKind.LOAD_FAILED)
             attempt.refusal = self._failed(entry, time.monotonic())
             attempt.error = exc
@@ -210,7 +210,9 @@ class Lifecycle:
         except (OSError, sqlite3.Error) as exc:
             logger.warning("model %r: measurements not saved: %s", entry.alias, exc)
 
-    def _record_failure(self, entry: Entry, exc: Exception, trace: bool = True) -> None:
+    def _record_failure(
+        self, entry: Entry, exc: Exception, trace: bool = True, fatal: bool = False
+    ) -> None:
         config = self.config
         entry.failures += 1
         backoff = min(
@@ -219,12 +221,10 @@ class Lifecycle:
         entry.retry_at = time.monotonic() + backoff
         entry.state = ModelState.FAILED
         entry.last_error = f"{type(exc).__name__}: {exc}"
+        # A start-up model's failed first load ends the process: no later load to announce.
+        then = "the server cannot start without it" if fatal else f"no new load for {backoff:g} s"
         logger.error(
-            "model %r: failure %d (%s); no new load for %.0f s",
-            entry.alias,
-            entry.failures,
-            entry.last_error,
-            backoff,
+            "model %r: failure %d (%s); %s", entry.alias, entry.failures, entry.last_error, then
         )
         if trace:
             logger.debug("model %r: the load failed here", entry.alias, exc_info=exc)

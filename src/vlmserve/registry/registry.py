@@ -106,6 +106,8 @@ class ModelRegistry(Lifecycle):
         self._startup = [
             e.attempt for e in self._entries.values() if e.attempt and e.alias in names
         ]
+        for attempt in self._startup:
+            attempt.fatal = True
 
     async def wait_for_startup(self) -> None:
         """Until the first loads of the start-up models ended; a load that failed raises
