@@ -13,6 +13,7 @@ import pytest
 
 from tests.registry.fakes import MIB, FakeHost
 from vlmserve.config import RegistryConfig
+from vlmserve.multimodal.policy import MediaOverrides
 from vlmserve.registry import (
     NEVER,
     ModelNotFound,
@@ -364,6 +365,40 @@ async def test_a_new_revision_that_fails_leaves_the_old_one_serving(
     assert (status.state, status.revision, status.loaded_revision) == ("ready", 2, 1)
     assert status.last_error and "revision 2 failed to load" in status.last_error
     assert await generate(registry, "a") == 1 and host.unloads == []
+
+
+async def test_a_change_around_the_engine_takes_over_the_serving_engine(
+    close_after: list[ModelRegistry],
+) -> None:
+    host = FakeHost(load_s=0.2)
+    registry = await registry_with(close_after, host, "a")
+    await generate(registry, "a")
+    narrow = MediaOverrides(max_image_pixels=1000)
+    for revision, spec in enumerate(
+        [
+            ModelSpec("a", "/models/a", media=narrow),
+            ModelSpec("a", "/models/a", media=narrow, keep_alive=NEVER),
+        ],
+        start=1,
+    ):
+        status = await registry.replace(spec, expected_revision=revision)
+        # At once: the same engine serves the new revision, no load, no drain.
+        assert (status.state, status.revision, status.loaded_revision) == (
+            "ready",
+            revision + 1,
+            revision + 1,
+        )
+    status = registry.status("a")
+    assert status.info and status.info.media_policy == narrow
+    assert (status.keep_alive, status.expires_at) == (NEVER, None)
+    assert await generate(registry, "a") == 1
+    assert host.loads == ["a"] and host.unloads == []
+    # An engine setting is another engine: it loads beside and switches.
+    await registry.replace(
+        ModelSpec("a", "/models/a", media=narrow, max_model_len=128), expected_revision=3
+    )
+    await registry.load("a", wait=True)
+    assert registry.status("a").loaded_revision == 4 and host.loads == ["a", "a"]
 
 
 async def test_remove_drains_first_and_new_requests_find_nothing(

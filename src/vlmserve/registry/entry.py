@@ -9,6 +9,7 @@ a model to change (waiting requests, drains, loads waiting for room).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from vlmserve.registry.errors import ModelUnavailable
 from vlmserve.registry.info import ModelInfo
 from vlmserve.registry.spec import NEVER, ModelSpec
 from vlmserve.registry.store import StoredModel
+
+LOAD_GUESS_S = 5.0  # Retry-After for a first load, whose time is not measured yet
 
 
 class ModelState(enum.StrEnum):
@@ -34,6 +37,10 @@ class ModelHandle:
 
     info: ModelInfo
     engine: EngineClient  # AsyncEngine here, or a remote one (a Ray replica's)
+
+    def with_media(self, spec: ModelSpec) -> ModelHandle:
+        """This engine under `spec`'s media policy (what requests admitted with it read)."""
+        return ModelHandle(dataclasses.replace(self.info, media_policy=spec.media), self.engine)
 
 
 class Signal:
@@ -66,6 +73,7 @@ class Version:
 
     handle: ModelHandle
     revision: int
+    spec: ModelSpec  # the revision's registration, as it loaded
     memory_bytes: int
     load_seconds: float
     loaded_at: float = field(default_factory=time.time)
@@ -159,6 +167,23 @@ class Entry:
         ):
             return None
         return max(0.0, self.idle_since + self.expire_after - now)
+
+    def failed(self, now: float) -> ModelUnavailable:
+        """The refusal while the back-off after a failed load runs."""
+        return ModelUnavailable(
+            self.alias,
+            ModelState.FAILED,
+            f"its last load failed ({self.last_error}); the next attempt is in "
+            f"{self.retry_at - now:.0f} s or after POST /v1/models/{self.alias}/load",
+            self.retry_at - now,
+        )
+
+    def retry_hint(self, now: float) -> float:
+        """Retry-After for a request that gave up waiting: the load time left, if loading."""
+        if self.state is ModelState.LOADING:
+            expected = self.stored.load_seconds or LOAD_GUESS_S
+            return max(1.0, expected - (now - self.load_started))
+        return 1.0
 
     def status(self) -> ModelStatus:
         now = time.monotonic()

@@ -29,8 +29,6 @@ from vlmserve.registry.store import RegistryStore
 
 logger = logging.getLogger("vlmserve.registry")
 
-LOAD_GUESS_S = 5.0  # Retry-After for a first load, whose time is not measured yet
-
 
 def past(deadline: float) -> bool:
     return time.monotonic() >= deadline
@@ -83,7 +81,7 @@ class Lifecycle:
                 if joined is not None and joined.refusal is not None:
                     raise joined.refusal
                 if entry.state is ModelState.FAILED and now < entry.retry_at:
-                    raise self._failed(entry, now)
+                    raise entry.failed(now)
                 if deadline is None:
                     self._join_queue(entry)
                     deadline = now + self.config.load_timeout
@@ -97,7 +95,7 @@ class Lifecycle:
                         alias,
                         entry.state,
                         f"not ready within --load-timeout {self.config.load_timeout:g} s{room}",
-                        self._retry_hint(entry, now),
+                        entry.retry_hint(now),
                     )
                 await entry.changed.wait(deadline - now)
         finally:
@@ -111,24 +109,9 @@ class Lifecycle:
                 entry.alias,
                 entry.state,
                 f"{entry.waiting} requests already wait for it (--max-waiting {limit})",
-                self._retry_hint(entry, time.monotonic()),
+                entry.retry_hint(time.monotonic()),
             )
         entry.waiting += 1
-
-    def _failed(self, entry: Entry, now: float) -> ModelUnavailable:
-        return ModelUnavailable(
-            entry.alias,
-            ModelState.FAILED,
-            f"its last load failed ({entry.last_error}); the next attempt is in "
-            f"{entry.retry_at - now:.0f} s or after POST /v1/models/{entry.alias}/load",
-            entry.retry_at - now,
-        )
-
-    def _retry_hint(self, entry: Entry, now: float) -> float:
-        if entry.state is ModelState.LOADING:
-            expected = entry.stored.load_seconds or LOAD_GUESS_S
-            return max(1.0, expected - (now - entry.load_started))
-        return 1.0
 
     def _release(self, entry: Entry, version: Version, keep_alive: float | None) -> None:
         """A request is done with `version`. Its keep-alive (or the model's) counts from
@@ -166,10 +149,10 @@ class Lifecycle:
         except Exception as exc:
             self._record_failure(entry, exc, fatal=attempt.fatal)
             self.events.emit(entry.alias, EventKind.LOAD_FAILED)
-            attempt.refusal = self._failed(entry, time.monotonic())
+            attempt.refusal = entry.failed(time.monotonic())
             attempt.error = exc
         else:
-            await self._install(entry, attempt, loaded, revision)
+            await self._install(entry, attempt, loaded, revision, spec)
         finally:
             entry.reserved, entry.no_room = False, None
             entry.attempt = None
@@ -178,7 +161,7 @@ class Lifecycle:
             self._forget_if_gone(entry)
 
     async def _install(
-        self, entry: Entry, attempt: LoadAttempt, loaded: Loaded, revision: int
+        self, entry: Entry, attempt: LoadAttempt, loaded: Loaded, revision: int, spec: ModelSpec
     ) -> None:
         if self._closed or entry.removed:
             entry.state = ModelState.REGISTERED
@@ -186,7 +169,9 @@ class Lifecycle:
             attempt.refusal = ModelUnavailable(entry.alias, entry.state, why)
             await self._host_unload(loaded.handle)
             return
-        entry.current = Version(loaded.handle, revision, loaded.memory_bytes, loaded.load_seconds)
+        entry.current = Version(
+            loaded.handle, revision, spec, loaded.memory_bytes, loaded.load_seconds
+        )
         entry.state = ModelState.READY
         entry.failures, entry.last_error = 0, None
         entry.idle_since = time.monotonic()
@@ -232,8 +217,7 @@ class Lifecycle:
     async def _host_load(self, spec: ModelSpec) -> Loaded:
         """The host's load of `spec`, its media policy on the handle whatever the host."""
         loaded = await self._host().load(spec)
-        info = dataclasses.replace(loaded.handle.info, media_policy=spec.media)
-        return dataclasses.replace(loaded, handle=ModelHandle(info, loaded.handle.engine))
+        return dataclasses.replace(loaded, handle=loaded.handle.with_media(spec))
 
     def _host(self) -> EngineHost:
         if self.host is None:
@@ -338,15 +322,42 @@ class Lifecycle:
 
     # -- replacing a loaded model's spec ------------------------------------------------------
     def _start_replacement(self, entry: Entry) -> None:
-        if not entry.replacing:
+        if not entry.replacing and not self._adopt(entry):
             entry.replacing = True
             self._spawn(self._replace(entry))
+
+    def _adopt(self, entry: Entry) -> bool:
+        """When the registered revision needs no other engine than the serving one (only
+        its media policy, keep-alive or pinning changed), the serving version takes it over
+        at once: reloading weights for a policy change would cost a load and a drain."""
+        current = entry.current
+        if current is None or not entry.spec.same_engine(current.spec):
+            return False
+        serving, current.revision, current.spec = (
+            current.revision,
+            entry.stored.revision,
+            entry.spec,
+        )
+        current.handle = current.handle.with_media(entry.spec)
+        entry.expire_after = entry.keep_alive
+        logger.info(
+            "model %r: revision %d serves on revision %d's engine (no engine setting changed)",
+            entry.alias,
+            current.revision,
+            serving,
+        )
+        self._notify(entry)
+        return True
 
     async def _replace(self, entry: Entry) -> None:
         """Load the registered revision beside the serving one, switch when it is ready,
         drain the old one. A new revision that fails leaves the old one serving."""
         try:
-            while entry.current is not None and entry.current.revision != entry.stored.revision:
+            while (
+                entry.current is not None
+                and entry.current.revision != entry.stored.revision
+                and not self._adopt(entry)
+            ):
                 revision, serving, spec = entry.stored.revision, entry.current.revision, entry.spec
                 try:
                     await self._make_room(entry)
@@ -371,7 +382,7 @@ class Lifecycle:
                     await self._host_unload(loaded.handle)
                     return
                 entry.current = Version(
-                    loaded.handle, revision, loaded.memory_bytes, loaded.load_seconds
+                    loaded.handle, revision, spec, loaded.memory_bytes, loaded.load_seconds
                 )
                 entry.retiring.append(old)
                 entry.last_error = None

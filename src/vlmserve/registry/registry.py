@@ -75,7 +75,7 @@ class ModelRegistry(Lifecycle):
         )
         llm = getattr(handle.engine, "engine", None)
         memory = llm.memory_bytes() if llm is not None else 0
-        entry.current = Version(handle, 1, memory, 0.0)
+        entry.current = Version(handle, 1, entry.spec, memory, 0.0)
         entry.state, entry.startup = ModelState.READY, True
         self._entries[alias] = entry
 

@@ -89,6 +89,14 @@ class ModelSpec:
     def __post_init__(self) -> None:
         _check(self)
 
+    def same_engine(self, other: ModelSpec) -> bool:
+        """Whether an engine loaded for `other` serves this spec as it is: they differ only
+        in what the registry applies around the engine (media policy, keep-alive, pinning)."""
+        around = dataclasses.replace(
+            other, media=self.media, keep_alive=self.keep_alive, pinned=self.pinned
+        )
+        return around == self
+
     def engine_config(self, defaults: EngineConfig) -> EngineConfig:
         """The config this model loads with: the server's defaults, this model's source and
         per-model facts, and whatever settings the registration gave."""
