@@ -1,0 +1,125 @@
+"""/health latency on a real `vlmserve serve` process while one 16 MiB prompt and eight 4 MiB
+prompts are sent at once and refused (issue 8: /health under 0.5 s meanwhile).
+
+    .venv/bin/python benchmarks/health_under_big_prompts.py [--runs 4]
+    .venv/bin/python benchmarks/health_under_big_prompts.py --source before=../wt-base/src \\
+        --source after=src      # two source trees side by side, runs alternating
+
+Each source tree (`NAME=DIR`, put first on the server's PYTHONPATH; default: this checkout's
+src) gets a server of its own; all stay up and the runs alternate between them, so a
+neighbour on the shared cores hits each alike. Per run: /health worst, p50 and p99 (GET every
+20 ms on a thread and connection of its own), how many probes answered, how long until all
+nine prompts were refused, and the load average. The prompts go over raw sockets, so the
+client spends no Python per byte while it sends them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from engine_process import HealthProbe, free_port, percentile
+from serve_vs_vllm import REPO, ensure_model, load_average
+from server_process import Server
+
+MiB = 1 << 20
+PROMPT_SIZES = [16 * MiB] + [4 * MiB] * 8
+
+
+def completion_request(model: str, chars: int) -> bytes:
+    body = json.dumps({"model": model, "prompt": "a" * chars, "max_tokens": 1}).encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def send(port: int, request: bytes, statuses: list[int]) -> None:
+    """Sends the whole request, reads the answer until the server closes; appends its status."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    statuses.append(int(answer.split(b" ", 2)[1]) if answer else 0)
+
+
+def one_run(port: int, requests: list[bytes]) -> dict[str, float]:
+    statuses: list[int] = []
+    senders = [threading.Thread(target=send, args=(port, r, statuses)) for r in requests]
+    with HealthProbe(port) as probe:
+        time.sleep(0.2)  # a few probes before, as a baseline
+        start = time.perf_counter()
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+        refused_s = time.perf_counter() - start
+        time.sleep(0.1)
+    if sorted(statuses) != [400] * len(requests):
+        raise RuntimeError(f"expected nine 400s, got {sorted(statuses)}")
+    health = probe.latencies
+    return {
+        "worst": max(health),
+        "p50": percentile(health, 0.5),
+        "p99": percentile(health, 0.99),
+        "probes": len(health),
+        "refused_s": refused_s,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a source tree to serve from (repeatable; default: this checkout's src)",
+    )
+    parser.add_argument("--runs", type=int, default=4, help="runs per source tree")
+    parser.add_argument("--model", default="tiny", help="tiny-model preset")
+    parser.add_argument("--startup-timeout", type=float, default=300)
+    parser.add_argument("--logs", type=Path, default=REPO / ".cache" / "bench" / "logs")
+    args = parser.parse_args()
+    sources = [s.split("=", 1) for s in args.source] or [["this", str(REPO / "src")]]
+    args.logs.mkdir(parents=True, exist_ok=True)
+    folder = ensure_model(args.model)
+    requests = [completion_request(folder.name, size) for size in PROMPT_SIZES]
+    print(f"machine: {os.cpu_count()} CPUs, load average {load_average()}")
+    servers: list[tuple[str, Server]] = []
+    try:
+        for name, src in sources:
+            port = free_port()
+            command = [sys.executable, "-m", "vlmserve.cli", "serve", str(folder)]
+            command += ["--host", "127.0.0.1", "--port", str(port), "--cpu-threads", "1"]
+            command += ["--served-model-name", folder.name]
+            env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
+            server = Server(name, command, port, args.logs / f"health-{name}.log", env)
+            servers.append((name, server))
+            print(f"{name} ({src}): ready after {server.wait_ready(args.startup_timeout):.1f} s")
+        for run in range(1, args.runs + 1):
+            for name, server in servers:
+                r = one_run(server.port, requests)
+                print(
+                    f"run {run} {name:>8}: /health worst {r['worst'] * 1000:6.0f} ms  "
+                    f"p50 {r['p50'] * 1000:4.0f} ms  p99 {r['p99'] * 1000:5.0f} ms  "
+                    f"({r['probes']:.0f} probes; all refused after {r['refused_s']:.2f} s)  "
+                    f"load {load_average()}",
+                    flush=True,
+                )
+    finally:
+        for _, server in servers:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
