@@ -11,8 +11,8 @@ neighbour on the shared cores hits each alike. Per run: /health worst, p50 and p
 20 ms on a thread and connection of its own), how many probes answered, how long until all
 nine prompts were refused, the server's CPU time meanwhile (all threads, and its event loop's
 thread alone: the per-byte work that competes with /health) and the load average; then per
-tree the median and largest worst, and the mean CPU times. The prompts go over raw sockets, so the client spends no Python per byte
-while it sends them.
+tree the median and largest worst, p50 and p99 of all its probes, and the mean CPU times.
+The prompts go over raw sockets, so the client spends no Python per byte while it sends them.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return times.user + times.system, main.user_time + main.system_time
 
 
-def one_run(port: int, pid: int, requests: list[bytes]) -> dict[str, float]:
+def one_run(port: int, pid: int, requests: list[bytes]) -> tuple[dict[str, float], list[float]]:
     statuses: list[int] = []
     senders = [threading.Thread(target=send, args=(port, r, statuses)) for r in requests]
     with HealthProbe(port) as probe:
@@ -95,7 +95,7 @@ def one_run(port: int, pid: int, requests: list[bytes]) -> dict[str, float]:
     if sorted(statuses) != [400] * len(requests):
         raise RuntimeError(f"expected nine 400s, got {sorted(statuses)}")
     health = probe.latencies
-    return {
+    summary = {
         "worst": max(health),
         "p50": percentile(health, 0.5),
         "p99": percentile(health, 0.99),
@@ -104,6 +104,7 @@ def one_run(port: int, pid: int, requests: list[bytes]) -> dict[str, float]:
         "cpu_s": cpu_after[0] - cpu_before[0],
         "loop_cpu_s": cpu_after[1] - cpu_before[1],
     }
+    return summary, health
 
 
 def main() -> int:
@@ -138,10 +139,12 @@ def main() -> int:
             server.wait_ready(args.startup_timeout)
             print(f"{name} ({src}): ready after {wait_warm(server, args.startup_timeout):.1f} s")
         results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in servers}
+        probes: dict[str, list[float]] = {name: [] for name, _ in servers}
         for run in range(1, args.runs + 1):
             for name, server in servers:
-                r = one_run(server.port, server.process.pid, requests)
+                r, health = one_run(server.port, server.process.pid, requests)
                 results[name].append(r)
+                probes[name] += health
                 print(
                     f"run {run} {name:>9}: /health worst {r['worst'] * 1000:4.0f} ms  "
                     f"p50 {r['p50'] * 1000:3.0f}  p99 {r['p99'] * 1000:4.0f}  "
@@ -159,9 +162,11 @@ def main() -> int:
         cpu, loop = (
             statistics.mean(r[key] * 1000 for r in runs) for key in ("cpu_s", "loop_cpu_s")
         )
+        p50, p99 = (percentile(probes[name], q) * 1000 for q in (0.5, 0.99))
         print(
             f"{name:>9}, {len(runs)} runs: /health worst median {statistics.median(worst):.0f} ms, "
-            f"max {worst[-1]:.0f} ms; server CPU per flood {cpu:.0f} ms, event loop {loop:.0f} ms"
+            f"max {worst[-1]:.0f} ms; all {len(probes[name])} probes p50 {p50:.0f} ms, p99 "
+            f"{p99:.0f} ms; server CPU per flood {cpu:.0f} ms, event loop {loop:.0f} ms"
         )
     return 0
 
