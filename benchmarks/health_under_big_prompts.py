@@ -10,7 +10,8 @@ src) gets a server of its own; all stay up and the runs alternate between them, 
 neighbour on the shared cores hits each alike. Per run: /health worst, p50 and p99 (GET every
 20 ms on a thread and connection of its own), how many probes answered, how long until all
 nine prompts were refused, the server's CPU time meanwhile (all threads, and its event loop's
-thread alone: the per-byte work that competes with /health) and the load average; then per
+thread alone: the per-byte work that competes with /health), the cores that every other
+process but this client took meanwhile (neighbours) and the load average; then per
 tree the median and largest worst, p50 and p99 of all its probes, and the mean CPU times.
 The prompts go over raw sockets, so the client spends no Python per byte while it sends them.
 """
@@ -32,7 +33,7 @@ import httpx
 import psutil
 from engine_process import HealthProbe, free_port, percentile
 from serve_vs_vllm import REPO, ensure_model, load_average
-from server_process import Server
+from server_process import NeighbourCpu, Server
 
 MiB = 1 << 20
 PROMPT_SIZES = [16 * MiB] + [4 * MiB] * 8
@@ -85,12 +86,14 @@ def one_run(port: int, pid: int, requests: list[bytes]) -> tuple[dict[str, float
         time.sleep(0.2)  # a few probes before, as a baseline
         cpu_before = cpu_seconds(pid)
         start = time.perf_counter()
-        for sender in senders:
-            sender.start()
-        for sender in senders:
-            sender.join()
-        refused_s = time.perf_counter() - start
-        cpu_after = cpu_seconds(pid)
+        with NeighbourCpu(pid) as others:
+            for sender in senders:
+                sender.start()
+            for sender in senders:
+                sender.join()
+            refused_s = time.perf_counter() - start
+            cpu_after = cpu_seconds(pid)
+            others_cores = others.cores()
         time.sleep(0.1)
     if sorted(statuses) != [400] * len(requests):
         raise RuntimeError(f"expected nine 400s, got {sorted(statuses)}")
@@ -103,6 +106,7 @@ def one_run(port: int, pid: int, requests: list[bytes]) -> tuple[dict[str, float
         "refused_s": refused_s,
         "cpu_s": cpu_after[0] - cpu_before[0],
         "loop_cpu_s": cpu_after[1] - cpu_before[1],
+        "others_cores": others_cores,
     }
     return summary, health
 
@@ -150,7 +154,7 @@ def main() -> int:
                     f"p50 {r['p50'] * 1000:3.0f}  p99 {r['p99'] * 1000:4.0f}  "
                     f"({r['probes']:.0f} probes)  refused after {r['refused_s']:.2f} s  "
                     f"server CPU {r['cpu_s'] * 1000:4.0f} ms (loop {r['loop_cpu_s'] * 1000:3.0f})  "
-                    f"load {load_average()}",
+                    f"others {r['others_cores']:.1f} cores  load {load_average()}",
                     flush=True,
                 )
     finally:
@@ -162,11 +166,13 @@ def main() -> int:
         cpu, loop = (
             statistics.mean(r[key] * 1000 for r in runs) for key in ("cpu_s", "loop_cpu_s")
         )
+        others = statistics.mean(r["others_cores"] for r in runs)
         p50, p99 = (percentile(probes[name], q) * 1000 for q in (0.5, 0.99))
         print(
             f"{name:>9}, {len(runs)} runs: /health worst median {statistics.median(worst):.0f} ms, "
             f"max {worst[-1]:.0f} ms; all {len(probes[name])} probes p50 {p50:.0f} ms, p99 "
-            f"{p99:.0f} ms; server CPU per flood {cpu:.0f} ms, event loop {loop:.0f} ms"
+            f"{p99:.0f} ms; server CPU per flood {cpu:.0f} ms, event loop {loop:.0f} ms; "
+            f"others {others:.1f} cores"
         )
     return 0
 
