@@ -69,6 +69,7 @@ class HttpProtocol(HttpToolsProtocol):
             self._send_431()
 
     def on_headers_complete(self) -> None:
+        # The head as it came, near enough: the target, then each "name: value\r\n".
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.max_head_bytes:
             self._head_too_large = True
