@@ -1,6 +1,7 @@
 """What a client can hold on a real connection, and for how long: an unauthenticated body
-is refused before it is read, a request head that never completes is cut off, and the
-connection cap turns the overflow away with 503 instead of letting it queue."""
+is refused before it is read, a request head that never completes is cut off, a head over
+16 KiB is refused with 431, and the connection cap turns the overflow away with 503 instead
+of letting it queue."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import httpx
 
 from tests.api.conftest import MODEL, make_app
 from tests.api.live_server import live_server
+from vlmserve.api.http_protocol import MAX_HEAD_BYTES
 from vlmserve.api.server_config import ServerConfig
 from vlmserve.engine.async_engine import AsyncEngine
 
@@ -71,6 +73,36 @@ def test_a_request_head_must_arrive_in_time(async_engine: AsyncEngine) -> None:
             assert client.get("/health").status_code == 200
             time.sleep(1.0)  # longer than the head deadline, shorter than keep-alive
             assert client.get("/health").status_code == 200
+
+
+def test_a_request_head_is_bounded_in_size(async_engine: AsyncEngine) -> None:
+    config = ServerConfig(header_read_timeout=30)
+    with live_server(make_app(async_engine), config) as (host, port):
+        # A whole head in one write: measured once it is parsed.
+        with socket.create_connection((host, port)) as sock:
+            pad = b"a" * (MAX_HEAD_BYTES + 1024)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + pad + b"\r\n\r\n")
+            answer = read_response(sock, timeout=10)
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        assert b"connection: close" in answer.lower()
+        # A header that never ends, in pieces: cut once it passes the bound, long before the
+        # head deadline (the parser would otherwise buffer it for as long as it comes).
+        with socket.create_connection((host, port)) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+            started = time.monotonic()
+            for _ in range(MAX_HEAD_BYTES // 1024 + 1):
+                sock.sendall(b"a" * 1024)
+                time.sleep(0.002)
+            answer = read_response(sock, timeout=10)
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        assert time.monotonic() - started < 5
+        # Under the bound, and a large body behind a small head, are served as usual.
+        with httpx.Client(base_url=f"http://{host}:{port}") as client:
+            pad_header = {"X-Pad": "a" * (MAX_HEAD_BYTES - 2048)}
+            assert client.get("/health", headers=pad_header).status_code == 200
+            body = {"model": MODEL, "prompt": "a" * MiB, "max_tokens": 1}
+            response = client.post("/v1/completions", json=body)
+            assert response.status_code == 400 and "characters" in response.text
 
 
 def test_connections_over_the_cap_get_503(async_engine: AsyncEngine) -> None:

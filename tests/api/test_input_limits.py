@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import random
+import socket
 import threading
 import time
 from collections.abc import Awaitable
@@ -19,8 +20,11 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
-from tests.api.conftest import MODEL, assert_error, chat_body
+from tests.api.conftest import MODEL, assert_error, chat_body, make_app
+from tests.api.live_server import live_server
 from vlmserve.api.json_body import OFFLOAD_BYTES
+from vlmserve.api.server_config import ServerConfig
+from vlmserve.engine.async_engine import AsyncEngine
 from vlmserve.serving import prompts
 from vlmserve.serving.work_pool import WorkPool
 
@@ -87,6 +91,62 @@ async def test_health_stays_fast_while_huge_prompts_are_refused(
     # pool's threads (48 MiB), which a machine loaded 15-fold stretches. Before, tokenizing
     # 16 MiB held /health for 20 s.
     assert probe.count > 0 and probe.worst < LOADED_HEALTH_S, probe.worst
+
+
+def raw_completion(prompt: str) -> bytes:
+    """A whole HTTP request for one socket write; `Connection: close` ends the answer."""
+    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 1}).encode()
+    head = (
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def test_health_stays_fast_on_real_connections_while_huge_prompts_are_refused(
+    async_engine: AsyncEngine,
+) -> None:
+    # The test above skips the HTTP protocol; here the 48 MiB cross loopback sockets and the
+    # server's own parser, as in production (h11, parsing bodies in Python, delayed /health
+    # by up to 0.68 s on a loaded machine; benchmarks/health_under_big_prompts.py).
+    requests = [raw_completion("a" * (16 << 20))] + [raw_completion("b" * (4 << 20))] * 8
+    answers: list[bytes] = []
+    health: list[tuple[int, float]] = []
+    done = threading.Event()
+
+    with live_server(make_app(async_engine), ServerConfig()) as (host, port):
+
+        def send(request: bytes) -> None:
+            with socket.create_connection((host, port), timeout=60) as sock:
+                sock.sendall(request)
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+                answers.append(answer)
+
+        def probe() -> None:
+            with httpx.Client(base_url=f"http://{host}:{port}", timeout=30) as client:
+                while not done.is_set():
+                    start = time.monotonic()
+                    status = client.get("/health").status_code
+                    health.append((status, time.monotonic() - start))
+                    done.wait(0.02)
+
+        prober = threading.Thread(target=probe)
+        senders = [threading.Thread(target=send, args=(request,)) for request in requests]
+        prober.start()
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join()
+        done.set()
+        prober.join()
+    assert len(answers) == len(requests)
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"characters" in answer, answer[:300]
+    assert health and all(status == 200 for status, _ in health), health
+    worst = max(seconds for _, seconds in health)
+    assert worst < LOADED_HEALTH_S, worst
 
 
 async def test_400k_text_parts_do_not_stall_the_event_loop(client: httpx.AsyncClient) -> None:

@@ -183,6 +183,15 @@ def _parse_and_validate(body: bytes, field: Any) -> Any:
     return validated
 
 
+async def _read_body(request: Request) -> bytes:
+    """The body, as `request.body()` reads it less one copy: Starlette joins the body with the
+    empty chunk that ends its stream, copying every byte once more on the event loop (a cold
+    16 MiB copy is 6-8 ms here). A body that came in one piece (api/body_limit.py delivers
+    it so) is returned as it is."""
+    chunks = [chunk async for chunk in request.stream() if chunk]
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def _json_content(request: Request) -> bool:
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
     return kind == "application/json" or kind.endswith("+json")
@@ -194,7 +203,7 @@ class StrictJSONRoute(APIRoute):
         field = self.body_field
 
         async def strict_handler(request: Request) -> Response:
-            body = await request.body()
+            body = await _read_body(request)
             if field is not None and len(body) >= OFFLOAD_BYTES and _json_content(request):
                 work: WorkPool = request.app.state.vlm.serving.work
                 value = await work.run(_parse_and_validate, body, field)

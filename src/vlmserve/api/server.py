@@ -23,7 +23,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI
 
 from vlmserve.api.app import create_app
-from vlmserve.api.http_protocol import protocol_with_head_timeout
+from vlmserve.api.http_protocol import http_protocol
 from vlmserve.api.server_config import ServerConfig
 from vlmserve.api.shutdown import DrainingServer, Shutdown
 from vlmserve.api.startup_log import log_model_summary, log_server_summary
@@ -44,7 +44,6 @@ BACKLOG = 2048  # uvicorn's default
 # Requests were drained before uvicorn stopped (or cut at --shutdown-timeout); what is left
 # for closing the registry is a safety margin.
 CLOSE_DRAIN_S = 5.0
-MAX_HEAD_BYTES = 16 * 1024  # a request line plus headers; h11 answers 400 above
 
 
 def run_server(
@@ -156,9 +155,8 @@ def uvicorn_config(app: FastAPI, config: ServerConfig) -> uvicorn.Config:
         # and --log-format), and api/access_log.py writes a richer access line.
         log_config=None,
         access_log=False,
-        # h11 with a deadline for request heads (uvicorn has none), heads bounded in size.
-        http=protocol_with_head_timeout(config.header_read_timeout),
-        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        # httptools with a deadline and a size bound for request heads (uvicorn has neither).
+        http=http_protocol(config.header_read_timeout),
         limit_concurrency=config.limit_concurrency,
         timeout_keep_alive=math.ceil(config.timeout_keep_alive),
         # Requests had --shutdown-timeout to finish before uvicorn is told to stop; what
