@@ -150,7 +150,15 @@ def vllm_cold(preset: str, run: int, peer: Path, venv: Path, logs: Path, timeout
     env = {**os.environ, "VENV": str(venv), "LOG": str(log), "PIDFILE": str(pid_file)}
     command = ["bash", str(peer / "serve.sh"), str(folder), str(port)]
     launched = time.perf_counter()
-    server = Server("vLLM", command, port, log.with_suffix(".launcher.log"), env, server_log=log)
+    server = Server(
+        "vLLM",
+        command,
+        port,
+        log.with_suffix(".launcher.log"),
+        env,
+        server_log=log,
+        ready_path="/v1/models",
+    )
     try:
         server.wait_ready(timeout, pid_file=pid_file)
         remaining = max(1.0, timeout - (time.perf_counter() - launched))

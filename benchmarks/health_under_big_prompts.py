@@ -19,7 +19,6 @@ The prompts go over raw sockets, so the client spends no Python per byte while i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import socket
@@ -29,7 +28,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 from engine_process import HealthProbe, free_port, percentile
 from serve_vs_vllm import REPO, ensure_model, load_average
@@ -56,18 +54,6 @@ def send(port: int, request: bytes, statuses: list[int]) -> None:
         while chunk := sock.recv(65536):
             answer += chunk
     statuses.append(int(answer.split(b" ", 2)[1]) if answer else 0)
-
-
-def wait_warm(server: Server, timeout: float) -> float:
-    """Seconds from launch until /ready answers 200: the model loaded and warmed up. (/v1/models,
-    which `wait_ready` asks, answers while the load still runs, and a first flood measured
-    then counted the load's CPU.)"""
-    while (elapsed := time.perf_counter() - server.started) < timeout:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{server.port}/ready", timeout=2).status_code == 200:
-                return elapsed
-        time.sleep(0.1)
-    raise RuntimeError(f"{server.name} not ready after {timeout:.0f} s")
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -140,8 +126,7 @@ def main() -> int:
             env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
             server = Server(name, command, port, args.logs / f"health-{name}.log", env)
             servers.append((name, server))
-            server.wait_ready(args.startup_timeout)
-            print(f"{name} ({src}): ready after {wait_warm(server, args.startup_timeout):.1f} s")
+            print(f"{name} ({src}): ready after {server.wait_ready(args.startup_timeout):.1f} s")
         results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in servers}
         probes: dict[str, list[float]] = {name: [] for name, _ in servers}
         for run in range(1, args.runs + 1):

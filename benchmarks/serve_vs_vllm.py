@@ -5,8 +5,8 @@
 
 Each request is a content-safety classification: system prompt, one 448x448 PNG as a base64
 data URL, a strict JSON schema (`response_format` json_schema), greedy, `max_tokens` 100.
-Every answer is checked with jsonschema. For each server: start-up time (until /v1/models
-answers), peak RSS of its process tree, and per concurrency level req/s, p50/p95 latency,
+Every answer is checked with jsonschema. For each server: start-up time (until vlmserve's /ready,
+vLLM's /v1/models answers), peak RSS of its process tree, and per concurrency level req/s, p50/p95 latency,
 mean completion tokens and schema-valid %; then the ratios vlmserve/vLLM.
 
 The vLLM peer is not part of CI: it is looked for in --vllm-venv (installed by
@@ -276,7 +276,15 @@ def start_vllm(folder: Path, port: int, log: Path, venv: Path) -> Server:
     pid_file.unlink(missing_ok=True)
     env = {**os.environ, "VENV": str(venv), "LOG": str(log), "PIDFILE": str(pid_file)}
     command = ["bash", str(PEER_DIR / "serve.sh"), str(folder), str(port)]
-    server = Server("vLLM", command, port, log.with_suffix(".launcher.log"), env, server_log=log)
+    server = Server(
+        "vLLM",
+        command,
+        port,
+        log.with_suffix(".launcher.log"),
+        env,
+        server_log=log,
+        ready_path="/v1/models",
+    )
     server.pid_file = pid_file
     return server
 

@@ -1,5 +1,5 @@
 """Server processes for HTTP benchmarks: start in a session of their own, wait until
-/v1/models answers, sample the process tree's peak RSS, stop the whole group, and measure
+they are ready, sample the process tree's peak RSS, stop the whole group, and measure
 the CPU that other processes take meanwhile (2 shared cores: neighbours matter)."""
 
 from __future__ import annotations
@@ -69,8 +69,12 @@ class Server:
         log: Path,
         env: dict[str, str],
         server_log: Path | None = None,
+        ready_path: str = "/ready",
     ) -> None:
         self.name, self.port, self.log, self.server_log = name, port, log, server_log
+        # vlmserve binds its port before the model loads (/v1/models answers meanwhile): only
+        # /ready says the model loaded and generated. vLLM binds once loaded: /v1/models.
+        self.ready_path = ready_path
         self.pid_file: Path | None = None  # where a launcher that backgrounds it writes its id
         self.memory = TreeMemory()
         self.started = time.perf_counter()
@@ -80,9 +84,9 @@ class Server:
             )
 
     def wait_ready(self, timeout: float, pid_file: Path | None = None) -> float:
-        """Seconds from launch until /v1/models answers 200. With `pid_file`, the launcher
+        """Seconds from launch until `ready_path` answers 200. With `pid_file`, the launcher
         (vLLM's serve.sh) backgrounds the server, writes its id there and exits 0 once ready."""
-        url = f"http://127.0.0.1:{self.port}/v1/models"
+        url = f"http://127.0.0.1:{self.port}{self.ready_path}"
         if pid_file is None:
             self.memory.start(self.process.pid)
         while time.perf_counter() - self.started < timeout:
