@@ -26,7 +26,8 @@ A greedy row whose pick fails first walks down its logits (`_walk`): the winner 
 aside when the grammar surely forbids it and the next argmax is checked, a few times; the
 first token the grammar surely allows is the masked argmax exactly (everything above it, or
 equal with a lower id, was forbidden), with no mask filled. Rows the walk cannot settle
-(a token it cannot tell about, or too many forbidden) are masked as above.
+(a token it cannot tell about, or too many forbidden) are masked as above; a greedy one
+whose mask allows few tokens picks among those alone (`_sparse_argmax`), the same token.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from vlmserve.runner import logit_edits
 from vlmserve.structured import apply_token_bitmask
 from vlmserve.structured.bitmask import sparse_token_ids
 from vlmserve.types import SamplingParams
@@ -105,7 +107,11 @@ def sample(
     # Logprobs cost a full-vocabulary pass per row: only when some row asked for them.
     want_logprobs = any(row.params.logprobs is not None for row in rows)
     raw_logprobs = torch.log_softmax(scores, dim=-1) if want_logprobs else None
-    edited = {i: _edited(scores[i], row) for i, row in enumerate(rows) if _edits(row)}
+    edited = {
+        i: logit_edits.edited(scores[i], row)
+        for i, row in enumerate(rows)
+        if logit_edits.edits(row)
+    }
     constrained = masks.rows if masks is not None else []
     # Rows whose pick must come from masked logits: only greedy and temperature-only picks
     # can be checked after the fact.
@@ -365,49 +371,3 @@ def _checkable(row: SamplingRow) -> bool:
     p = row.params
     temperature_only = p.top_k <= 0 and p.top_p >= 1.0 and p.min_p <= 0.0
     return p.greedy or (temperature_only and row.generator is not None)
-
-
-def _edits(row: SamplingRow) -> bool:
-    p = row.params
-    return bool(
-        row.blocked_token_ids
-        or p.logit_bias
-        or p.repetition_penalty != 1.0
-        or ((p.presence_penalty or p.frequency_penalty) and row.output_token_ids)
-    )
-
-
-def _edited(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
-    """A copy of one row's logits with penalties, logit_bias and min_tokens blocking applied."""
-    logits = logits.clone()
-    _apply_penalties(logits, row)
-    if row.params.logit_bias:
-        _apply_logit_bias(logits, row.params.logit_bias)
-    if row.blocked_token_ids:
-        logits[row.blocked_token_ids] = float("-inf")
-    return logits
-
-
-def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:
-    p = row.params
-    if p.repetition_penalty != 1.0:
-        seen = torch.tensor(
-            sorted(set(row.prompt_token_ids) | set(row.output_token_ids)), device=logits.device
-        )
-        seen = seen[seen < logits.shape[0]]
-        values = logits[seen]
-        logits[seen] = torch.where(
-            values > 0, values / p.repetition_penalty, values * p.repetition_penalty
-        )
-    if (p.presence_penalty or p.frequency_penalty) and row.output_token_ids:
-        counts = torch.bincount(torch.tensor(row.output_token_ids), minlength=logits.shape[0])[
-            : logits.shape[0]
-        ].to(logits.dtype)
-        logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
-
-
-def _apply_logit_bias(logits: torch.Tensor, bias: dict[int, float]) -> None:
-    # Token ids were checked against the vocabulary when the request was accepted.
-    ids = torch.tensor(list(bias), dtype=torch.long, device=logits.device)
-    values = torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
-    logits.index_add_(0, ids, values)
