@@ -76,3 +76,33 @@ def test_engine_constrained_outputs_equal_the_recording(folder: Path, arch: str)
     assert not llm.engine.has_unfinished()
     tokenizer_json = llm.engine.tokenizer.tokenizer.to_str()
     check_golden(GOLDEN, arch, fingerprint(tokenizer_json), outputs)
+
+
+def test_engine_constrained_siblings_equal_the_recording(folder: Path, arch: str) -> None:
+    """n > 1 under constraints, seeded and greedy requests batched together: every sibling's
+    tokens equal the recording (siblings share a prompt, draw from generators of their own,
+    and are masked, walked and steered row by row)."""
+    llm = LLM(str(folder), dtype="float32")
+    backend = llm.engine.guided.backend
+    prompts, params, names = [], [], []
+    for name in ("content_safety", "tool_call", "regex"):
+        constraint = CONSTRAINTS[name]
+        shortest = backend.compile(constraint).min_output_tokens
+        for budget in (shortest + 2, shortest + 12, LOOSE_BUDGET):
+            for mode, options in (
+                ("greedy", dict(temperature=0.0)),
+                ("temperature", dict(temperature=0.9, seed=21)),
+                ("top_p", dict(temperature=1.2, top_p=0.8, seed=22)),
+            ):
+                prompts.append(engine_prompt(len(prompts) % 2))
+                params.append(
+                    SamplingParams(n=3, max_tokens=budget, structured_outputs=constraint, **options)
+                )
+                names.append(f"{name}/budget{budget}/{mode}")
+    outputs = {
+        name: [[c.token_ids, c.finish_reason] for c in out.outputs]
+        for name, out in zip(names, llm.generate(prompts, params), strict=True)
+    }
+    assert not llm.engine.has_unfinished()
+    tokenizer_json = llm.engine.tokenizer.tokenizer.to_str()
+    check_golden(GOLDEN, f"{arch}/n3", fingerprint(tokenizer_json), outputs)

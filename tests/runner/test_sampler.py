@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from vlmserve.runner.sampler import SamplingRow, sample
+from vlmserve.structured import apply_token_bitmask
 from vlmserve.types import SamplingParams
 
 
@@ -43,6 +45,9 @@ class FixedMasks:
 
     def surely_allows(self, row: int, token_id: int) -> bool:
         return self.check and bool((int(self.bitmask[row, token_id // 32]) >> (token_id % 32)) & 1)
+
+    def can_vouch(self, row: int) -> bool:
+        return self.check
 
     def surely_forbids(self, row: int, token_id: int) -> bool:
         return self.forbids and not self.surely_allows(row, token_id)
@@ -215,3 +220,28 @@ def test_a_pick_with_nothing_allowed_leaves_the_generator_untouched() -> None:
     rows = [SamplingRow(SamplingParams(), [0], [], gen, [2])]
     sample(logits, rows, FixedMasks(bitmask, [0]))
     assert torch.equal(gen.get_state(), before)
+
+
+def test_greedy_masked_picks_equal_masking_the_whole_row() -> None:
+    """Sparse masks (picked among their allowed tokens) and dense ones give the argmax of
+    the masked row, ties (first maximum), -inf, NaN and +inf logits included."""
+    gen = torch.Generator().manual_seed(0)
+    vocab = 4096
+    logits = torch.randint(-3, 4, (12, vocab), generator=gen).float()  # many ties
+    logits[1, :] = float("-inf")  # nothing allowed beats -inf: the masked argmax is 0
+    logits[2, 77] = float("nan")
+    logits[3, 5] = float("inf")
+    logits[4, ::2] = float("-inf")
+    bits = torch.rand(12, vocab, generator=gen) < 0.002  # sparse masks ...
+    bits[8:] = torch.rand(4, vocab, generator=gen) < 0.5  # ... and dense ones
+    bits[5, :] = False
+    bits[5, 4095] = True  # one token, in the last word
+    logits[6, bits[6]] = float("-inf")  # every allowed token at -inf: token 0 again
+    bitmask = torch.from_numpy(np.packbits(bits.numpy(), axis=1, bitorder="little"))
+    bitmask = bitmask.view(torch.int32).contiguous()
+    greedy = SamplingParams(temperature=0.0)
+    rows = [row(greedy) for _ in range(12)]
+    picks = sample(logits, rows, FixedMasks(bitmask, list(range(12)), check=False)).token_ids
+    masked = logits.clone()
+    apply_token_bitmask(masked, bitmask)
+    assert picks == masked.max(dim=-1).indices.tolist()

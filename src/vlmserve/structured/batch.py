@@ -67,6 +67,10 @@ class GrammarMasks:
         """True only if row's mask allows the token (False: fill the mask to know)."""
         return self._grammars[row].surely_allows(token_id)
 
+    def can_vouch(self, row: int) -> bool:
+        """False when `surely_allows` would say False of every token of row."""
+        return self._grammars[row].can_vouch()
+
     def surely_forbids(self, row: int, token_id: int) -> bool:
         """True only if row's mask forbids the token (False: it may allow it)."""
         return self._grammars[row].surely_forbids(token_id)

@@ -1,10 +1,12 @@
 """Token bitmasks in llguidance's layout (int32 words, bit i of word w = token 32*w + i),
-and applying them to logits in plain torch (no torch.compile: its first call costs ~18 s)."""
+applying them to logits in plain torch (no torch.compile: its first call costs ~18 s), and
+listing the tokens of a sparse one."""
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,3 +51,16 @@ def apply_token_bitmask(
     else:
         target = index.to(logits.device)
         logits.index_add_(0, target, penalties)
+
+
+def sparse_token_ids(words: torch.Tensor, max_words: int) -> np.ndarray | None:
+    """The token ids one bitmask row (int32 [W], on the CPU) allows, ascending, when they lie
+    in at most `max_words` nonzero words; None for a denser mask (listing it would cost
+    more than applying it)."""
+    mask = words.numpy()
+    nonzero = np.flatnonzero(mask)
+    if len(nonzero) > max_words:
+        return None
+    bits = np.unpackbits(mask[nonzero].view(np.uint8), bitorder="little").reshape(-1, 32)
+    ids: np.ndarray = (nonzero[:, None] * 32 + np.arange(32))[bits.view(bool)]
+    return ids

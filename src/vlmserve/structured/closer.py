@@ -100,15 +100,17 @@ _CLASSES = [range(0x61, 0x7B), range(0x41, 0x5B), range(0x31, 0x3A)]
 _CLASS_OF = {byte: index for index, members in enumerate(_CLASSES) for byte in members}
 
 
-def _candidate_bytes(matcher: llguidance.LLMatcher, one_per_class: bool) -> list[int]:
-    bits = np.unpackbits(
-        np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little"
-    )
+# A search meets the same few states again and again (every letter inside a string leads to
+# the same mask): what depends only on a mask and a nesting is computed once per process.
+@functools.lru_cache(maxsize=4096)
+def _candidate_bytes(mask: bytes, one_per_class: bool) -> tuple[int, ...]:
+    """The bytes to try after a state whose byte-matcher mask is `mask`."""
+    bits = np.unpackbits(np.frombuffer(mask, dtype=np.uint8), bitorder="little")
     allowed = np.flatnonzero(bits[:256]).tolist()
     # A shortest completion never needs a multi-byte character when ASCII is allowed.
     allowed = [b for b in allowed if b < 0x80] or allowed
     if not one_per_class:
-        return allowed
+        return tuple(allowed)
     taken: set[int] = set()
     candidates = []
     for byte in allowed:
@@ -117,7 +119,21 @@ def _candidate_bytes(matcher: llguidance.LLMatcher, one_per_class: bool) -> list
             candidates.append(byte)
             if group is not None:
                 taken.add(group)
-    return candidates
+    return tuple(candidates)
+
+
+@functools.lru_cache(maxsize=4096)
+def _after_byte(state: Nesting, byte: int) -> Nesting:
+    return state.scan(bytes([byte]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _children(mask: bytes, state: Nesting) -> tuple[tuple[int, int], ...]:
+    """(byte, closers needed after it) for each byte the best-first search tries."""
+    return tuple(
+        (byte, _after_byte(state, byte).closers_needed)
+        for byte in _candidate_bytes(mask, one_per_class=True)
+    )
 
 
 @dataclass(frozen=True)
@@ -186,7 +202,7 @@ def _search(
         if byte >= 0:
             node.consume_token(byte)
             path += bytes([byte])
-            state = state.scan(bytes([byte]))
+            state = _after_byte(state, byte)
         forced = node.compute_ff_bytes()
         if forced:
             node.consume_tokens(list(forced))
@@ -196,13 +212,14 @@ def _search(
             run = 0
         if node.is_accepting():
             return path
-        key = (node.compute_bitmask(), cost, state.closers_needed, run)
+        mask = node.compute_bitmask()
+        key = (mask, cost, state.closers_needed, run)
         if key in seen or node.is_error():
             continue
         seen.add(key)
-        for child in _candidate_bytes(node, one_per_class=True):
-            child_cost = cost + _CHOSEN_BYTE_COST
-            priority = child_cost + _CLOSER_COST * state.scan(bytes([child])).closers_needed
+        child_cost = cost + _CHOSEN_BYTE_COST
+        for child, closers in _children(mask, state):
+            priority = child_cost + _CLOSER_COST * closers
             entry = (priority, -child_cost, next(order), node, child, path, run + 1, state)
             heapq.heappush(heap, entry)
     return None
@@ -222,7 +239,7 @@ def _beam(
             tuple[bytes, int, int], tuple[int, llguidance.LLMatcher, bytes, int, int, Nesting]
         ] = {}
         for _, parent, path, forced_total, run, state in beam:
-            for byte in _candidate_bytes(parent, one_per_class=False):
+            for byte in _candidate_bytes(parent.compute_bitmask(), one_per_class=False):
                 budget[0] -= 1
                 if budget[0] < 0:
                     return None

@@ -213,6 +213,11 @@ class RequestGrammar:
             return False
         return self._accepts(token_id)
 
+    def can_vouch(self) -> bool:
+        """False where `surely_allows` is False for every token (the next bytes are forced): a
+        sampler's walk cannot settle this row, only its mask can."""
+        return self._is_tight() or not self._matcher.compute_ff_bytes()
+
     def surely_forbids(self, token_id: int) -> bool:
         """True only if `fill_bitmask` would forbid `token_id`: the mask never allows a token
         the grammar rejects (it may allow fewer than it accepts, never more). A greedy
