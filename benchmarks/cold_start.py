@@ -36,7 +36,7 @@ from pathlib import Path
 
 import httpx
 from serve_vs_vllm import REPO, ensure_model, load_average
-from server_process import Server
+from server_process import Server, start_vllm
 from shared_dir import shared_dir
 
 ADMIN_KEY = "cold-start-bench"
@@ -145,22 +145,10 @@ def vllm_cold(preset: str, run: int, peer: Path, venv: Path, logs: Path, timeout
     folder = ensure_model(preset)
     port = free_port()
     log = logs / f"vllm-cold-{preset}-{run}.log"
-    pid_file = log.with_suffix(".pid")
-    pid_file.unlink(missing_ok=True)
-    env = {**os.environ, "VENV": str(venv), "LOG": str(log), "PIDFILE": str(pid_file)}
-    command = ["bash", str(peer / "serve.sh"), str(folder), str(port)]
     launched = time.perf_counter()
-    server = Server(
-        "vLLM",
-        command,
-        port,
-        log.with_suffix(".launcher.log"),
-        env,
-        server_log=log,
-        ready_path="/v1/models",
-    )
+    server = start_vllm(peer / "serve.sh", folder, port, log, venv)
     try:
-        server.wait_ready(timeout, pid_file=pid_file)
+        server.wait_ready(timeout)
         remaining = max(1.0, timeout - (time.perf_counter() - launched))
         first_token(f"http://127.0.0.1:{port}", folder.name, remaining)
         return time.perf_counter() - launched

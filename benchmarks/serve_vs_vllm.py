@@ -37,7 +37,7 @@ import httpx
 import jsonschema
 import numpy as np
 from PIL import Image
-from server_process import NeighbourCpu, Server
+from server_process import NeighbourCpu, Server, start_vllm
 from shared_dir import shared_dir
 
 from vlmserve.safety.policy import load_policy
@@ -239,7 +239,9 @@ def run_model(preset: str, args: argparse.Namespace, with_vllm: bool) -> list[Se
     starts = [lambda: start_vlmserve(folder, args.port, args.logs / f"vlmserve-{preset}.log")]
     if with_vllm:
         log = args.logs / f"vllm-{preset}.log"
-        starts.append(lambda: start_vllm(folder, args.port + 1, log, args.vllm_venv))
+        starts.append(
+            lambda: start_vllm(PEER_DIR / "serve.sh", folder, args.port + 1, log, args.vllm_venv)
+        )
     running: list[tuple[Server, ServerResult]] = []
     results = []
     try:
@@ -248,7 +250,7 @@ def run_model(preset: str, args: argparse.Namespace, with_vllm: bool) -> list[Se
             result = ServerResult(server.name)
             results.append(result)
             try:
-                result.startup_s = server.wait_ready(args.startup_timeout, server.pid_file)
+                result.startup_s = server.wait_ready(args.startup_timeout)
             except RuntimeError as error:
                 result.failure = str(error)
                 result.peak_rss_mib = server.stop()
@@ -269,24 +271,6 @@ def start_vlmserve(folder: Path, port: int, log: Path) -> Server:
     command = [sys.executable, "-m", "vlmserve.cli", "serve", str(folder)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", folder.name]
     return Server("vlmserve", command, port, log, env)
-
-
-def start_vllm(folder: Path, port: int, log: Path, venv: Path) -> Server:
-    pid_file = log.with_suffix(".pid")
-    pid_file.unlink(missing_ok=True)
-    env = {**os.environ, "VENV": str(venv), "LOG": str(log), "PIDFILE": str(pid_file)}
-    command = ["bash", str(PEER_DIR / "serve.sh"), str(folder), str(port)]
-    server = Server(
-        "vLLM",
-        command,
-        port,
-        log.with_suffix(".launcher.log"),
-        env,
-        server_log=log,
-        ready_path="/v1/models",
-    )
-    server.pid_file = pid_file
-    return server
 
 
 def ensure_model(preset: str) -> Path:

@@ -83,10 +83,11 @@ class Server:
                 command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
 
-    def wait_ready(self, timeout: float, pid_file: Path | None = None) -> float:
+    def wait_ready(self, timeout: float) -> float:
         """Seconds from launch until `ready_path` answers 200. With `pid_file`, the launcher
         (vLLM's serve.sh) backgrounds the server, writes its id there and exits 0 once ready."""
         url = f"http://127.0.0.1:{self.port}{self.ready_path}"
+        pid_file = self.pid_file
         if pid_file is None:
             self.memory.start(self.process.pid)
         while time.perf_counter() - self.started < timeout:
@@ -168,3 +169,17 @@ class NeighbourCpu:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+def start_vllm(serve_sh: Path, folder: Path, port: int, log: Path, venv: Path) -> Server:
+    """vLLM's CPU build on `folder`, started by the peer's `serve.sh` (which backgrounds the
+    server and writes its pid next to `log`). Ready once its port answers /v1/models: vLLM
+    opens it after the model is loaded."""
+    pid_file = log.with_suffix(".pid")
+    pid_file.unlink(missing_ok=True)
+    env = {**os.environ, "VENV": str(venv), "LOG": str(log), "PIDFILE": str(pid_file)}
+    command = ["bash", str(serve_sh), str(folder), str(port)]
+    launcher_log = log.with_suffix(".launcher.log")
+    server = Server("vLLM", command, port, launcher_log, env, log, ready_path="/v1/models")
+    server.pid_file = pid_file
+    return server
