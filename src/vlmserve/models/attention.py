@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vlmserve.models.buckets import bucket
+
 
 def kv_cache_shape(
     num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int
@@ -177,6 +179,12 @@ def _decode_attention(
     batch, num_heads, head_dim = q.shape
     num_kv_heads, block_size = kv_cache.shape[1], kv_cache.shape[3]
     num_blocks = (max(context_lens) + block_size - 1) // block_size
+    if q.device.type == "cpu":
+        # Few distinct lengths, so oneDNN reuses its compiled kernels (models/buckets.py);
+        # the extra blocks are block 0, masked like any other padding.
+        num_blocks = bucket(num_blocks)
+        if num_blocks > block_tables.shape[1]:
+            block_tables = F.pad(block_tables, (0, num_blocks - block_tables.shape[1]))
     # Whole blocks, not cut at the longest context: K and V stay contiguous, which CPU bmm
     # needs to run without copying them again (2-4x faster on tiny shapes, measured); the
     # tail past each row's length is masked like any other padding.

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmserve.models.buckets import bucket
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
@@ -182,8 +184,12 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
+        rows = flat.shape[0]
+        # Few distinct row counts, so oneDNN reuses its compiled kernels (models/buckets.py).
+        if (padded := bucket(rows)) != rows:
+            flat = F.pad(flat, (0, 0, 0, padded - rows))
         out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, "none", [], "")
-        return out.view(*x.shape[:-1], self.out_features)
+        return out[:rows].view(*x.shape[:-1], self.out_features)
 
 
 def prepack_linears(model: nn.Module) -> int:
