@@ -333,11 +333,8 @@ class Lifecycle:
         current = entry.current
         if current is None or not entry.spec.same_engine(current.spec):
             return False
-        serving, current.revision, current.spec = (
-            current.revision,
-            entry.stored.revision,
-            entry.spec,
-        )
+        serving = current.revision
+        current.revision, current.spec = entry.stored.revision, entry.spec
         current.handle = current.handle.with_media(entry.spec)
         entry.expire_after = entry.keep_alive
         logger.info(
