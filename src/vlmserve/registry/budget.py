@@ -45,7 +45,12 @@ def choose_victim(
     """The loaded model to evict: unpinned, loaded at least --min-resident ago, not in the
     middle of a switch. Idle ones first, and among them the cheapest to bring back for the
     time it has been unused: the lowest measured load seconds / idle seconds. A busy model
-    is a victim only when no idle one is left (it then drains before it goes)."""
+    is a victim only when no idle one is left (it then drains before it goes).
+
+    A ready model with requests still counted as waiting is never a victim: they were woken
+    by its load and are admitted on their next turn. Evicting it first let two models evict
+    each other before either served anyone (102 evictions for 3 requests with
+    --max-loaded-models 1); once admitted they are in flight, so the model drains instead."""
     now = time.monotonic()
     candidates = [
         e
@@ -55,13 +60,13 @@ def choose_victim(
         and e.current is not None
         and not e.pinned
         and not e.replacing
+        and not e.waiting
         and now - e.current.loaded_mono >= config.min_resident
     ]
 
     def cost(e: Entry) -> tuple[bool, float, float]:
         assert e.current is not None
         idle = e.idle_seconds(now)
-        busy = bool(e.in_flight or e.waiting)
-        return busy, e.current.load_seconds / max(idle, 1e-3), e.last_used
+        return bool(e.in_flight), e.current.load_seconds / max(idle, 1e-3), e.last_used
 
     return min(candidates, key=cost, default=None)

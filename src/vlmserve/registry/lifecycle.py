@@ -271,7 +271,7 @@ class Lifecycle:
             if not excess:
                 return
             victim = choose_victim(self._entries.values(), self.config, exclude=loaded)
-            if victim is None or victim.in_flight or victim.waiting:
+            if victim is None or victim.in_flight:
                 logger.warning("memory budget exceeded by %d bytes; nothing idle to evict", excess)
                 return
             why = f"evicted: the measured footprints exceed --memory-budget by {excess} bytes"
