@@ -57,3 +57,33 @@ def test_a_decode_row_has_the_same_bits_whatever_its_batch_pads_to(dtype: torch.
     tables[0, : len(short)], tables[1] = short, long
     together = attention._decode_attention(q, cache, [37, 600], tables, 0.125)
     assert bucket(38) == 40 and torch.equal(alone[0], together[0])
+
+
+def test_a_decode_row_has_the_same_bits_whatever_its_batch_size_pads_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """17 decoding rows pad to bucket(17) = 18 (a zero query over one token of block 0): the
+    matmuls see 18 rows, each row's output is the one it gets alone, the padding is dropped."""
+    bmm, batches = torch.bmm, []
+
+    def recording_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        batches.append(a.shape[0])
+        return bmm(a, b)
+
+    monkeypatch.setattr(torch, "bmm", recording_bmm)
+    torch.manual_seed(0)
+    block_size, heads, kv_heads, dim = 16, 4, 2, 32
+    cache = torch.randn(attention.kv_cache_shape(80, block_size, kv_heads, dim)).to(torch.bfloat16)
+    cache[:, :, 0] = 0
+    rows = 17
+    q = torch.randn(rows, heads, dim).to(torch.bfloat16)
+    lens = [5 + 3 * i for i in range(rows)]
+    tables = torch.arange(1, 1 + rows * 4).view(rows, 4)
+    together = attention._decode_attention(q, cache, lens, tables, 0.125)
+    assert bucket(rows) == 18 and batches == [kv_heads * 18] * 2
+    assert together.shape == (rows, heads, dim)
+    for i in range(rows):
+        alone = attention._decode_attention(
+            q[i : i + 1], cache, lens[i : i + 1], tables[i : i + 1], 0.125
+        )
+        assert torch.equal(alone[0], together[i]), i

@@ -176,15 +176,21 @@ def _decode_attention(
     rather than through SDPA: with a padding mask and grouped KV heads, CPU SDPA takes a slow
     path (16x slower in bf16 at batch 16, measured); the grouped matmuls also never
     materialise repeated KV heads."""
-    batch, num_heads, head_dim = q.shape
+    rows, num_heads, head_dim = q.shape
     num_kv_heads, block_size = kv_cache.shape[1], kv_cache.shape[3]
     num_blocks = (max(context_lens) + block_size - 1) // block_size
+    batch = rows
     if q.device.type == "cpu":
-        # Few distinct lengths, so oneDNN reuses its compiled kernels (models/buckets.py);
-        # the extra blocks are block 0, masked like any other padding.
-        num_blocks = bucket(num_blocks)
-        if num_blocks > block_tables.shape[1]:
-            block_tables = F.pad(block_tables, (0, num_blocks - block_tables.shape[1]))
+        # Few distinct batch sizes and lengths, so oneDNN reuses its compiled kernels
+        # (models/buckets.py): the extra blocks are block 0, masked like any other padding;
+        # the extra rows are zero queries over one token of block 0, dropped at the end.
+        batch, num_blocks = bucket(rows), bucket(num_blocks)
+        missing_blocks = max(0, num_blocks - block_tables.shape[1])
+        if missing_blocks or batch > rows:
+            block_tables = F.pad(block_tables, (0, missing_blocks, 0, batch - rows))
+        if batch > rows:
+            q = F.pad(q, (0, 0, 0, 0, 0, batch - rows))
+            context_lens = [*context_lens, *[1] * (batch - rows)]
     # Whole blocks, not cut at the longest context: K and V stay contiguous, which CPU bmm
     # needs to run without copying them again (2-4x faster on tiny shapes, measured); the
     # tail past each row's length is masked like any other padding.
@@ -207,4 +213,4 @@ def _decode_attention(
     )
     probs = torch.softmax(scores, dim=-1).to(values.dtype)
     out = torch.bmm(probs, values).view(num_kv_heads, batch, group, head_dim)
-    return out.transpose(0, 1).reshape(batch, num_heads, head_dim)
+    return out.transpose(0, 1).reshape(batch, num_heads, head_dim)[:rows]
