@@ -10,10 +10,8 @@ Lifecycle, like a resource: build (`build_engine`, off the event loop) -> `start
 serve -> `drain(timeout)` (optional: stop admitting, let in-flight requests finish) ->
 `close()` (every open stream ends with `EngineClosed`, the thread stops, memory is freed).
 
-Outputs travel cheaply: a step wakes each caller's loop once for all of that loop's requests
-(not once per request), and each request keeps only its newest output for the reader. Outputs
-are cumulative, so a reader that falls behind skips to the newest one instead of working
-through every step's (streams then send one larger delta).
+Outputs travel back as handoff.py says: one wake-up per caller loop per step, and a reader
+that falls behind skips to the newest (cumulative) output.
 
 If the thread dies instead (an error no step handler caught), every open stream ends with
 `EngineDead` and later requests are refused at once: no caller waits forever. The loop beats
@@ -34,10 +32,10 @@ import queue
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 
 from vlmserve.engine.engine import LLMEngine
 from vlmserve.engine.errors import EngineClosed, EngineDead, EngineDraining, EngineOverloaded
+from vlmserve.engine.handoff import Add, Close, Command, deliver
 from vlmserve.engine.inputs import InputError, ProcessedInput
 from vlmserve.engine.prompts import PromptInput
 from vlmserve.engine.stats import EngineStats
@@ -58,47 +56,18 @@ HEARTBEAT_S = 1.0  # an idle loop still wakes this often, to show it is not stuc
 JOIN_TIMEOUT_S = 30.0  # a step is milliseconds to seconds; past this the thread is stuck
 
 
-@dataclass
-class _Add:
-    request_id: str
-    admit: Callable[[LLMEngine], object]  # adds the request to the engine (engine thread)
-    loop: asyncio.AbstractEventLoop
-    # Errors, and None for "`latest` has a newer output" (queued by `_wake`).
-    outputs: asyncio.Queue[BaseException | None]
-    # The newest output, written by the engine thread and read on `loop`; `signalled`: a
-    # wake-up for it is queued and unread (cleared by the reader before it reads `latest`,
-    # so an output written after that read queues a wake-up of its own).
-    latest: RequestOutput | None = None
-    signalled: bool = False
-
-    def post(self, item: BaseException) -> bool:
-        """Hand an item to the caller's loop; False when that loop is gone (closed)."""
-        try:
-            self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
-        except RuntimeError:
-            return False
-        return True
-
-
-class _Close:
-    """The last command the engine thread reads: fail the open streams, free, stop."""
-
-
-_Command = _Add | str | _Close  # a str is the id of a request to abort
-
-
 class AsyncEngine:
     def __init__(self, engine: LLMEngine, max_waiting: int = 1024) -> None:
         self.engine = engine
         self.max_waiting = max_waiting
-        self._commands: queue.Queue[_Command] = queue.Queue()
+        self._commands: queue.Queue[Command] = queue.Queue()
         # Posting and closing are atomic with respect to each other: every command is either
         # in the queue before the close command (so the thread handles it) or refused.
         self._post_lock = threading.Lock()
         self._closed = False
         self._death: BaseException | None = None  # why the thread stopped, if not closed
         self._admitting = True
-        self._streams: dict[str, _Add] = {}
+        self._streams: dict[str, Add] = {}
         self._pending = 0  # accepted by generate() but not finished
         self._reserved = 0  # places held by callers still preparing a request (reserve())
         self._last_beat = time.monotonic()
@@ -167,7 +136,7 @@ class AsyncEngine:
                 return
             self._closed = True
             self._admitting = False
-            self._commands.put(_Close())
+            self._commands.put(Close())
         if self._thread.is_alive():
             self._thread.join(JOIN_TIMEOUT_S)
             if self._thread.is_alive():
@@ -235,7 +204,7 @@ class AsyncEngine:
         try:
             processed = await prepare()
             outputs: asyncio.Queue[BaseException | None] = asyncio.Queue()
-            add = _Add(request_id, admit(processed), asyncio.get_running_loop(), outputs)
+            add = Add(request_id, admit(processed), asyncio.get_running_loop(), outputs)
             if not self._post(add):
                 raise EngineClosed("the engine was closed before this request started")
             posted = True
@@ -283,11 +252,11 @@ class AsyncEngine:
         if in_flight >= self.max_waiting:
             raise EngineOverloaded(f"{in_flight} requests in flight; retry later")
 
-    def _post(self, command: _Add | str) -> bool:
+    def _post(self, command: Add | str) -> bool:
         with self._post_lock:
             if self._closed or self._death is not None:
                 return False
-            if isinstance(command, _Add) and not self._has_work():
+            if isinstance(command, Add) and not self._has_work():
                 # An idle engine's clock starts when work arrives, not when it went idle.
                 self._progress_at = time.monotonic()
             self._commands.put(command)
@@ -316,11 +285,11 @@ class AsyncEngine:
         while True:
             block = not self.engine.has_unfinished()
             try:
-                command: _Command | None = self._commands.get(block=block, timeout=HEARTBEAT_S)
+                command: Command | None = self._commands.get(block=block, timeout=HEARTBEAT_S)
             except queue.Empty:
                 command = None
             while command is not None:
-                if isinstance(command, _Close):
+                if isinstance(command, Close):
                     self._close_on_this_thread()
                     return
                 self._handle(command)
@@ -359,10 +328,10 @@ class AsyncEngine:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(command, _Add):
+            if isinstance(command, Add):
                 command.post(error)
 
-    def _handle(self, command: _Add | str) -> None:
+    def _handle(self, command: Add | str) -> None:
         if isinstance(command, str):
             self.engine.abort(command)
             self._streams.pop(command, None)
@@ -390,27 +359,4 @@ class AsyncEngine:
             return
         if outputs or self.engine.num_batches != batches:
             self._progress_at = time.monotonic()
-        woken: dict[asyncio.AbstractEventLoop, list[_Add]] = {}
-        for output in outputs:
-            stream = self._streams.get(output.request_id)
-            if stream is None:
-                continue
-            if output.finished:
-                del self._streams[output.request_id]
-            stream.latest = output
-            if not stream.signalled:
-                stream.signalled = True
-                woken.setdefault(stream.loop, []).append(stream)
-        for loop, streams in woken.items():
-            try:
-                loop.call_soon_threadsafe(_wake, streams)
-            except RuntimeError:  # that loop is closed: nobody can read these requests
-                for stream in streams:
-                    if self._streams.pop(stream.request_id, None) is not None:
-                        self.engine.abort(stream.request_id)  # stop spending steps on it
-
-
-def _wake(streams: list[_Add]) -> None:
-    """On the streams' loop: tell each reader that `latest` holds a newer output."""
-    for stream in streams:
-        stream.outputs.put_nowait(None)
+        deliver(outputs, self._streams, self.engine)

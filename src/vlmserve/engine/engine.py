@@ -16,6 +16,7 @@ import torch
 
 from vlmserve.config import EngineConfig
 from vlmserve.engine.block_manager import BlockManager
+from vlmserve.engine.chunks import encode_media, seq_chunk
 from vlmserve.engine.detokenizer import IncrementalDetokenizer
 from vlmserve.engine.errors import EngineClosed
 from vlmserve.engine.guided import GuidedDecoding
@@ -23,7 +24,7 @@ from vlmserve.engine.inputs import InputError, InputProcessor, ProcessedInput
 from vlmserve.engine.kv_sizing import plan_kv_cache
 from vlmserve.engine.loading import LoadedModel, load_checkpoint
 from vlmserve.engine.memory import release_memory, tensor_bytes
-from vlmserve.engine.mm_cache import CachedItem, MultiModalCache
+from vlmserve.engine.mm_cache import MultiModalCache
 from vlmserve.engine.outputs import make_request_output
 from vlmserve.engine.prompts import PromptInput, to_prompt
 from vlmserve.engine.scheduler import ScheduledBatch, Scheduler
@@ -31,7 +32,7 @@ from vlmserve.engine.scoring import ScoringPass
 from vlmserve.engine.sequence import Request, Sequence
 from vlmserve.engine.stopping import append_token, check_stop
 from vlmserve.engine.token_checks import check_token_ids
-from vlmserve.runner.model_runner import MMSlice, ModelRunner, SeqChunk, kv_block_bytes
+from vlmserve.runner.model_runner import ModelRunner, kv_block_bytes
 from vlmserve.runner.sampler import SamplingRow, sample
 from vlmserve.types import FinishReason, RequestOutput, SamplingParams
 
@@ -293,8 +294,8 @@ class LLMEngine:
         for seq in batch.sequences:
             if seq.request.metrics.first_scheduled_time is None:
                 seq.request.metrics.first_scheduled_time = now
-        self._encode_media(batch)
-        chunks = [self._chunk(seq, n) for seq, n in zip(batch.sequences, batch.num_tokens)]
+        encode_media(batch, self.runner, self.mm_cache)
+        chunks = [seq_chunk(seq, n) for seq, n in zip(batch.sequences, batch.num_tokens)]
         logits = self.runner.execute(chunks)
         sampling: list[Sequence] = []
         for seq, chunk, n in zip(batch.sequences, chunks, batch.num_tokens):
@@ -303,53 +304,6 @@ class LLMEngine:
             if chunk.needs_logits:
                 sampling.append(seq)
         return sampling, self.scoring.take(batch.sequences, chunks, logits)
-
-    def _encode_media(self, batch: ScheduledBatch) -> None:
-        pending = []
-        for seq, n in zip(batch.sequences, batch.num_tokens):
-            start = seq.num_computed_tokens
-            for item in seq.request.mm_items:
-                if (
-                    item.embeddings is None
-                    and item.overlaps(start, start + n)
-                    and item not in pending
-                ):
-                    pending.append(item)
-        if not pending:
-            return
-        pixels = []
-        for item in pending:
-            # Items without embeddings always carry pixels: cache hits come with embeddings.
-            assert item.pixel_values is not None
-            pixels.append(item.pixel_values)
-        embeddings = self.runner.encode(pixels, [item.grid_thw for item in pending])
-        for item, emb in zip(pending, embeddings):
-            item.embeddings = emb
-            item.pixel_values = None
-            self.mm_cache.put(
-                item.key,
-                CachedItem(item.modality, item.grid_thw, emb, item.seconds_per_grid, item.digest),
-            )
-
-    def _chunk(self, seq: Sequence, n: int) -> SeqChunk:
-        start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
-        pieces = []
-        for item in seq.request.mm_items:
-            if item.overlaps(start, end):
-                lo, hi = max(start, item.offset), min(end, item.offset + item.length)
-                assert item.embeddings is not None
-                pieces.append(
-                    MMSlice(item.embeddings, lo - item.offset, hi - item.offset, lo - start)
-                )
-        return SeqChunk(
-            token_ids=seq.token_ids[start:end],
-            positions=seq.positions(start, end),
-            start=start,
-            block_table=seq.block_table,
-            needs_logits=end == seq.num_tokens and seq.logits_from is None,
-            mm=pieces,
-            logits_from=seq.logits_from,
-        )
 
     def _release(self, seq: Sequence) -> None:
         self.guided.detach(seq)

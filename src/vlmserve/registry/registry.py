@@ -28,7 +28,8 @@ from vlmserve.registry.entry import (
 )
 from vlmserve.registry.errors import RegistryError, SpecConflict
 from vlmserve.registry.host import EngineHost
-from vlmserve.registry.lifecycle import Lifecycle, past
+from vlmserve.registry.lifecycle import Lifecycle
+from vlmserve.registry.residency import past
 from vlmserve.registry.spec import ModelSpec
 from vlmserve.registry.store import RegistryStore, StoredModel
 
