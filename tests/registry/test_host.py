@@ -4,6 +4,7 @@ unload gives the memory back (CUDA too, on a machine with one)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
@@ -71,3 +72,19 @@ async def test_an_unload_empties_the_cuda_cache(tiny_qwen2_vl: Path) -> None:
     await host.unload(loaded.handle)
     host.close()
     assert torch.cuda.memory_reserved() < held * 0.2
+
+
+async def test_a_server_host_freezes_what_a_load_built(tiny_qwen2_vl: Path) -> None:
+    """With freeze_heap (what `serve` uses) the loaded model's objects leave the collector's
+    full walks (engine/heap.py); an unload freezes again, without the closed engine."""
+    host = LocalEngineHost(EngineConfig("unset", kv_cache_memory_bytes=8 << 20), freeze_heap=True)
+    try:
+        loaded = await host.load(ModelSpec("m", str(tiny_qwen2_vl), max_model_len=256))
+        engine = loaded.handle.engine
+        assert gc.get_freeze_count() > 0
+        assert gc.is_tracked(engine) and not any(o is engine for o in gc.get_objects())
+        await host.unload(loaded.handle)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        host.close()

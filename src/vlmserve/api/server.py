@@ -28,6 +28,7 @@ from vlmserve.api.server_config import ServerConfig
 from vlmserve.api.shutdown import DrainingServer, Shutdown
 from vlmserve.api.startup_log import log_model_summary, log_server_summary
 from vlmserve.config import EngineConfig, MediaConfig
+from vlmserve.engine.heap import freeze_long_lived
 from vlmserve.engine.loading import set_cpu_threads
 from vlmserve.registry import (
     LocalEngineHost,
@@ -124,7 +125,10 @@ async def serve(
         )
     else:
         host = LocalEngineHost(
-            engine_config, max_waiting=config.max_waiting, on_ready=log_model_summary
+            engine_config,
+            max_waiting=config.max_waiting,
+            on_ready=log_model_summary,
+            freeze_heap=True,
         )
     models = ModelRegistry(host=host, store=store, config=config.registry)
     try:
@@ -136,6 +140,9 @@ async def serve(
         shutdown = Shutdown(app.state.drain, config.shutdown_timeout)
         server = DrainingServer(uvicorn_config(app, config), shutdown)
         shutdown.install(server)
+        # What start-up imported and built lives as long as the process: out of the
+        # collector's full walks (engine/heap.py), before the first request.
+        freeze_long_lived()
         await models.start([spec])
         watchdog = asyncio.create_task(app.state.watchdog.run())
         try:

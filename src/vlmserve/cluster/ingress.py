@@ -25,6 +25,7 @@ from vlmserve.cluster.reconciler import Reconciler
 from vlmserve.cluster.remote import RemotePolicy
 from vlmserve.cluster.settings import SHUTDOWN_MARGIN_S, ClusterConfig
 from vlmserve.config import EngineConfig, MediaConfig
+from vlmserve.engine.heap import freeze_long_lived
 from vlmserve.multimodal.fetch import Resolver, TransportFactory, resolve_host
 from vlmserve.registry import RegistryStore
 
@@ -69,6 +70,7 @@ class Ingress:
             refresh_interval=cluster.reconcile_interval,
         )
         await self.models.start()
+        freeze_long_lived()  # the imports and the registry live as long as the ingress
 
     def __serve_build_asgi_app__(self) -> Any:
         o = self._options

@@ -29,6 +29,7 @@ import ray
 from vlmserve.config import EngineConfig
 from vlmserve.engine.async_engine import AsyncEngine
 from vlmserve.engine.engine import build_engine
+from vlmserve.engine.heap import freeze_long_lived
 from vlmserve.engine.loading import set_cpu_threads
 from vlmserve.registry import ModelInfo
 from vlmserve.serving import Generation, ServingError
@@ -99,6 +100,7 @@ class ModelServer:
             await asyncio.to_thread(self._engine.close)
             raise
         self._info = ModelInfo.from_engine(engine, alias)
+        freeze_long_lived()  # a replica lives as long as its engine
         logger.info(
             "model %r: replica ready in %.1f s (pid %d, %d CPU threads)",
             alias,

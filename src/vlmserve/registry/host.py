@@ -27,6 +27,7 @@ from vlmserve.config import EngineConfig
 from vlmserve.engine.async_engine import AsyncEngine
 from vlmserve.engine.client import EngineClient
 from vlmserve.engine.engine import LLMEngine
+from vlmserve.engine.heap import freeze_long_lived
 from vlmserve.engine.loading import load_checkpoint
 from vlmserve.engine.memory import process_rss, tensor_bytes
 from vlmserve.registry.entry import ModelHandle
@@ -65,7 +66,8 @@ ReadyHook = Callable[[LLMEngine, ModelInfo], None]
 class LocalEngineHost:
     """Engines in this process. `defaults` supplies every setting a registration leaves
     out (the server's flags); `on_ready` sees each engine that became ready (the server
-    logs what was chosen for it)."""
+    logs what was chosen for it). `freeze_heap`: after each load and unload, freeze what
+    lives on (engine/heap.py), as a server should; off for a library user's process."""
 
     def __init__(
         self,
@@ -74,8 +76,10 @@ class LocalEngineHost:
         warmup_timeout: float = 300.0,
         max_concurrent_builds: int = 2,
         on_ready: ReadyHook | None = None,
+        freeze_heap: bool = False,
     ) -> None:
         self.defaults = defaults
+        self.freeze_heap = freeze_heap
         self.max_waiting = max_waiting
         self.warmup_timeout = warmup_timeout
         self.on_ready = on_ready
@@ -129,6 +133,8 @@ class LocalEngineHost:
         info = ModelInfo.from_engine(engine, spec.alias)
         if self.on_ready is not None:
             self.on_ready(engine, info)
+        if self.freeze_heap:
+            freeze_long_lived()
         return Loaded(ModelHandle(info, async_engine), footprint, seconds)
 
     async def unload(self, handle: ModelHandle) -> None:
@@ -138,6 +144,8 @@ class LocalEngineHost:
         before = _memory(device)
         start = time.monotonic()
         await asyncio.get_running_loop().run_in_executor(self._executor, engine.close)
+        if self.freeze_heap:
+            freeze_long_lived()  # the model's objects in reference cycles go now
         after = _memory(device)
         freed = "".join(
             f"; {what} {before[what] / MIB:.0f} -> {after[what] / MIB:.0f} MiB"

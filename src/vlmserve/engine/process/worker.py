@@ -30,6 +30,7 @@ from typing import Any
 
 from vlmserve.config import EngineConfig
 from vlmserve.engine.engine import LLMEngine, build_engine
+from vlmserve.engine.heap import freeze_long_lived
 from vlmserve.engine.inputs import InputError, ProcessedInput
 from vlmserve.engine.invariants import leaks
 from vlmserve.engine.loading import set_cpu_threads
@@ -102,6 +103,7 @@ def run_engine_process(config: EngineConfig, conn: Connection, settings: Process
         return
     if settings.on_ready is not None:
         settings.on_ready(engine)
+    freeze_long_lived()  # this process lives as long as its engine
     facts = EngineFacts(
         engine.max_model_len, engine.dtype, engine.num_kv_blocks, engine.memory_bytes(), os.getpid()
     )
