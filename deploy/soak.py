@@ -13,9 +13,9 @@ A prober asks `/health` every 100 ms, a sampler reads the server's resident memo
 Checks: no request answered other than expected (no 5xx, no 429/503 at this load, every
 constrained answer valid); after the traffic the engine is empty (`/metrics`: no request
 waiting or running, no KV block in use); resident memory at the end within `--rss-growth`
-of what it was once warmed up (after `--warmup` seconds); `/health` p99 under
-`--health-p99`; SIGTERM ends the server with status 0. The report (JSON) goes to
-`--report`, a summary to stdout.
+of what it was once warmed up (after `--warmup` seconds, the clients joining one by one
+over its first half); `/health` p99 under `--health-p99`; SIGTERM ends the server with
+status 0. The report (JSON) goes to `--report`, a summary to stdout.
 """
 
 from __future__ import annotations
@@ -252,7 +252,8 @@ async def soak(args: argparse.Namespace, base: str, pid: int) -> dict[str, Any]:
     timeout = httpx.Timeout(120)
     async with httpx.AsyncClient(base_url=base, timeout=timeout, limits=limits) as client:
 
-        async def worker(seed: int) -> None:
+        async def worker(seed: int, delay: float) -> None:
+            await asyncio.sleep(delay)
             traffic = Traffic(client, tally, seed)
             while time.monotonic() < deadline:
                 await traffic.one()
@@ -278,7 +279,15 @@ async def soak(args: argparse.Namespace, base: str, pid: int) -> dict[str, Any]:
                     baseline = rss[-1]
                 await asyncio.sleep(2)
 
-        tasks = [worker(args.seed + i) for i in range(args.concurrency)]
+        # Clients join one by one over the first half of the warm-up, so that every batch
+        # size from 1 up is seen before the baseline. The CPU matmuls compile a kernel per
+        # batch size bucket once (models/buckets.py); started all at once, the batch was
+        # never small until the traffic ended, and the kernels compiled then (~35 MiB) read
+        # as growth at the end.
+        ramp = min(args.warmup, args.duration / 2) / 2
+        tasks = [
+            worker(args.seed + i, ramp * i / args.concurrency) for i in range(args.concurrency)
+        ]
         await asyncio.gather(*tasks, prober(), sampler())
         # Abandoned requests end server-side a moment later: wait for an empty engine.
         idle_deadline = time.monotonic() + IDLE_TIMEOUT_S
