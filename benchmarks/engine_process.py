@@ -34,7 +34,7 @@ from serve_vs_vllm import (
     request_body,
     run_level,
 )
-from server_process import Server
+from server_process import Server, own_registry
 
 MODES = {"in-process": [], "engine-process": ["--engine-process"]}
 HEALTH_EVERY_S = 0.02
@@ -135,6 +135,7 @@ def run_model(preset: str, args: Any) -> list[ModeResult]:
             command += ["--host", "127.0.0.1", "--port", str(port)]
             command += ["--served-model-name", folder.name]
             log = args.logs / f"{name}-{preset}.log"
+            command += own_registry(log)
             server = Server(name, command, port, log, env)
             result = ModeResult(name)
             running.append((server, result))

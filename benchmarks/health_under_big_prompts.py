@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 from engine_process import HealthProbe, free_port, percentile
 from serve_vs_vllm import REPO, ensure_model, load_average
-from server_process import NeighbourCpu, Server
+from server_process import NeighbourCpu, Server, own_registry
 
 MiB = 1 << 20
 PROMPT_SIZES = [16 * MiB] + [4 * MiB] * 8
@@ -123,8 +123,10 @@ def main() -> int:
             command = [sys.executable, "-m", "vlmserve.cli", "serve", str(folder)]
             command += ["--host", "127.0.0.1", "--port", str(port), "--cpu-threads", "1"]
             command += ["--served-model-name", folder.name]
+            log = args.logs / f"health-{name}.log"
+            command += own_registry(log)
             env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-            server = Server(name, command, port, args.logs / f"health-{name}.log", env)
+            server = Server(name, command, port, log, env)
             servers.append((name, server))
             print(f"{name} ({src}): ready after {server.wait_ready(args.startup_timeout):.1f} s")
         results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in servers}

@@ -37,7 +37,7 @@ import httpx
 import jsonschema
 import numpy as np
 from PIL import Image
-from server_process import NeighbourCpu, Server, start_vllm
+from server_process import NeighbourCpu, Server, own_registry, start_vllm
 from shared_dir import shared_dir
 
 from vlmserve.safety.policy import load_policy
@@ -270,6 +270,7 @@ def start_vlmserve(folder: Path, port: int, log: Path) -> Server:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     command = [sys.executable, "-m", "vlmserve.cli", "serve", str(folder)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", folder.name]
+    command += own_registry(log)
     return Server("vlmserve", command, port, log, env)
 
 

@@ -171,6 +171,16 @@ class NeighbourCpu:
         pass
 
 
+def own_registry(log: Path) -> list[str]:
+    """`--registry` flags for a benchmark's vlmserve: a registry file of its own next to its
+    log, emptied first. Without them `serve` records the benchmark's model in the user's
+    registry (~/.local/share/vlmserve), and every later `vlmserve serve` lists it."""
+    db = log.with_suffix(".db")
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        path.unlink(missing_ok=True)
+    return ["--registry", str(db)]
+
+
 def start_vllm(serve_sh: Path, folder: Path, port: int, log: Path, venv: Path) -> Server:
     """vLLM's CPU build on `folder`, started by the peer's `serve.sh` (which backgrounds the
     server and writes its pid next to `log`). Ready once its port answers /v1/models: vLLM
