@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 from serve_vs_vllm import ensure_model, make_images, problem, request_body
-from server_process import Server
+from server_process import Server, own_registry
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_KEY = "bench-admin"
@@ -166,7 +166,7 @@ def start(folder: Path, port: int, log: Path, ray: bool) -> Server:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     command = [sys.executable, "-m", "vlmserve.cli", "serve", str(folder)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", "bench"]
-    command += ["--admin-api-key", ADMIN_KEY, "--registry", str(log.with_suffix(".db"))]
+    command += ["--admin-api-key", ADMIN_KEY, *own_registry(log)]
     if ray:
         env.update(FAST_METRICS, RAY_TMPDIR=tempfile.mkdtemp(prefix="vr-bench-", dir="/tmp"))
         command += ["--ray", "--ray-config", json.dumps(RAY_CONFIG), "--load-timeout", "900"]
