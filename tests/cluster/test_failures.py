@@ -41,6 +41,16 @@ async def test_kill_9_of_a_replica_under_load(
     )  # fmt: skip
     await async_wait_for(lambda: len(replicas(ray_instance, app)) == 2, STARTUP_S, "2 replicas")
     before = {r.pid for r in replicas(ray_instance, app)}
+    # This process's router learns of each replica on its own schedule. Until both have
+    # answered, the streams could all queue on one, and the first finish before the kill
+    # (seen in CI: no stream was cut).
+    deadline = asyncio.get_running_loop().time() + STARTUP_S
+    answered: set[int] = set()
+    probes = 0
+    while answered != before:
+        probes += 1
+        answered.add((await generate_directly(app.alias, f"probe-{probes}")).pid)
+        assert asyncio.get_running_loop().time() < deadline, "both replicas never answered"
     engine = RemoteEngine(
         app.alias, RemotePolicy(load_timeout=STARTUP_S, request_timeout=STARTUP_S + 60)
     )
