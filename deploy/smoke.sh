@@ -144,6 +144,11 @@ for ((i = 0; i < 60; i++)); do
 done
 [[ "$health" == healthy ]] || die "HEALTHCHECK says '$health' after 60 s"
 log "HEALTHCHECK: healthy"
+# The attention kernel compiled inside the container (the image carries gcc for it).
+kernel_log=$(timeout 20 docker logs "$CONTAINER" 2>&1) || die "docker logs"
+grep -q "native attention kernel ready" <<< "$kernel_log" \
+    || die "the attention kernel was not built in the container: $(grep -m1 'native attention' <<< "$kernel_log")"
+log "attention kernel: built in the container"
 
 t0=$(date +%s.%N)
 timeout $((DRAIN_TIMEOUT + 30)) docker stop -t "$DRAIN_TIMEOUT" "$CONTAINER" > /dev/null \

@@ -1,12 +1,25 @@
-"""The attention paths agree: written-out grouped matmuls, SDPA, and the paged decode path."""
+"""The attention paths agree: written-out grouped matmuls, SDPA, the paged torch paths and our
+kernel (models/native.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vlmserve.models import attention
+from tests.models.kernel import require_kernel
+from vlmserve.models import attention, native
 from vlmserve.models.attention import AttentionMetadata, dense_attention, paged_attention
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """paged_attention with our kernel, and with the torch paths (devices and machines
+    without it)."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "load", lambda: None)
+    else:
+        require_kernel()
+    return str(request.param)
 
 
 def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -34,7 +47,7 @@ def test_dense_attention_paths_match(
     assert torch.allclose(out, reference(q, k, v, causal), atol=1e-5)
 
 
-def test_paged_decode_matches_dense_attention() -> None:
+def test_paged_decode_matches_dense_attention(backend: str) -> None:
     """Two sequences of different lengths decode one token each through the paged cache."""
     torch.manual_seed(0)
     block_size, lens = 4, [5, 11]
@@ -72,7 +85,7 @@ def test_paged_decode_matches_dense_attention() -> None:
         ([6, 30, 7], [2, 20, 7]),  # a prompt chunk (one by one) and a whole prompt
     ],
 )
-def test_mixed_batch_rows_of_every_kind(lens: list[int], new: list[int]) -> None:
+def test_mixed_batch_rows_of_every_kind(backend: str, lens: list[int], new: list[int]) -> None:
     """Decode rows, short multi-token rows (e.g. forced tokens), prompt chunks and whole
     prompts in one step each see exactly their own context."""
     torch.manual_seed(1)

@@ -13,11 +13,13 @@ manager reserves it), so padded block-table entries can point at it harmlessly.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from vlmserve.models import native
 from vlmserve.models.buckets import bucket
 
 
@@ -42,6 +44,22 @@ class AttentionMetadata:
     @property
     def all_decode(self) -> bool:
         return all(q == 1 for q in self.query_lens)
+
+    @functools.cached_property
+    def token_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per new token: its sequence (row of `block_tables`) and how many tokens it sees
+        (its position + 1), as int64 tensors. Computed once per step, shared by all layers."""
+        device = self.slot_mapping.device
+        if self.all_decode:
+            rows = torch.arange(len(self.query_lens), device=device)
+            return rows, torch.tensor(self.context_lens, device=device)
+        counts = torch.tensor(self.query_lens, device=device)
+        rows = torch.repeat_interleave(torch.arange(len(self.query_lens), device=device), counts)
+        # Token j (from 0) of a row with q new tokens and c in all sees c - q + j + 1.
+        starts = torch.cumsum(counts, 0) - counts
+        within = torch.arange(int(counts.sum()), device=device) - starts[rows]
+        ends = torch.tensor(self.context_lens, device=device) - counts
+        return rows, ends[rows] + within + 1
 
 
 def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
@@ -84,6 +102,14 @@ def paged_attention(
     batched call; prompt chunks attend one by one. Under jump-ahead most steps mix the two
     kinds, so they are split rather than falling back to one by one."""
     write_kv(kv_cache, k, v, meta.slot_mapping)
+    if q.device.type == "cpu":
+        # Our kernel (models/native.py): every token over its context, read in place, the
+        # same arithmetic whichever step or chunk the token came in. The torch paths below
+        # stay for other devices and machines where it cannot be built.
+        rows, lens = meta.token_rows
+        out = native.paged_attention(q, kv_cache, meta.block_tables, rows, lens, scale)
+        if out is not None:
+            return out
     if meta.all_decode:
         return _decode_attention(q, kv_cache, meta.context_lens, meta.block_tables, scale)
     out = torch.empty_like(q)

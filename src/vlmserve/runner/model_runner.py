@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vlmserve.models import native
 from vlmserve.models.attention import AttentionMetadata, kv_cache_shape
 from vlmserve.models.base import VLModel
 from vlmserve.models.decoder import fuse_projections
@@ -58,6 +59,8 @@ class ModelRunner:
             fuse_projections(model)
             if device.type == "cpu" and dtype == torch.bfloat16:
                 prepack_linears(model)
+        if device.type == "cpu":
+            native.load()  # built now (or found cached), not in the first request's step
         self.model = model
         self.device = device
         self.dtype = dtype
@@ -65,7 +68,10 @@ class ModelRunner:
         c = model.config
         shape = kv_cache_shape(num_blocks, block_size, c.num_key_value_heads, c.head_dim)
         self.kv_caches = [
-            torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.num_hidden_layers)
+            native.allocate_huge(shape, dtype)
+            if device.type == "cpu"
+            else torch.zeros(shape, dtype=dtype, device=device)
+            for _ in range(c.num_hidden_layers)
         ]
 
     @torch.inference_mode()

@@ -1,0 +1,245 @@
+"""Our C kernels on CPU: built from source on first use, cached, called through ctypes.
+
+One kernel so far, `paged_attention.c`: decode attention that reads each row's keys and
+values where they lie in the paged cache, instead of gathering the blocks into a batch
+tensor for two `bmm`s (the gather and the matmuls were most of a `small` decode step at
+concurrency 32; docs/benchmarks.md). It is compiled with the machine's C compiler (`$CC`,
+else `cc`) for the CPU it runs on (`-march=native`), into `<cache>/kernels/` under a name
+that hashes the source, the flags, the compiler and the CPU, so a changed source, compiler
+or machine builds afresh and concurrent builders never see a half-written file. Where no
+compiler works the engine logs why once and keeps the torch path (`attention.py`);
+`VLMSERVE_NATIVE_KERNELS=0` chooses that path on purpose.
+
+ctypes releases the GIL during the call, so with several torch threads the (row, KV head)
+items are split across a small pool of Python threads; with one (the server's default on
+small machines) the calling thread does them all.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from vlmserve.config import cache_dir
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("paged_attention.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"]
+if platform.machine() in ("x86_64", "AMD64"):
+    # Compilers default to 256-bit vectors on x86 even where 512-bit ones exist; the kernel's
+    # portable loops ran ~1.5x slower that way here (AVX-512 Xeon, measured).
+    FLAGS.append("-mprefer-vector-width=512")
+ENV_SWITCH = "VLMSERVE_NATIVE_KERNELS"
+# Below this many (row, KV head) items a second thread costs more than it saves.
+MIN_ITEMS_PER_THREAD = 8
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_ARGTYPES = [_P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, _I, _I, _I]
+
+
+class _Kernels:
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self.library = library  # kept: the functions below live in it
+        self.by_dtype = {}
+        for dtype, name in (
+            (torch.bfloat16, "paged_attention_bf16"),
+            (torch.float32, "paged_attention_f32"),
+        ):
+            function = getattr(library, name)
+            function.restype = ctypes.c_int
+            function.argtypes = _ARGTYPES
+            self.by_dtype[dtype] = function
+        self.pool: ThreadPoolExecutor | None = None
+        self.pool_size = 0
+
+
+_lock = threading.Lock()
+_loaded: _Kernels | None = None
+_tried = False
+
+
+def _enabled() -> bool:
+    value = os.environ.get(ENV_SWITCH, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{ENV_SWITCH} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the CPU's model and feature flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine() + platform.processor()
+    wanted = ("model name", "flags", "Features", "CPU implementer", "CPU part")
+    return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in wanted}))
+
+
+def _build(compiler: str) -> Path:
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_identity()]).encode()
+    ).hexdigest()[:16]
+    target = cache_dir() / "kernels" / f"paged_attention-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        result = subprocess.run(
+            [compiler, *FLAGS, "-o", str(built), str(SOURCE)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr.strip()[-2000:] or f"exit status {result.returncode}")
+        os.replace(built, target)  # atomic: another process sees no file or a whole one
+    return target
+
+
+def load() -> _Kernels | None:
+    """The kernels, built on first call (about half a second) and then cached; None where
+    they are switched off or cannot be built (the reason is logged once)."""
+    global _loaded, _tried
+    with _lock:
+        if _tried:
+            return _loaded
+        _tried = True
+        if not _enabled():
+            logger.info("native kernels off (%s=0): decode attention uses torch", ENV_SWITCH)
+            return None
+        compiler = os.environ.get("CC") or "cc"
+        try:
+            path = _build(compiler)
+            _loaded = _Kernels(ctypes.CDLL(str(path)))
+            logger.info("native attention kernel ready: %s", path)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            logger.warning(
+                "could not build the native attention kernel with %r (%s); decode attention "
+                "uses the slower torch path",
+                compiler,
+                str(exc).splitlines()[-1] if str(exc) else type(exc).__name__,
+            )
+        return _loaded
+
+
+def reset() -> None:
+    """Forget the loaded kernels (tests: to rebuild under another environment)."""
+    global _loaded, _tried
+    with _lock:
+        if _loaded is not None and _loaded.pool is not None:
+            _loaded.pool.shutdown(wait=True)
+        _loaded, _tried = None, False
+
+
+def paged_attention(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    token_seqs: torch.Tensor,
+    token_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor | None:
+    """Causal attention of every query token over its sequence's cached context, read in
+    place: q [T, Hq, D] -> [T, Hq, D]. Token i belongs to the sequence of block-table row
+    `token_seqs[i]` and sees that sequence's first `token_lens[i]` tokens (int64 tensors).
+    None where the kernel does not apply (not CPU, a dtype it lacks, q and the cache in
+    different dtypes, a head layout beyond its limits, or no kernel)."""
+    kernels = load()
+    if (
+        kernels is None
+        or q.device.type != "cpu"
+        or q.dtype != kv_cache.dtype
+        or q.dtype not in kernels.by_dtype
+        or not kv_cache.is_contiguous()
+    ):
+        return None
+    function = kernels.by_dtype[q.dtype]
+    tokens, num_heads, head_dim = q.shape
+    num_kv_heads, num_blocks, block_size = kv_cache.shape[1], kv_cache.shape[2], kv_cache.shape[3]
+    q = q.contiguous()
+    tables = block_tables.to(torch.int64).contiguous()
+    token_seqs = token_seqs.to(torch.int64).contiguous()
+    token_lens = token_lens.to(torch.int64).contiguous()
+    if token_seqs.shape != (tokens,) or token_lens.shape != (tokens,):
+        raise ValueError("one sequence and one length per query token")
+    # The kernel trusts these indices; a wrong one must be an error, not a stray read.
+    if tokens and (
+        int(tables.max()) >= num_blocks
+        or int(tables.min()) < 0
+        or int(token_seqs.max()) >= tables.shape[0]
+        or int(token_lens.min()) < 1
+        or int(token_lens.max()) > tables.shape[1] * block_size
+    ):
+        raise IndexError("block tables, sequences or lengths outside the KV cache")
+    out = torch.empty_like(q)
+    fixed = (
+        q.data_ptr(), kv_cache.data_ptr(), tables.data_ptr(), tables.shape[1],
+        token_seqs.data_ptr(), token_lens.data_ptr(), out.data_ptr(), num_heads, num_kv_heads,
+        head_dim, num_blocks, block_size, scale,
+    )  # fmt: skip
+    items = tokens * num_kv_heads
+    threads = min(torch.get_num_threads(), max(1, items // MIN_ITEMS_PER_THREAD))
+
+    def share(first: int) -> int:
+        # Interleaved, not in runs: a prompt's late tokens see far more context than its
+        # early ones, and every thread should get some of each.
+        return int(function(*fixed, first, items, threads))
+
+    if threads == 1:
+        status = share(0)
+    else:
+        futures = [_pool(kernels, threads - 1).submit(share, i) for i in range(1, threads)]
+        status = min([share(0), *(future.result() for future in futures)])
+    if status == -1:
+        return None  # a head layout the kernel does not take
+    if status != 0:
+        raise MemoryError("the native attention kernel could not allocate its scratch space")
+    return out
+
+
+_HUGE_PAGE = 1 << 21
+_MADV_HUGEPAGE = 14
+
+
+def allocate_huge(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed CPU tensor whose memory the kernel is asked to back with 2 MiB pages (Linux
+    `madvise(MADV_HUGEPAGE)`, before the first touch): attention reads a KV cache's blocks
+    in no particular order, and with 4 KiB pages nearly every block is a TLB miss. Measured
+    here (a 0.5 GiB layer cache, blocks in random order): decode attention 2.2 -> 1.6 ms a
+    layer. Where the advice is refused (other systems, THP off) the pages stay small."""
+    tensor = torch.empty(shape, dtype=dtype)
+    if sys.platform == "linux" and tensor.nbytes >= _HUGE_PAGE:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        start = -(-tensor.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+        end = (tensor.data_ptr() + tensor.nbytes) // _HUGE_PAGE * _HUGE_PAGE
+        if end > start:
+            libc.madvise(start, end - start, _MADV_HUGEPAGE)
+    return tensor.zero_()
+
+
+def _pool(kernels: _Kernels, size: int) -> ThreadPoolExecutor:
+    with _lock:
+        if kernels.pool is None or kernels.pool_size < size:
+            if kernels.pool is not None:
+                kernels.pool.shutdown(wait=False)
+            kernels.pool = ThreadPoolExecutor(size, thread_name_prefix="vlmserve-attention")
+            kernels.pool_size = size
+        return kernels.pool
