@@ -47,7 +47,7 @@ MIN_ITEMS_PER_THREAD = 8
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
-_ARGTYPES = [_P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, _I, _I, _I]
+_ARGTYPES = [_P, _P, _P, _I, _I, _P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, _I, _I, _I]
 
 
 class _Kernels:
@@ -179,18 +179,9 @@ def paged_attention(
     token_lens = token_lens.to(torch.int64).contiguous()
     if token_seqs.shape != (tokens,) or token_lens.shape != (tokens,):
         raise ValueError("one sequence and one length per query token")
-    # The kernel trusts these indices; a wrong one must be an error, not a stray read.
-    if tokens and (
-        int(tables.max()) >= num_blocks
-        or int(tables.min()) < 0
-        or int(token_seqs.max()) >= tables.shape[0]
-        or int(token_lens.min()) < 1
-        or int(token_lens.max()) > tables.shape[1] * block_size
-    ):
-        raise IndexError("block tables, sequences or lengths outside the KV cache")
     out = torch.empty_like(q)
     fixed = (
-        q.data_ptr(), kv_cache.data_ptr(), tables.data_ptr(), tables.shape[1],
+        q.data_ptr(), kv_cache.data_ptr(), tables.data_ptr(), tables.shape[0], tables.shape[1],
         token_seqs.data_ptr(), token_lens.data_ptr(), out.data_ptr(), num_heads, num_kv_heads,
         head_dim, num_blocks, block_size, scale,
     )  # fmt: skip
@@ -209,6 +200,8 @@ def paged_attention(
         status = min([share(0), *(future.result() for future in futures)])
     if status == -1:
         return None  # a head layout the kernel does not take
+    if status == -3:
+        raise IndexError("block tables, sequences or lengths outside the KV cache")
     if status != 0:
         raise MemoryError("the native attention kernel could not allocate its scratch space")
     return out

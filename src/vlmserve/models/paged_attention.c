@@ -266,19 +266,30 @@ static void bf16_item(const bf16 *q, const bf16 *keys, const bf16 *values, const
    of a prompt's long and short rows). q, out: [tokens, num_heads, head_dim]; kv: one layer's
    cache [2, num_kv_heads, num_blocks, block_size, head_dim]; tables: [sequences,
    table_stride] block ids; seqs: [tokens] each token's sequence; lens: [tokens] (>= 1).
-   Returns 0, -1 for a head layout it does not take, -2 when out of memory. */
+   Returns 0, -1 for a head layout it does not take, -2 when out of memory, -3 for a
+   sequence, length or block id outside the tables or the cache (nothing is read then). */
 #define DEFINE_ATTENTION(NAME, T, ITEM)                                                        \
-int NAME(const T *q, const T *kv, const int64_t *tables, int64_t table_stride,                 \
-         const int64_t *seqs, const int64_t *lens, T *out, int64_t num_heads,                  \
-         int64_t num_kv_heads, int64_t head_dim, int64_t num_blocks, int64_t block_size,       \
-         float scale, int64_t begin, int64_t end, int64_t step) {                              \
+int NAME(const T *q, const T *kv, const int64_t *tables, int64_t num_seqs,                    \
+         int64_t table_stride, const int64_t *seqs, const int64_t *lens, T *out,               \
+         int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t num_blocks,        \
+         int64_t block_size, float scale, int64_t begin, int64_t end, int64_t step) {          \
     const int64_t group = num_heads / num_kv_heads;                                            \
     if (group > MAX_GROUP || head_dim > MAX_HEAD_DIM || group * num_kv_heads != num_heads)     \
         return -1;                                                                             \
     const int64_t head_elems = num_blocks * block_size * head_dim;                             \
     int64_t longest = 1;                                                                       \
-    for (int64_t item = begin; item < end; item += step)                                       \
-        if (lens[item / num_kv_heads] > longest) longest = lens[item / num_kv_heads];          \
+    for (int64_t item = begin; item < end; item += step) {                                     \
+        /* Every index is checked before any is used: a wrong one is an error, not a read   \
+           outside the cache. */                                                               \
+        const int64_t token = item / num_kv_heads, seq = seqs[token], len = lens[token];       \
+        if (seq < 0 || seq >= num_seqs || len < 1 || len > table_stride * block_size)          \
+            return -3;                                                                         \
+        for (int64_t i = 0; i < (len + block_size - 1) / block_size; i++) {                    \
+            const int64_t block = tables[seq * table_stride + i];                              \
+            if (block < 0 || block >= num_blocks) return -3;                                   \
+        }                                                                                      \
+        if (len > longest) longest = len;                                                      \
+    }                                                                                          \
     float *scores = malloc(sizeof(float) * group * longest);                                   \
     if (!scores) return -2;                                                                    \
     for (int64_t item = begin; item < end; item += step) {                                     \
