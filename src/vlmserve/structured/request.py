@@ -15,6 +15,7 @@ budget equals the closing length, `forced_tokens` returns the whole close.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import llguidance
@@ -29,6 +30,7 @@ from vlmserve.structured.closer import (
     shortest_completion,
     split_into_tokens,
 )
+from vlmserve.structured.memo import SEARCHES, output_key
 
 # Limits (matcher states visited, ~5 us each) for the closer's search. From the current state
 # (compile, after a rollback) a failure is an error, so it may search long (~1 s); when
@@ -299,7 +301,7 @@ class RequestGrammar:
             candidates = [hint[self._history[-1][0] :], hint]
         data = next((c for c in candidates if self._completes(c)), None)
         if data is None:
-            data = shortest_completion(self._bytes, self._nesting, max_nodes)
+            data = self._search(lambda: self._bytes, self._byte_log, self._nesting, max_nodes)
         if data is None and max_nodes >= SEARCH_NODES:
             self._rebuild_byte_matcher()
             data = shortest_completion(self._bytes, self._nesting, max_nodes)
@@ -315,18 +317,42 @@ class RequestGrammar:
         after = list(data)
         found = next((c for c in (hint[len(data) :], hint) if self._completes(c, after)), None)
         if found is None:
-            probe = self._bytes.deep_copy()
-            if not probe.consume_tokens(after):
-                # The shared lexer cache ran out (see _rebuild_byte_matcher): as accepting
-                # the token would, continue on a private byte matcher.
-                self._rebuild_byte_matcher()
-                probe = self._bytes.deep_copy()
-                if not probe.consume_tokens(after):
-                    raise RuntimeError(f"byte matcher diverged: {probe.get_error()[:200]}")
-            found = shortest_completion(probe, self._nesting.scan(data), STEER_SEARCH_NODES)
+
+            def probe() -> llguidance.LLMatcher:
+                matcher = self._bytes.deep_copy()
+                if not matcher.consume_tokens(after):
+                    # The shared lexer cache ran out (see _rebuild_byte_matcher): as
+                    # accepting the token would, continue on a private byte matcher.
+                    self._rebuild_byte_matcher()
+                    matcher = self._bytes.deep_copy()
+                    if not matcher.consume_tokens(after):
+                        raise RuntimeError(f"byte matcher diverged: {matcher.get_error()[:200]}")
+                return matcher
+
+            nesting = self._nesting.scan(data)
+            found = self._search(probe, self._byte_log + after, nesting, STEER_SEARCH_NODES)
         if found is None:
             return None
         return _Closing(found, self.tokens_for(found, after=[token_id]))
+
+    def _search(
+        self,
+        matcher: Callable[[], llguidance.LLMatcher],
+        log: list[int],
+        nesting: Nesting,
+        max_nodes: int,
+    ) -> bytes | None:
+        """shortest_completion from the byte matcher `matcher()` makes, in this grammar's
+        state after the bytes `log`: remembered across requests (structured/memo.py), and
+        the matcher made only when the search runs."""
+        output = output_key(log)
+        key = None if output is None else (self._grammar, output, nesting, max_nodes)
+        found = None if key is None else SEARCHES.get(key)
+        if found is None:
+            found = shortest_completion(matcher(), nesting, max_nodes)
+            if found is not None and key is not None:
+                SEARCHES.put(key, found)
+        return found
 
     def _rebuild_byte_matcher(self) -> None:
         """A private byte matcher replaying this request's bytes.
