@@ -231,8 +231,8 @@ def allocate_huge(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 def _pool(kernels: _Kernels, size: int) -> ThreadPoolExecutor:
     with _lock:
         if kernels.pool is None or kernels.pool_size < size:
-            if kernels.pool is not None:
-                kernels.pool.shutdown(wait=False)
+            # The smaller pool is dropped, not shut down: another engine thread of this
+            # process may be submitting to it right now. Its idle threads end with it.
             kernels.pool = ThreadPoolExecutor(size, thread_name_prefix="vlmserve-attention")
             kernels.pool_size = size
         return kernels.pool
