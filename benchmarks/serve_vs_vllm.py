@@ -13,8 +13,10 @@ The vLLM peer is not part of CI: it is looked for in --vllm-venv (installed by
 ../shared/peers/vllm-cpu/install.sh). Without it vlmserve is measured alone and the script
 says so. Both servers stay up for the whole run (started one after the other, so that start-up
 is timed alone) and the levels alternate between them, so that a neighbour who comes and
-goes on the 2 shared cores hits both alike; each level shows the CPU that processes other
-than the server and this client used meanwhile (in cores of 2): a noisy neighbour shows.
+goes on the 2 shared cores hits both alike; the server not being measured is paused
+(SIGSTOP to its process group; `--no-pause` leaves it running), and each level shows the CPU
+that processes other than the server and this client used meanwhile (in cores of 2): a
+noisy neighbour shows.
 """
 
 from __future__ import annotations
@@ -204,8 +206,15 @@ async def drive(
         # keep-alive connections reach uvicorn's 5 s keep-alive timeout, and reusing one
         # just as the server closes it fails the request (seen with vLLM at concurrency 32).
         url = f"http://127.0.0.1:{server.port}"
-        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-            return await run_level(client, bodies, conc, server.memory.pid)
+        others = [other for other, _ in servers if other is not server] if args.pause_idle else []
+        for other in others:
+            other.pause()
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+                return await run_level(client, bodies, conc, server.memory.pid)
+        finally:
+            for other in others:
+                other.resume()
 
     # Warm-up (untimed, the same for both servers): grammar compile, lazy initialisation
     # and every image once, so that the levels measure steady state with warm vision
@@ -351,6 +360,13 @@ def main() -> int:
         "--warmup", type=int, default=0, help="untimed requests first (default: one per image)"
     )
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument(
+        "--no-pause",
+        dest="pause_idle",
+        action="store_false",
+        help="leave the idle server running while the other is measured (before 2026-12-03 "
+        "runs did: vLLM's idle engine then kept up to a core of two busy)",
+    )
     parser.add_argument("--vllm-venv", type=Path, default=Path("/tmp/peer-vllm-cpu"))
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--startup-timeout", type=float, default=300)

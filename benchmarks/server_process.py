@@ -115,12 +115,22 @@ class Server:
             for line in log.read_text(errors="replace").splitlines()[-lines:]
         )
 
+    def pause(self) -> None:
+        """Stop every process of the server (SIGSTOP to its group): an idle server may still
+        spin (vLLM's engine core kept up to a core busy), and it must not take CPU from the
+        server being measured."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> float:
         """Stop the whole session (its process group: the server outlives serve.sh there)
         and return the peak RSS in MiB."""
         peak = self.memory.stop()
         group = self.process.pid
         try:
+            os.killpg(group, signal.SIGCONT)  # a paused server handles SIGTERM only once resumed
             os.killpg(group, signal.SIGTERM)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
