@@ -46,6 +46,7 @@ def test_variables_are_parsed_as_flags() -> None:
         "VLMSERVE_SHUTDOWN_TIMEOUT": "45",
         # Not flags, read elsewhere; and what Kubernetes injects for a Service: ignored.
         "VLMSERVE_DATA_DIR": "/data",
+        "VLMSERVE_NATIVE_KERNELS": "0",
         "VLMSERVE_SERVICE_HOST": "10.0.0.1",
         "VLMSERVE_PORT_8000_TCP_ADDR": "10.0.0.1",
         "OTHER": "x",

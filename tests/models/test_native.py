@@ -170,8 +170,9 @@ def test_the_switch_turns_it_off_and_is_checked(monkeypatch: pytest.MonkeyPatch)
     assert native.load() is None
     monkeypatch.setenv(native.ENV_SWITCH, "yes")
     native.reset()
-    with pytest.raises(ValueError, match="VLMSERVE_NATIVE_KERNELS must be 0 or 1, got 'yes'"):
-        native.load()
+    for _ in range(2):  # not only the first time
+        with pytest.raises(ValueError, match="VLMSERVE_NATIVE_KERNELS must be 0 or 1, got 'yes'"):
+            native.load()
 
 
 def test_a_built_kernel_is_reused_and_a_changed_source_rebuilds(

@@ -26,7 +26,9 @@ from vlmserve.config import MediaFetchTimeout
 
 PREFIX = "VLMSERVE_"
 # Read elsewhere, not flags: the data and cache folders, the admin key `vlmserve models` sends.
-NOT_FLAGS = frozenset({"VLMSERVE_DATA_DIR", "VLMSERVE_CACHE", "VLMSERVE_ADMIN_KEY"})
+NOT_FLAGS = frozenset(
+    {"VLMSERVE_DATA_DIR", "VLMSERVE_CACHE", "VLMSERVE_ADMIN_KEY", "VLMSERVE_NATIVE_KERNELS"}
+)
 _SERVICE_LINK = re.compile(r"VLMSERVE_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_\w+)")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})

@@ -1,16 +1,17 @@
 """Our C kernels on CPU: built from source on first use, cached, called through ctypes.
 
-One kernel so far, `paged_attention.c`: decode attention that reads each row's keys and
-values where they lie in the paged cache, instead of gathering the blocks into a batch
-tensor for two `bmm`s (the gather and the matmuls were most of a `small` decode step at
-concurrency 32; docs/benchmarks.md). It is compiled with the machine's C compiler (`$CC`,
+One kernel so far, `paged_attention.c`: causal attention of every new token (decodes,
+forced tokens, prompt chunks, whole prompts) that reads its sequence's keys and values where
+they lie in the paged cache, instead of gathering the blocks into a batch tensor for two
+`bmm`s (the gather and the matmuls were most of a `small` decode step at concurrency 32;
+docs/benchmarks.md), with the same arithmetic for a token whatever its path. It is compiled with the machine's C compiler (`$CC`,
 else `cc`) for the CPU it runs on (`-march=native`), into `<cache>/kernels/` under a name
 that hashes the source, the flags, the compiler and the CPU, so a changed source, compiler
 or machine builds afresh and concurrent builders never see a half-written file. Where no
 compiler works the engine logs why once and keeps the torch path (`attention.py`);
 `VLMSERVE_NATIVE_KERNELS=0` chooses that path on purpose.
 
-ctypes releases the GIL during the call, so with several torch threads the (row, KV head)
+ctypes releases the GIL during the call, so with several torch threads the (token, KV head)
 items are split across a small pool of Python threads; with one (the server's default on
 small machines) the calling thread does them all.
 """
@@ -38,11 +39,12 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("paged_attention.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"]
 if platform.machine() in ("x86_64", "AMD64"):
-    # Compilers default to 256-bit vectors on x86 even where 512-bit ones exist; the kernel's
-    # portable loops ran ~1.5x slower that way here (AVX-512 Xeon, measured).
+    # Compilers default to 256-bit vectors on x86 even where 512-bit ones exist: without
+    # this the kernel's portable loops (the value sums among them) stay at half width.
     FLAGS.append("-mprefer-vector-width=512")
 ENV_SWITCH = "VLMSERVE_NATIVE_KERNELS"
-# Below this many (row, KV head) items a second thread costs more than it saves.
+# A thread gets at least this many (token, KV head) items: fewer would not pay for the
+# hand-off to the pool (a few microseconds).
 MIN_ITEMS_PER_THREAD = 8
 
 _P = ctypes.c_void_p
@@ -120,9 +122,10 @@ def load() -> _Kernels | None:
     with _lock:
         if _tried:
             return _loaded
+        enabled = _enabled()  # a bad value raises on every call, not only the first
         _tried = True
-        if not _enabled():
-            logger.info("native kernels off (%s=0): decode attention uses torch", ENV_SWITCH)
+        if not enabled:
+            logger.info("native kernels off (%s=0): attention uses the torch paths", ENV_SWITCH)
             return None
         compiler = os.environ.get("CC") or "cc"
         try:
@@ -131,8 +134,8 @@ def load() -> _Kernels | None:
             logger.info("native attention kernel ready: %s", path)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             logger.warning(
-                "could not build the native attention kernel with %r (%s); decode attention "
-                "uses the slower torch path",
+                "could not build the native attention kernel with %r (%s); attention uses "
+                "the slower torch paths",
                 compiler,
                 str(exc).splitlines()[-1] if str(exc) else type(exc).__name__,
             )
