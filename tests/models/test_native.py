@@ -3,9 +3,12 @@ chunk or batch it comes in, and a clean fall-back to the torch paths where it ca
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -193,7 +196,25 @@ def test_a_built_kernel_is_reused_and_a_changed_source_rebuilds(
     )  # no scratch folder left behind
 
 
-def test_a_huge_page_cache_is_zeroed() -> None:
-    tensor = native.allocate_huge((2, 2, 64, 16, 64), torch.bfloat16)
-    assert tensor.shape == (2, 2, 64, 16, 64) and tensor.dtype == torch.bfloat16
-    assert not tensor.any()
+@pytest.mark.skipif(sys.platform != "linux", reason="madvise(MADV_HUGEPAGE) is Linux's")
+def test_a_kv_cache_is_advised_onto_huge_pages_and_zeroed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[int, int, int]] = []
+
+    def madvise(start: int, length: int, advice: int) -> int:
+        calls.append((start, length, advice))
+        return 0
+
+    libc = SimpleNamespace(madvise=madvise)
+    monkeypatch.setattr(ctypes, "CDLL", lambda *args, **kwargs: libc)
+    shape = (2, 2, 768, 16, 64)  # 6 MiB in bf16: at least one whole 2 MiB page inside
+    tensor = native.allocate_huge(shape, torch.bfloat16)
+    assert tensor.shape == shape and tensor.dtype == torch.bfloat16 and not tensor.any()
+    [(start, length, advice)] = calls
+    huge = 1 << 21
+    assert advice == 14 and start % huge == 0 and length % huge == 0 and length >= huge
+    assert tensor.data_ptr() <= start and start + length <= tensor.data_ptr() + tensor.nbytes
+    calls.clear()
+    native.allocate_huge((4, 1024), torch.bfloat16)  # 8 KiB: no whole huge page to advise
+    assert calls == []
