@@ -70,6 +70,7 @@ def run_vlmserve(
         max_num_batched_tokens=args.batched_tokens,
         dtype=args.dtype,
         cpu_threads=args.threads,
+        quantization=args.quantization,
     )
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for _, n in work]
     llm.generate(
@@ -158,10 +159,14 @@ def bench_decode_step(
     net, _ = load_model(model, dtype, torch.device("cpu"))
     block_size = 16
     per_seq = -(-(context + 1) // block_size)
-    runner = ModelRunner(net, torch.device("cpu"), dtype, 1 + per_seq * max(batches), block_size)
+    blocks = 1 + per_seq * max(batches)
+    runner = ModelRunner(net, torch.device("cpu"), dtype, blocks, block_size, args.quantization)
     for cache in runner.kv_caches:
         cache.normal_()
-    print(f"decode step, {context} tokens of context each, {args.dtype}, one forward:")
+    print(
+        f"decode step, {context} tokens of context each, {args.dtype}, "
+        f"quantization {args.quantization}, one forward:"
+    )
     for batch in batches:
         chunks = [
             SeqChunk(
@@ -194,6 +199,12 @@ def main() -> None:
     parser.add_argument("--uniform", action="store_true", help="same image size and budget")
     parser.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default="float32", help="both sides"
+    )
+    parser.add_argument(
+        "--quantization",
+        choices=["none", "int8"],
+        default="none",
+        help="vlmserve's side only (transformers runs the checkpoint's dtype)",
     )
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--profile", action="store_true")

@@ -28,6 +28,7 @@ import collections
 import io
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -245,7 +246,8 @@ def run_model(preset: str, args: argparse.Namespace, with_vllm: bool) -> list[Se
     interleaved, stop them; a server that fails to start is reported and left out."""
     folder = ensure_model(preset)
     print(f"model {preset}: {folder}")
-    starts = [lambda: start_vlmserve(folder, args.port, args.logs / f"vlmserve-{preset}.log")]
+    own_log, extra = args.logs / f"vlmserve-{preset}.log", shlex.split(args.vlmserve_args)
+    starts = [lambda: start_vlmserve(folder, args.port, own_log, extra)]
     if with_vllm:
         log = args.logs / f"vllm-{preset}.log"
         starts.append(
@@ -274,12 +276,12 @@ def run_model(preset: str, args: argparse.Namespace, with_vllm: bool) -> list[Se
     return results
 
 
-def start_vlmserve(folder: Path, port: int, log: Path) -> Server:
+def start_vlmserve(folder: Path, port: int, log: Path, extra: list[str]) -> Server:
     # The worktree's sources, whatever vlmserve the interpreter has installed.
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     command = [sys.executable, "-m", "vlmserve.cli", "serve", str(folder)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", folder.name]
-    command += own_registry(log)
+    command += own_registry(log) + extra
     return Server("vlmserve", command, port, log, env)
 
 
@@ -360,6 +362,12 @@ def main() -> int:
         "--warmup", type=int, default=0, help="untimed requests first (default: one per image)"
     )
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument(
+        "--vlmserve-args",
+        default="",
+        metavar="FLAGS",
+        help="more flags for `vlmserve serve`, one string (e.g. '--cpu-threads 2')",
+    )
     parser.add_argument(
         "--no-pause",
         dest="pause_idle",

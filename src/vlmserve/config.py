@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_LIMIT_MM_PER_PROMPT = {"image": 16, "video": 2}
+# "int8": the decoder's linear layers in int8, weights and activations (CPU only;
+# docs/engine.md, "Quantization").
+QUANTIZATIONS = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class EngineConfig:
     max_num_seqs: int = 32  # sequences running at once
     max_num_batched_tokens: int = 2048  # tokens per step (prefill chunks + decodes)
     block_size: int = 16
+    quantization: str = "none"  # one of QUANTIZATIONS
     num_kv_blocks: int | None = None  # None: derived from kv_cache_memory_bytes
     # None: sized from the memory available (engine/kv_sizing.py, docs/engine.md).
     kv_cache_memory_bytes: int | None = None

@@ -92,6 +92,11 @@ def test_engine_process_with_ray(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--engine-process cannot be combined with --ray" in line
 
 
+def test_int8_quantization_on_cuda(capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(["serve", "/m", "--quantization", "int8", "--device", "cuda:1"], capsys)
+    assert "--quantization int8 runs on CPU only" in line and "--device is cuda:1" in line
+
+
 def test_bad_media_settings(capsys: pytest.CaptureFixture[str]) -> None:
     line = one_line_error(["serve", "/m", "--allowed-media-ports", "0"], capsys)
     assert "--allowed-media-ports must be in 1..65535" in line

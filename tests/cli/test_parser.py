@@ -41,6 +41,8 @@ def test_flags_map_to_configs() -> None:
             '{"video": {"num_frames": 8}, "image": {"max_pixels": 1000000}}',
             "--dtype",
             "bfloat16",
+            "--quantization",
+            "int8",
             "--load-format",
             "dummy",
             "--no-enable-prefix-caching",
@@ -62,6 +64,7 @@ def test_flags_map_to_configs() -> None:
     assert engine.model == "/m" and engine.limit_mm_per_prompt == {"image": 4}
     assert engine.mm_limits == {"image": 4, "video": 2}  # unnamed modalities keep defaults
     assert (engine.dtype, engine.load_format) == ("bfloat16", "dummy")
+    assert engine.quantization == "int8"
     assert not engine.enable_prefix_caching and engine.enable_chunked_prefill
     assert engine.max_num_batched_tokens == 512 and server.cpu_threads == 3
     assert engine.gpu_memory_utilization == 0.5

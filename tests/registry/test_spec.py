@@ -48,6 +48,8 @@ def test_keep_alive_refuses_anything_else_naming_the_field(value: object) -> Non
         ({"max_num_seqs": -1}, "max_num_seqs"),
         ({"kv_cache_memory_bytes": True}, "kv_cache_memory_bytes"),
         ({"dtype": "int8"}, "dtype"),
+        ({"quantization": "awq"}, "quantization"),
+        ({"quantization": "int8", "device": "cuda:0"}, "quantization"),
         ({"device": "tpu"}, "device"),
         ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
         ({"gpu_memory_utilization": 0}, "gpu_memory_utilization"),
@@ -73,9 +75,12 @@ def test_engine_config_takes_server_defaults_but_not_another_models_facts() -> N
         tokenizer="/the/cli/tokenizer",
         max_model_len=4096,
     )
-    config = ModelSpec("a", "/models/a", max_num_seqs=2, limit_mm_per_prompt={"image": 1})
+    config = ModelSpec(
+        "a", "/models/a", max_num_seqs=2, limit_mm_per_prompt={"image": 1}, quantization="int8"
+    )
     built = config.engine_config(defaults)
     assert (built.model, built.dtype, built.max_num_seqs) == ("/models/a", "float32", 2)
+    assert built.quantization == "int8" and defaults.quantization == "none"
     assert built.chat_template is None and built.tokenizer is None
     assert built.max_model_len is None and built.mm_limits == {"image": 1, "video": 2}
     assert ModelSpec("a", "/m", max_model_len=64).engine_config(defaults).max_model_len == 64

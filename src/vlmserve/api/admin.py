@@ -66,6 +66,9 @@ class ModelSettings(StrictModel):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     max_num_seqs: int | None = Field(None, ge=1)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    quantization: Literal["none", "int8"] | None = Field(
+        None, description="int8: the decoder's linear layers in int8 (CPU only)"
+    )
     device: str | None = Field(None, description="auto, cpu, cuda or cuda:N")
     kv_cache_memory_bytes: int | None = Field(None, ge=1)
     limit_mm_per_prompt: dict[str, int] | None = None

@@ -87,6 +87,11 @@ def build_configs(
             "--engine-process cannot be combined with --ray: each Ray replica runs its "
             "engine in a process of its own already"
         )
+    if args.quantization != "none" and args.device.startswith("cuda"):
+        raise ValueError(
+            f"--quantization {args.quantization} runs on CPU only (oneDNN int8 GEMMs); "
+            f"--device is {args.device}"
+        )
     engine_config = EngineConfig(
         model=model,
         max_model_len=args.max_model_len,
@@ -100,6 +105,7 @@ def build_configs(
         device=args.device,
         max_num_batched_tokens=args.max_num_batched_tokens,
         block_size=args.block_size,
+        quantization=args.quantization,
         kv_cache_memory_bytes=args.kv_cache_memory_bytes,
         gpu_memory_utilization=args.gpu_memory_utilization,
         mm_cache_bytes=args.mm_cache_bytes,

@@ -15,7 +15,7 @@ from vlmserve.cli.help import CommaList, byte_size, duration, json_object, keep_
 from vlmserve.cli.logs import configure_logging
 from vlmserve.cli.ops_flags import add_operations_flags
 from vlmserve.cli.tiny import TINY_ARCH, default_tiny_model
-from vlmserve.config import MediaConfig, MediaFetchTimeout, RegistryConfig
+from vlmserve.config import QUANTIZATIONS, MediaConfig, MediaFetchTimeout, RegistryConfig
 from vlmserve.safety import cli as safety_cli
 
 SERVE_DESCRIPTION = """\
@@ -214,6 +214,13 @@ def _engine_flags(engine: Any) -> None:
         choices=["auto", "float32", "bfloat16", "float16"],
         default="auto",
         help="auto: the checkpoint's dtype on CUDA and on CPUs with native bf16, else float32",
+    )
+    engine.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        default="none",
+        help="int8: the decoder's linear layers in int8, weights per channel and activations "
+        "per token (CPU only; faster decode, slightly different outputs; docs/engine.md)",
     )
     engine.add_argument(
         "--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N"

@@ -74,7 +74,12 @@ class LLMEngine:
             config.enable_chunked_prefill,
         )
         self.runner = ModelRunner(
-            self.model, self.device, self.dtype, num_blocks, config.block_size
+            self.model,
+            self.device,
+            self.dtype,
+            num_blocks,
+            config.block_size,
+            config.quantization,
         )
         self.mm_cache = MultiModalCache(config.mm_cache_bytes)
         self.inputs = InputProcessor(

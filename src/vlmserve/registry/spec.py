@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vlmserve.config import EngineConfig
+from vlmserve.config import QUANTIZATIONS, EngineConfig
 from vlmserve.multimodal.policy import NO_OVERRIDES, MediaOverrides
 from vlmserve.registry.errors import SpecError
 
@@ -34,6 +34,7 @@ ENGINE_SETTINGS = (
     "max_model_len",
     "max_num_seqs",
     "dtype",
+    "quantization",
     "device",
     "kv_cache_memory_bytes",
     "gpu_memory_utilization",
@@ -75,6 +76,7 @@ class ModelSpec:
     max_model_len: int | None = None
     max_num_seqs: int | None = None
     dtype: str | None = None
+    quantization: str | None = None
     device: str | None = None
     kv_cache_memory_bytes: int | None = None
     gpu_memory_utilization: float | None = None
@@ -140,8 +142,15 @@ def _check(spec: ModelSpec) -> None:
         _positive_int(spec, name)
     if spec.dtype is not None and spec.dtype not in DTYPES:
         raise SpecError("dtype", f"must be one of {', '.join(DTYPES)}, got {spec.dtype!r}")
+    if spec.quantization is not None and spec.quantization not in QUANTIZATIONS:
+        raise SpecError(
+            "quantization",
+            f"must be one of {', '.join(QUANTIZATIONS)}, got {spec.quantization!r}",
+        )
     if spec.device is not None and not _DEVICE.match(str(spec.device)):
         raise SpecError("device", f"must be auto, cpu, cuda or cuda:N, got {spec.device!r}")
+    if spec.quantization not in (None, "none") and str(spec.device).startswith("cuda"):
+        raise SpecError("quantization", f"{spec.quantization!r} runs on CPU only, not on cuda")
     utilization = spec.gpu_memory_utilization
     if utilization is not None and not (
         isinstance(utilization, int | float) and 0 < utilization <= 1

@@ -15,6 +15,7 @@ from vlmserve.models.attention import AttentionMetadata, kv_cache_shape
 from vlmserve.models.base import VLModel
 from vlmserve.models.decoder import fuse_projections
 from vlmserve.models.layers import prepack_linears
+from vlmserve.models.quantize import check_quantization, quantize_linears
 
 
 @dataclass
@@ -54,9 +55,14 @@ class ModelRunner:
         dtype: torch.dtype,
         num_blocks: int,
         block_size: int,
+        quantization: str = "none",
     ) -> None:
+        check_quantization(quantization, device)
         if isinstance(model, torch.nn.Module):
             fuse_projections(model)
+            # After fusing (q/k/v and gate/up become one int8 GEMM each), before packing
+            # what stays in bf16.
+            quantize_linears(model, quantization)
             if device.type == "cpu" and dtype == torch.bfloat16:
                 prepack_linears(model)
         if device.type == "cpu":
