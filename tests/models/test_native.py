@@ -63,14 +63,23 @@ def _step(
 
 
 @pytest.mark.parametrize(
-    ("dtype", "dim", "atol"),
+    ("dtype", "dim", "heads", "atol"),
     [
-        (torch.bfloat16, 64, 2e-2),  # head dims that are a multiple of 32: the vector path
-        (torch.bfloat16, 8, 2e-2),  # others: the portable loops
-        (torch.float32, 8, 1e-5),
+        # Head dims that are a multiple of 32: the vector path; 32, 64 and 128 sum the values
+        # in passes of 12, 6 and 2 query heads (a group of 7 takes two passes at 64, one of
+        # 3 two at 128), other multiples in the generic loop.
+        (torch.bfloat16, 32, 6, 2e-2),
+        (torch.bfloat16, 64, 6, 2e-2),
+        (torch.bfloat16, 64, 14, 2e-2),
+        (torch.bfloat16, 96, 6, 2e-2),
+        (torch.bfloat16, 128, 6, 2e-2),
+        (torch.bfloat16, 8, 6, 2e-2),  # others: the portable loops
+        (torch.float32, 8, 6, 1e-5),
     ],
 )
-def test_the_kernel_matches_plain_attention(dtype: torch.dtype, dim: int, atol: float) -> None:
+def test_the_kernel_matches_plain_attention(
+    dtype: torch.dtype, dim: int, heads: int, atol: float
+) -> None:
     require_kernel()
     torch.manual_seed(0)
     cache = torch.zeros(attention.kv_cache_shape(64, BLOCK, 2, dim), dtype=dtype)
@@ -79,7 +88,7 @@ def test_the_kernel_matches_plain_attention(dtype: torch.dtype, dim: int, atol: 
     for n in lens:
         seqs.append(_sequence(n, 2, dim, dtype, first))
         first += len(seqs[-1][2])
-    qs = [torch.randn(n, 6, dim).to(dtype) for n in lens]
+    qs = [torch.randn(n, heads, dim).to(dtype) for n in lens]
     for (k, v, table), n, m in zip(seqs, lens, new):  # the context before the new tokens
         slots = torch.tensor([table[p // BLOCK] * BLOCK + p % BLOCK for p in range(n - m)])
         attention.write_kv(cache, k[: n - m], v[: n - m], slots.long())
