@@ -195,9 +195,9 @@ def test_a_built_kernel_is_reused_and_a_changed_source_rebuilds(
     compiler = "cc"
     first = native._build(compiler)
     assert native._build(compiler) == first  # found, not rebuilt
-    changed = tmp_path / "paged_attention.c"
-    changed.write_text(native.SOURCE.read_text() + "\n/* changed */\n")
-    monkeypatch.setattr(native, "SOURCE", changed)
+    changed = tmp_path / "int8_rows.c"  # either source: here the second
+    changed.write_text(native.SOURCES[1].read_text() + "\n/* changed */\n")
+    monkeypatch.setattr(native, "SOURCES", (native.SOURCES[0], changed))
     second = native._build(compiler)
     assert second != first and second.exists()
     assert sorted(p.name for p in (tmp_path / "kernels").iterdir()) == sorted(

@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from tests.models.kernel import require_kernel
+from vlmserve.models import native
 from vlmserve.models.decoder import fuse_projections
 from vlmserve.models.loader import load_model
 from vlmserve.models.quantize import (
@@ -45,9 +47,20 @@ def _reference(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return out if linear.bias is None else out + linear.bias.double()
 
 
+@pytest.fixture(params=["native", "torch"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Int8Linear's two ways: the quantize and finish steps in our C (where it builds), or
+    in torch operations."""
+    if request.param == "native":
+        require_kernel()
+    else:
+        monkeypatch.setattr(native, "load", lambda: None)
+    return str(request.param)
+
+
 @needs_int8
 @pytest.mark.parametrize("bias", [True, False])
-def test_int8_linear_computes_the_scheme(bias: bool) -> None:
+def test_int8_linear_computes_the_scheme(bias: bool, path: str) -> None:
     linear = _linear(96, 80, bias).float()
     x = torch.randn(11, 96)
     out = Int8Linear(linear)(x)
@@ -57,7 +70,7 @@ def test_int8_linear_computes_the_scheme(bias: bool) -> None:
 
 
 @needs_int8
-def test_int8_linear_stays_near_the_bf16_one() -> None:
+def test_int8_linear_stays_near_the_bf16_one(path: str) -> None:
     linear = _linear(256, 128, True)
     x = torch.randn(16, 256).to(torch.bfloat16)
     out = Int8Linear(linear)(x)
@@ -68,7 +81,7 @@ def test_int8_linear_stays_near_the_bf16_one() -> None:
 
 
 @needs_int8
-def test_a_tokens_output_does_not_depend_on_its_batch() -> None:
+def test_a_tokens_output_does_not_depend_on_its_batch(path: str) -> None:
     layer = Int8Linear(_linear(64, 48, True))
     rows = torch.randn(37, 64).to(torch.bfloat16)
     rows[5] *= 1000  # a loud row: with one scale per batch it would flatten the others
@@ -79,10 +92,23 @@ def test_a_tokens_output_does_not_depend_on_its_batch() -> None:
 
 
 @needs_int8
-def test_zero_rows_give_the_bias() -> None:
+def test_zero_rows_give_the_bias(path: str) -> None:
     linear = _linear(32, 16, True)
     out = Int8Linear(linear)(torch.zeros(3, 32, dtype=torch.bfloat16))
     assert torch.equal(out, linear.bias.detach().expand(3, 16))
+
+
+def test_the_c_quantize_gives_torchs_bits() -> None:
+    kernels = require_kernel()
+    quantize = kernels.int8_rows[torch.bfloat16][0]
+    x = torch.randn(9, 200).to(torch.bfloat16)
+    x[3] = 0  # a row of zeros
+    x[4, 7] = 0.5 * x[4].abs().max()  # ties between two int8 values are frequent in bf16
+    quantized = torch.empty(9, 200, dtype=torch.int8)
+    scales = torch.empty(9)
+    quantize(x.data_ptr(), 9, 200, quantized.data_ptr(), scales.data_ptr())
+    expected, expected_scales = quantize_rows(x)
+    assert torch.equal(quantized, expected) and torch.equal(scales, expected_scales[:, 0])
 
 
 def test_quantize_rows_keeps_the_sign_and_the_range() -> None:

@@ -1,6 +1,7 @@
 """Our C kernels on CPU: built from source on first use, cached, called through ctypes.
 
-One kernel so far, `paged_attention.c`: causal attention of every new token (decodes,
+Two sources, one library: `int8_rows.c`, the per-token quantize and finish steps of an int8
+linear layer (models/quantize.py), and `paged_attention.c`: causal attention of every new token (decodes,
 forced tokens, prompt chunks, whole prompts) that reads its sequence's keys and values where
 they lie in the paged cache, instead of gathering the blocks into a batch tensor for two
 `bmm`s (the gather and the matmuls were most of a `small` decode step at concurrency 32;
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,7 +38,7 @@ from vlmserve.config import cache_dir
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("paged_attention.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("paged_attention.c", "int8_rows.c"))
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"]
 if platform.machine() in ("x86_64", "AMD64"):
     # Compilers default to 256-bit vectors on x86 even where 512-bit ones exist: without
@@ -52,7 +54,7 @@ _I = ctypes.c_int64
 _ARGTYPES = [_P, _P, _P, _I, _I, _P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, _I, _I, _I]
 
 
-class _Kernels:
+class Kernels:
     def __init__(self, library: ctypes.CDLL) -> None:
         self.library = library  # kept: the functions below live in it
         self.by_dtype = {}
@@ -64,12 +66,19 @@ class _Kernels:
             function.restype = ctypes.c_int
             function.argtypes = _ARGTYPES
             self.by_dtype[dtype] = function
+        self.int8_rows: dict[torch.dtype, tuple[Callable[..., None], Callable[..., None]]] = {}
+        for dtype, suffix in ((torch.bfloat16, "bf16"), (torch.float32, "f32")):
+            quantize = getattr(library, f"int8_quantize_rows_{suffix}")
+            quantize.restype, quantize.argtypes = None, [_P, _I, _I, _P, _P]
+            finish = getattr(library, f"int8_finish_rows_{suffix}")
+            finish.restype, finish.argtypes = None, [_P, _I, _I, _P, _P, _P]
+            self.int8_rows[dtype] = (quantize, finish)
         self.pool: ThreadPoolExecutor | None = None
         self.pool_size = 0
 
 
 _lock = threading.Lock()
-_loaded: _Kernels | None = None
+_loaded: Kernels | None = None
 _tried = False
 
 
@@ -95,16 +104,18 @@ def _build(compiler: str) -> Path:
         [compiler, "--version"], capture_output=True, text=True, timeout=30, check=True
     ).stdout
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_identity()]).encode()
+        "\0".join(
+            [*(s.read_text() for s in SOURCES), " ".join(FLAGS), version, _cpu_identity()]
+        ).encode()
     ).hexdigest()[:16]
-    target = cache_dir() / "kernels" / f"paged_attention-{key}.so"
+    target = cache_dir() / "kernels" / f"vlmserve-kernels-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
         result = subprocess.run(
-            [compiler, *FLAGS, "-o", str(built), str(SOURCE)],
+            [compiler, *FLAGS, "-o", str(built), *map(str, SOURCES)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -115,7 +126,7 @@ def _build(compiler: str) -> Path:
     return target
 
 
-def load() -> _Kernels | None:
+def load() -> Kernels | None:
     """The kernels, built on first call (about half a second) and then cached; None where
     they are switched off or cannot be built (the reason is logged once)."""
     global _loaded, _tried
@@ -130,7 +141,7 @@ def load() -> _Kernels | None:
         compiler = os.environ.get("CC") or "cc"
         try:
             path = _build(compiler)
-            _loaded = _Kernels(ctypes.CDLL(str(path)))
+            _loaded = Kernels(ctypes.CDLL(str(path)))
             logger.info("native attention kernel ready: %s", path)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             logger.warning(
@@ -231,7 +242,7 @@ def allocate_huge(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return tensor.zero_()
 
 
-def _pool(kernels: _Kernels, size: int) -> ThreadPoolExecutor:
+def _pool(kernels: Kernels, size: int) -> ThreadPoolExecutor:
     with _lock:
         if kernels.pool is None or kernels.pool_size < size:
             # The smaller pool is dropped, not shut down: another engine thread of this

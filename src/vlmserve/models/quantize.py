@@ -20,11 +20,14 @@ dtype, so images are read and logits computed as before.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vlmserve.config import QUANTIZATIONS
+from vlmserve.models import native
 from vlmserve.models.buckets import bucket
 from vlmserve.models.decoder import DecoderLayer
 
@@ -70,6 +73,11 @@ class Int8Linear(nn.Module):
     token), multiplied by oneDNN with int32 accumulation; inputs and outputs stay in the
     model's dtype."""
 
+    weight: torch.Tensor  # buffers: oneDNN's packed int8 weight, per-channel scales
+    weight_scale: torch.Tensor
+    weight_zero_point: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -85,14 +93,46 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
+        kernels = native.load()
+        rows_c = kernels.int8_rows.get(x.dtype) if kernels is not None else None
+        if rows_c is not None:
+            return self._forward_native(flat, rows, rows_c).view(*x.shape[:-1], self.out_features)
         # Few distinct row counts, so oneDNN reuses its compiled kernels (models/buckets.py);
         # zero rows quantize to zeros and are cut off below.
         if (padded := bucket(rows)) != rows:
             flat = F.pad(flat, (0, 0, 0, padded - rows))
         quantized, row_scales = quantize_rows(flat)
-        out = torch.ops.onednn.qlinear_pointwise(
+        out = self._sums(quantized)
+        out = out[:rows].mul_(row_scales[:rows])
+        if self.bias is not None:
+            out = out.add_(self.bias)
+        return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+    def _forward_native(
+        self, flat: torch.Tensor, rows: int, rows_c: tuple[Callable[..., None], ...]
+    ) -> torch.Tensor:
+        """The same steps with the quantize and finish in C (native.py): one call each."""
+        quantize, finish = rows_c
+        flat = flat.contiguous()
+        quantized = torch.empty(bucket(rows), self.in_features, dtype=torch.int8)
+        quantized[rows:].zero_()  # the bucket's padding rows
+        row_scales = torch.empty(rows, dtype=torch.float32)
+        quantize(
+            flat.data_ptr(), rows, self.in_features, quantized.data_ptr(), row_scales.data_ptr()
+        )
+        sums = self._sums(quantized)
+        out = torch.empty(rows, self.out_features, dtype=flat.dtype)
+        bias = self.bias.data_ptr() if self.bias is not None else None
+        finish(
+            sums.data_ptr(), rows, self.out_features, row_scales.data_ptr(), bias, out.data_ptr()
+        )
+        return out
+
+    def _sums(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Each row's int32 dot products with the int8 weights, times the weight scales."""
+        return torch.ops.onednn.qlinear_pointwise(
             quantized,
-            1.0,  # the per-row scales are applied below: oneDNN takes one per tensor
+            1.0,  # the per-row scales are the caller's: oneDNN takes one per tensor
             0,
             self.weight,
             self.weight_scale,
@@ -105,10 +145,6 @@ class Int8Linear(nn.Module):
             [None],
             "",
         )
-        out = out[:rows].mul_(row_scales[:rows])
-        if self.bias is not None:
-            out = out.add_(self.bias)
-        return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
 
 def quantize_linears(model: nn.Module, quantization: str) -> int:
