@@ -57,6 +57,8 @@ def test_startup_summary_and_refusals(tiny_qwen2_vl: Path, tmp_path: Path) -> No
         "32768",
         "--cpu-threads",
         "1",
+        "--quantization",
+        "int8",
     ]
     base = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
@@ -80,6 +82,7 @@ def test_startup_summary_and_refusals(tiny_qwen2_vl: Path, tmp_path: Path) -> No
 
     model = line("vlmserve.server: model 'tiny' from ")
     assert "Qwen2-VL, 2.0 M parameters, " in model and " on cpu, 1 torch thread" in model
+    assert " with int8 decoder GEMMs (--quantization) on cpu" in model
     kv = line("vlmserve.server: KV cache ")
     assert "sized by --max-num-seqs 2 × 4096 tokens, at least one --max-model-len of 32768" in kv
     assert (

@@ -37,9 +37,16 @@ def model_summary(engine: LLMEngine, model: ModelInfo) -> list[str]:
     """What was chosen for one model and why (logged whenever a model becomes ready)."""
     engine_config, plan = engine.config, engine.kv_plan
     module = engine.model
-    parameters = (
-        sum(p.numel() for p in module.parameters()) if isinstance(module, torch.nn.Module) else 0
-    )
+    parameters = 0
+    if isinstance(module, torch.nn.Module):
+        # Quantized layers keep their weights as buffers (models/quantize.py).
+        parameters = sum(p.numel() for p in module.parameters()) + sum(
+            b.numel() for name, b in module.named_buffers() if name.endswith(".weight")
+        )
+    quantized = engine_config.quantization != "none"
+    dtype = str(engine.dtype).removeprefix("torch.")
+    if quantized:
+        dtype += f" with {engine_config.quantization} decoder GEMMs (--quantization)"
     count = torch.get_num_threads()
     threads = f", {count} torch thread{'s' * (count > 1)}" if engine.device.type == "cpu" else ""
     weights = "random weights (load format dummy)" if engine_config.load_format == "dummy" else ""
@@ -50,7 +57,7 @@ def model_summary(engine: LLMEngine, model: ModelInfo) -> list[str]:
         f"model {model.name!r} from {engine_config.model}: "
         f"{_ARCH_NAMES.get(engine.model_config.arch, engine.model_config.arch)}, "
         f"{parameters / 1e6:.1f} M parameters{', ' + weights if weights else ''}, "
-        f"{str(engine.dtype).removeprefix('torch.')} on {engine.device}{threads}",
+        f"{dtype} on {engine.device}{threads}",
         f"KV cache {format_bytes(plan.bytes)} = {plan.tokens} tokens in {plan.num_blocks - 1} "
         f"blocks of {plan.block_size}; sized by {plan.reason}",
         f"{context}; batches: up to max_num_seqs {engine_config.max_num_seqs} sequences, "
