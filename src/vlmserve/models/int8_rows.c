@@ -9,22 +9,7 @@
 #include <math.h>
 #include <stdint.h>
 
-typedef uint16_t bf16;
-
-static inline float from_bf16(bf16 x) {
-    union { uint32_t u; float f; } v;
-    v.u = (uint32_t)x << 16;
-    return v.f;
-}
-
-static inline bf16 to_bf16(float f) {
-    union { uint32_t u; float f; } v;
-    v.f = f;
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (bf16)((v.u >> 16) | 0x40u); /* NaN stays NaN */
-    return (bf16)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16); /* round to nearest even */
-}
-
-static inline float identity(float x) { return x; }
+#include "bf16.h"
 
 /* Rounds half to even, as torch.round does, for |x| < 2^22: adding and removing 1.5 * 2^23
    leaves no fraction bits, and the addition rounds to nearest even. Unlike nearbyintf it
@@ -65,7 +50,7 @@ void NAME(const float *sums, int64_t rows, int64_t cols, const float *scales,   
     }                                                                                          \
 }
 
-DEFINE_QUANTIZE(int8_quantize_rows_bf16, bf16, from_bf16)
-DEFINE_QUANTIZE(int8_quantize_rows_f32, float, identity)
-DEFINE_FINISH(int8_finish_rows_bf16, bf16, to_bf16)
-DEFINE_FINISH(int8_finish_rows_f32, float, identity)
+DEFINE_QUANTIZE(int8_quantize_rows_bf16, bf16, bf16_load)
+DEFINE_QUANTIZE(int8_quantize_rows_f32, float, f32_load)
+DEFINE_FINISH(int8_finish_rows_bf16, bf16, bf16_store)
+DEFINE_FINISH(int8_finish_rows_f32, float, f32_store)

@@ -39,6 +39,7 @@ from vlmserve.config import cache_dir
 logger = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("paged_attention.c", "int8_rows.c"))
+HEADERS = (Path(__file__).with_name("bf16.h"),)  # included by the sources: part of the hash
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"]
 if platform.machine() in ("x86_64", "AMD64"):
     # Compilers default to 256-bit vectors on x86 even where 512-bit ones exist: without
@@ -105,7 +106,7 @@ def _build(compiler: str) -> Path:
     ).stdout
     key = hashlib.sha256(
         "\0".join(
-            [*(s.read_text() for s in SOURCES), " ".join(FLAGS), version, _cpu_identity()]
+            [*(s.read_text() for s in SOURCES + HEADERS), " ".join(FLAGS), version, _cpu_identity()]
         ).encode()
     ).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"vlmserve-kernels-{key}.so"
@@ -115,7 +116,7 @@ def _build(compiler: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
         result = subprocess.run(
-            [compiler, *FLAGS, "-o", str(built), *map(str, SOURCES)],
+            [compiler, *FLAGS, "-I", str(HEADERS[0].parent), "-o", str(built), *map(str, SOURCES)],
             capture_output=True,
             text=True,
             timeout=120,

@@ -11,23 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef uint16_t bf16;
-
-static inline float bf16_load(bf16 x) {
-    union { uint32_t u; float f; } v;
-    v.u = (uint32_t)x << 16;
-    return v.f;
-}
-
-static inline bf16 bf16_store(float f) {
-    union { uint32_t u; float f; } v;
-    v.f = f;
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (bf16)((v.u >> 16) | 0x40u); /* NaN stays NaN */
-    return (bf16)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16); /* round to nearest even */
-}
-
-static inline float f32_load(float x) { return x; }
-static inline float f32_store(float f) { return f; }
+#include "bf16.h"
 
 /* exp(x) for x <= 0 (scores minus their maximum): Cody-Waite reduction to [-ln2/2, ln2/2],
    a degree-6 polynomial, and 2^n put into the exponent bits. Written out, not libm's expf,
