@@ -101,6 +101,14 @@ def test_the_kernel_matches_plain_attention(
         assert torch.allclose(out.float(), expected, atol=atol), (n, m)
 
 
+@pytest.mark.parametrize("block", [3, 16])
+def test_any_block_size_is_addressed(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of a power-of-two size are found by shifts, others by division: both right."""
+    monkeypatch.setattr(sys.modules[__name__], "BLOCK", block)
+    test_the_kernel_matches_plain_attention(torch.bfloat16, 64, 6, 2e-2)
+    test_the_kernel_matches_plain_attention(torch.float32, 8, 6, 1e-5)
+
+
 @pytest.mark.parametrize(("dtype", "dim"), [(torch.bfloat16, 64), (torch.float32, 8)])
 def test_a_token_has_the_same_bits_whatever_step_chunk_or_batch_it_comes_in(
     dtype: torch.dtype, dim: int
