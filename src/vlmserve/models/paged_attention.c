@@ -78,6 +78,33 @@ static inline __m512 sum16(__m512 v[16]) {
     return _mm512_permutexvar_ps(order, f);
 }
 
+/* A whole tile of 16 keys: the generic loop below with its counts known (CHUNKS = head dim
+   / 32), unrolled, and no test of how many rows the tile holds; the same products in the
+   same order, so the same bits. 1.2x on `small` decode attention in cache, 1.1x with blocks
+   in random order (perf had the row-count tests and the loop over chunks among the hottest
+   instructions). */
+#define DEFINE_FULL_TILE(NAME, CHUNKS)                                                         \
+static inline void NAME(const bf16 *q, const bf16 *const rows[16], int64_t group, float scale, \
+                        float *scores, int64_t len) {                                          \
+    for (int64_t g = 0; g < group; g++) {                                                      \
+        __m512bh qc[CHUNKS];                                                                   \
+        _Pragma("GCC unroll 4") for (int c = 0; c < CHUNKS; c++)                               \
+            qc[c] = (__m512bh)_mm512_loadu_si512(q + (32 * CHUNKS) * g + 32 * c);               \
+        __m512 acc[16];                                                                        \
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) {                                \
+            acc[i] = _mm512_setzero_ps();                                                      \
+            _Pragma("GCC unroll 4") for (int c = 0; c < CHUNKS; c++)                           \
+                acc[i] = _mm512_dpbf16_ps(acc[i], qc[c],                                       \
+                                          (__m512bh)_mm512_loadu_si512(rows[i] + 32 * c));     \
+        }                                                                                      \
+        _mm512_storeu_ps(scores + g * len, _mm512_mul_ps(sum16(acc), _mm512_set1_ps(scale)));  \
+    }                                                                                          \
+}
+
+DEFINE_FULL_TILE(full_tile_d32, 1)
+DEFINE_FULL_TILE(full_tile_d64, 2)
+DEFINE_FULL_TILE(full_tile_d128, 4)
+
 /* scores[g * len + t] = scale * q_g . k_t for the `group` query heads of one KV head. */
 static void bf16_scores(const bf16 *q, const bf16 *keys, const int64_t *table, int64_t len,
                         int64_t group, int64_t head_dim, int64_t block_size, float scale,
@@ -95,6 +122,12 @@ static void bf16_scores(const bf16 *q, const bf16 *keys, const int64_t *table, i
            in a cache far larger than the CPU's, measured). */
         for (int64_t t = start + 16 * PREFETCH_TILES; t < start + 16 * PREFETCH_TILES + 16 && t < len; t++)
             prefetch_row(keys + row_offset(table, t, block_size, head_dim), head_dim);
+        if (count == 16 && (chunks == 1 || chunks == 2 || chunks == 4)) {
+            if (chunks == 1) full_tile_d32(q, rows, group, scale, scores + start, len);
+            if (chunks == 2) full_tile_d64(q, rows, group, scale, scores + start, len);
+            if (chunks == 4) full_tile_d128(q, rows, group, scale, scores + start, len);
+            continue;
+        }
         for (int64_t g = 0; g < group; g++) {
             const bf16 *qg = q + g * head_dim;
             __m512 acc[16];
