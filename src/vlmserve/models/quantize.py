@@ -81,20 +81,22 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp_min(_MIN_SCALE) / INT8_MAX
-        quantized = (weight / scales[:, None]).round_().to(torch.int8)
+        # A weight's rows are its output channels: quantized as a token's activations are.
+        quantized, scales = quantize_rows(linear.weight.detach())
+        scales = scales[:, 0]
         # oneDNN's blocked int8 layout, packed once (as `PackedLinear` does for bf16).
         self.register_buffer("weight", torch.ops.onednn.qlinear_prepack(quantized, None))
         self.register_buffer("weight_scale", scales)
         self.register_buffer("weight_zero_point", torch.zeros_like(scales, dtype=torch.int64))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
+        # The C steps by activation dtype, looked up once here rather than on every call.
+        kernels = native.load()
+        self._rows_c = kernels.int8_rows if kernels is not None else {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
-        kernels = native.load()
-        rows_c = kernels.int8_rows.get(x.dtype) if kernels is not None else None
+        rows_c = self._rows_c.get(x.dtype)
         if rows_c is not None:
             return self._forward_native(flat, rows, rows_c).view(*x.shape[:-1], self.out_features)
         # Few distinct row counts, so oneDNN reuses its compiled kernels (models/buckets.py);
