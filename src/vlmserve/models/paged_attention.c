@@ -110,6 +110,9 @@ static void bf16_scores(const bf16 *q, const bf16 *keys, const int64_t *table, i
                         int64_t group, int64_t head_dim, int64_t block_size, float scale,
                         float *scores) {
     const int64_t chunks = head_dim / 32;
+    void (*full_tile)(const bf16 *, const bf16 *const[16], int64_t, float, float *, int64_t) =
+        chunks == 1 ? full_tile_d32 : chunks == 2 ? full_tile_d64 : chunks == 4 ? full_tile_d128
+                                                                                : 0;
     const bf16 *rows[16];
     for (int64_t start = 0; start < len; start += 16) {
         const int64_t count = len - start < 16 ? len - start : 16;
@@ -122,10 +125,8 @@ static void bf16_scores(const bf16 *q, const bf16 *keys, const int64_t *table, i
            in a cache far larger than the CPU's, measured). */
         for (int64_t t = start + 16 * PREFETCH_TILES; t < start + 16 * PREFETCH_TILES + 16 && t < len; t++)
             prefetch_row(keys + row_offset(table, t, block_size, head_dim), head_dim);
-        if (count == 16 && (chunks == 1 || chunks == 2 || chunks == 4)) {
-            if (chunks == 1) full_tile_d32(q, rows, group, scale, scores + start, len);
-            if (chunks == 2) full_tile_d64(q, rows, group, scale, scores + start, len);
-            if (chunks == 4) full_tile_d128(q, rows, group, scale, scores + start, len);
+        if (count == 16 && full_tile) {
+            full_tile(q, rows, group, scale, scores + start, len);
             continue;
         }
         for (int64_t g = 0; g < group; g++) {
