@@ -43,9 +43,8 @@ def model_summary(engine: LLMEngine, model: ModelInfo) -> list[str]:
         parameters = sum(p.numel() for p in module.parameters()) + sum(
             b.numel() for name, b in module.named_buffers() if name.endswith(".weight")
         )
-    quantized = engine_config.quantization != "none"
     dtype = str(engine.dtype).removeprefix("torch.")
-    if quantized:
+    if engine_config.quantization != "none":
         dtype += f" with {engine_config.quantization} decoder GEMMs (--quantization)"
     count = torch.get_num_threads()
     threads = f", {count} torch thread{'s' * (count > 1)}" if engine.device.type == "cpu" else ""

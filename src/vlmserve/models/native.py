@@ -1,16 +1,20 @@
 """Our C kernels on CPU: built from source on first use, cached, called through ctypes.
 
-Two sources, one library: `int8_rows.c`, the per-token quantize and finish steps of an int8
-linear layer (models/quantize.py), and `paged_attention.c`: causal attention of every new token (decodes,
-forced tokens, prompt chunks, whole prompts) that reads its sequence's keys and values where
-they lie in the paged cache, instead of gathering the blocks into a batch tensor for two
-`bmm`s (the gather and the matmuls were most of a `small` decode step at concurrency 32;
-docs/benchmarks.md), with the same arithmetic for a token whatever its path. It is compiled with the machine's C compiler (`$CC`,
-else `cc`) for the CPU it runs on (`-march=native`), into `<cache>/kernels/` under a name
-that hashes the source, the flags, the compiler and the CPU, so a changed source, compiler
-or machine builds afresh and concurrent builders never see a half-written file. Where no
-compiler works the engine logs why once and keeps the torch path (`attention.py`);
-`VLMSERVE_NATIVE_KERNELS=0` chooses that path on purpose.
+Two sources, one library (sharing `bf16.h`):
+- `paged_attention.c`: causal attention of every new token (decodes, forced tokens, prompt
+  chunks, whole prompts) that reads its sequence's keys and values where they lie in the
+  paged cache, instead of gathering the blocks into a batch tensor for two `bmm`s (the
+  gather and the matmuls were most of a `small` decode step at concurrency 32;
+  docs/benchmarks.md), with the same arithmetic for a token whatever its path;
+- `int8_rows.c`: the per-token quantize and finish steps of an int8 linear layer
+  (models/quantize.py).
+
+The library is compiled with the machine's C compiler (`$CC`, else `cc`) for the CPU it runs
+on (`-march=native`), into `<cache>/kernels/` under a name that hashes the sources and
+header, the flags, the compiler and the CPU, so a changed source, compiler or machine builds
+afresh and concurrent builders never see a half-written file. Where no compiler works the
+engine logs why once and keeps the torch paths (`attention.py`, `quantize.py`);
+`VLMSERVE_NATIVE_KERNELS=0` chooses them on purpose.
 
 ctypes releases the GIL during the call, so with several torch threads the (token, KV head)
 items are split across a small pool of Python threads; with one (the server's default on
