@@ -226,8 +226,10 @@ def test_docs_media_table_lists_every_limit_with_a_flag_that_sets_it() -> None:
 
 
 def shape(line: str) -> str:
-    """A log line without what changes from run to run: the time, numbers, paths."""
+    """A log line without what changes from run to run: the time, numbers, paths, and the
+    dtype `--dtype auto` picks (bfloat16 where the CPU has it, else float32)."""
     line = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", line)
+    line = re.sub(r"\b(bfloat16|float32)\b", "DTYPE", line)
     line = re.sub(r"(?<![\w.-])/[^\s:;,)]*", "PATH", line)
     return re.sub(r"\d+(\.\d+)?", "#", line)
 

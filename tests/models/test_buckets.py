@@ -8,12 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+from tests.models.test_layers import can_pack_bf16
 from vlmserve.models import attention
 from vlmserve.models.buckets import bucket
 from vlmserve.models.layers import PackedLinear
 
 needs_onednn = pytest.mark.skipif(
-    not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN"
+    not torch.backends.mkldnn.is_available() or not can_pack_bf16(),
+    reason="this torch or CPU cannot pack bf16 weights (oneDNN)",
 )
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tests.models.kernel import require_kernel
-from vlmserve.models import native
+from vlmserve.models import native, quantize
 from vlmserve.models.decoder import fuse_projections
 from vlmserve.models.loader import load_model
 from vlmserve.models.quantize import (
@@ -26,7 +26,9 @@ from vlmserve.models.quantize import (
 from vlmserve.offline import LLM
 from vlmserve.types import SamplingParams, StructuredOutputsParams
 
-needs_int8 = pytest.mark.skipif(not int8_available(), reason="torch without oneDNN int8")
+needs_int8 = pytest.mark.skipif(
+    not int8_available(), reason="no exact oneDNN int8 GEMM here (torch build or CPU without VNNI)"
+)
 
 
 def _linear(inputs: int, outputs: int, bias: bool, seed: int = 0) -> nn.Linear:
@@ -138,6 +140,30 @@ def test_unknown_quantizations_and_other_devices_are_refused() -> None:
     with pytest.raises(ValueError, match="CPU only"):
         check_quantization("int8", torch.device("cuda"))
     check_quantization("none", torch.device("cuda"))
+
+
+def test_int8_is_refused_where_its_sums_are_not_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPUs without VNNI oneDNN's int8 sums saturate: refused, saying what it needs."""
+    monkeypatch.setattr(quantize, "int8_available", lambda: False)
+    with pytest.raises(ValueError, match=r"exact int32 sums .* AVX-512 VNNI, AVX-VNNI or AMX"):
+        check_quantization("int8", torch.device("cpu"))
+    check_quantization("none", torch.device("cpu"))
+
+
+def test_the_int8_probe_checks_the_sums_of_this_machine() -> None:
+    """The probe answers what the GEMM gives here: where it says yes, a layer's sums are
+    exact (the scheme tests above then run); where it says no, they are not."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randint(-127, 128, (16, 256), generator=generator, dtype=torch.int8)
+    w = torch.randint(-127, 128, (32, 256), generator=generator, dtype=torch.int8)
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_prepack")):
+        assert not int8_available()
+        return
+    sums = torch.ops.onednn.qlinear_pointwise(
+        x, 1.0, 0, torch.ops.onednn.qlinear_prepack(w, None), torch.ones(32),
+        torch.zeros(32, dtype=torch.int64), None, 1.0, 0, torch.float32, "none", [None], "",
+    )  # fmt: skip
+    assert int8_available() == torch.equal(sums, x.float() @ w.float().T)
 
 
 SCHEMA = {

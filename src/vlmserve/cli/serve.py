@@ -220,7 +220,8 @@ def _engine_flags(engine: Any) -> None:
         choices=QUANTIZATIONS,
         default="none",
         help="int8: the decoder's linear layers in int8, weights per channel and activations "
-        "per token (CPU only; faster decode, slightly different outputs; docs/engine.md)",
+        "per token (CPUs with AVX-512 VNNI, AVX-VNNI or AMX only; faster decode, slightly "
+        "different outputs; docs/engine.md)",
     )
     engine.add_argument(
         "--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N"

@@ -1,17 +1,19 @@
 """Our C kernels on CPU: built from source on first use, cached, called through ctypes.
 
-Two sources, one library (sharing `bf16.h`):
+Three sources, one library (sharing `bf16.h`):
 - `paged_attention.c`: causal attention of every new token (decodes, forced tokens, prompt
   chunks, whole prompts) that reads its sequence's keys and values where they lie in the
   paged cache, instead of gathering the blocks into a batch tensor for two `bmm`s (the
   gather and the matmuls were most of a `small` decode step at concurrency 32;
   docs/benchmarks.md), with the same arithmetic for a token whatever its path;
+- `attention_avx2.c`: its items on CPUs with AVX2 but no AVX-512 BF16 (AMD EPYC before
+  Zen 4 among them), where the portable loops are slow;
 - `int8_rows.c`: the per-token quantize and finish steps of an int8 linear layer
   (models/quantize.py).
 
 The library is compiled with the machine's C compiler (`$CC`, else `cc`) for the CPU it runs
 on (`-march=native`), into `<cache>/kernels/` under a name that hashes the sources and
-header, the flags, the compiler and the CPU, so a changed source, compiler or machine builds
+headers, the flags, the compiler and the CPU, so a changed source, compiler or machine builds
 afresh and concurrent builders never see a half-written file. Where no compiler works the
 engine logs why once and keeps the torch paths (`attention.py`, `quantize.py`);
 `VLMSERVE_NATIVE_KERNELS=0` chooses them on purpose.
@@ -42,8 +44,12 @@ from vlmserve.config import cache_dir
 
 logger = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("paged_attention.c", "int8_rows.c"))
-HEADERS = (Path(__file__).with_name("bf16.h"),)  # included by the sources: part of the hash
+SOURCES = tuple(
+    Path(__file__).with_name(name)
+    for name in ("paged_attention.c", "attention_avx2.c", "int8_rows.c")
+)
+# Included by the sources: part of the hash.
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("bf16.h", "attention_avx2.h"))
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"]
 if platform.machine() in ("x86_64", "AMD64"):
     # Compilers default to 256-bit vectors on x86 even where 512-bit ones exist: without

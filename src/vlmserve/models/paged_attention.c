@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention_avx2.h"
 #include "bf16.h"
 
 /* exp(x) for x <= 0 (scores minus their maximum): Cody-Waite reduction to [-ln2/2, ln2/2],
@@ -325,7 +326,7 @@ static void NAME(const T *q, const T *keys, const T *values, const int64_t *tabl
 }
 
 DEFINE_ITEM(bf16_item_portable, bf16, bf16_load, bf16_store)
-DEFINE_ITEM(f32_item, float, f32_load, f32_store)
+DEFINE_ITEM(f32_item_portable, float, f32_load, f32_store)
 
 static void bf16_item(const bf16 *q, const bf16 *keys, const bf16 *values, const int64_t *table,
                       int64_t len, int64_t group, int64_t head_dim, int64_t block_size,
@@ -336,6 +337,10 @@ static void bf16_item(const bf16 *q, const bf16 *keys, const bf16 *values, const
         bf16_mix(values, table, len, group, head_dim, block_size, scores, out);
         return;
     }
+#elif defined(HAVE_AVX2_ITEMS)
+    if (avx2_item_bf16(q, keys, values, table, len, group, head_dim, block_size, scale, scores,
+                       out))
+        return;
 #endif
     bf16_item_portable(q, keys, values, table, len, group, head_dim, block_size, scale, scores,
                        out);
@@ -383,6 +388,18 @@ int NAME(const T *q, const T *kv, const int64_t *tables, int64_t num_seqs,      
     }                                                                                          \
     free(scores);                                                                              \
     return 0;                                                                                  \
+}
+
+static void f32_item(const float *q, const float *keys, const float *values,
+                     const int64_t *table, int64_t len, int64_t group, int64_t head_dim,
+                     int64_t block_size, float scale, float *scores, float *out) {
+#ifdef HAVE_AVX2_ITEMS
+    if (avx2_item_f32(q, keys, values, table, len, group, head_dim, block_size, scale, scores,
+                      out))
+        return;
+#endif
+    f32_item_portable(q, keys, values, table, len, group, head_dim, block_size, scale, scores,
+                      out);
 }
 
 DEFINE_ATTENTION(paged_attention_bf16, bf16, bf16_item)

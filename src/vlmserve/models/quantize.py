@@ -20,6 +20,7 @@ dtype, so images are read and logits computed as before.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -52,13 +53,31 @@ def check_quantization(quantization: str, device: torch.device) -> None:
         )
     if not int8_available():
         raise ValueError(
-            f"quantization {quantization!r} needs torch's oneDNN int8 linear "
-            "(torch.ops.onednn.qlinear_pointwise), which this torch build lacks"
+            f"quantization {quantization!r} needs int8 GEMMs with exact int32 sums (torch's "
+            "oneDNN qlinear on a CPU with AVX-512 VNNI, AVX-VNNI or AMX); this torch build "
+            "or CPU does not give them"
         )
 
 
+@functools.cache
 def int8_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_prepack")
+    """Whether torch's oneDNN int8 linear gives exact int32 sums here. Without VNNI (AVX2
+    only, e.g. AMD Zen 3) oneDNN multiplies through 16-bit pairs that saturate: a random
+    layer was off by up to 25,000 in its sums (measured), so it is probed, not assumed."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_prepack")):
+        return False
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(-127, 128, (4, 64), generator=generator, dtype=torch.int8)
+    w = torch.randint(-127, 128, (8, 64), generator=generator, dtype=torch.int8)
+    try:
+        sums = torch.ops.onednn.qlinear_pointwise(
+            x, 1.0, 0, torch.ops.onednn.qlinear_prepack(w, None), torch.ones(8),
+            torch.zeros(8, dtype=torch.int64), None, 1.0, 0, torch.float32, "none", [None], "",
+        )  # fmt: skip
+    except RuntimeError:
+        return False
+    # Sums of 64 products of at most 127^2 are exact in float32 (< 2^24).
+    return torch.equal(sums, x.float() @ w.float().T)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

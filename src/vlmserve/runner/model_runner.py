@@ -16,6 +16,7 @@ from vlmserve.models.base import VLModel
 from vlmserve.models.decoder import fuse_projections
 from vlmserve.models.layers import prepack_linears
 from vlmserve.models.quantize import check_quantization, quantize_linears
+from vlmserve.models.rows import align_linear_rows
 
 
 @dataclass
@@ -65,6 +66,7 @@ class ModelRunner:
             quantize_linears(model, quantization)
             if device.type == "cpu" and dtype == torch.bfloat16:
                 prepack_linears(model)
+            align_linear_rows(model)  # float32 on CPU: batch-invariant rows (models/rows.py)
         if device.type == "cpu":
             native.load()  # built now (or found cached), not in the first request's step
         self.model = model
