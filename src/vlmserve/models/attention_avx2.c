@@ -15,16 +15,9 @@
 #ifdef HAVE_AVX2_ITEMS
 #include <immintrin.h>
 
-#define PREFETCH_TOKENS 16 /* two 8-key tiles ahead: memory works while a tile computes */
+#include "kv_rows.h"
 
-static inline int64_t row_at(const int64_t *table, int64_t t, int64_t block_size,
-                             int64_t head_dim) {
-    if ((block_size & (block_size - 1)) == 0) {
-        const int shift = __builtin_ctzll((unsigned long long)block_size);
-        return (table[t >> shift] * block_size + (t & (block_size - 1))) * head_dim;
-    }
-    return (table[t / block_size] * block_size + t % block_size) * head_dim;
-}
+#define PREFETCH_TOKENS 16 /* two 8-key tiles ahead: memory works while a tile computes */
 
 static inline __m256 load8_f32(const float *src) { return _mm256_loadu_ps(src); }
 
@@ -115,13 +108,13 @@ static void NAME(const T *q, const T *keys, const T *values, const int64_t *tabl
         const int64_t count = len - start < 8 ? len - start : 8;                               \
         /* A short last tile repeats its first row: valid memory, its scores not stored. */    \
         _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {                                  \
-            const T *row = keys + row_at(table, start + (i < count ? i : 0), block_size, dim);  \
+            const T *row = keys + row_offset(table, start + (i < count ? i : 0), block_size, dim);  \
             _Pragma("GCC unroll 16") for (int c = 0; c < V; c++)                               \
                 _mm256_storeu_ps(tile + i * dim + 8 * c, LOAD8(row + 8 * c));                  \
         }                                                                                      \
         for (int64_t t = start + PREFETCH_TOKENS; t < start + PREFETCH_TOKENS + 8 && t < len; t++) \
             for (int64_t d = 0; d < dim; d += 64 / (int64_t)sizeof(T))                         \
-                _mm_prefetch((const char *)(keys + row_at(table, t, block_size, dim) + d),     \
+                _mm_prefetch((const char *)(keys + row_offset(table, t, block_size, dim) + d),     \
                              _MM_HINT_T0);                                                     \
         const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count),                 \
                                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));    \
@@ -145,11 +138,11 @@ static void NAME(const T *q, const T *keys, const T *values, const int64_t *tabl
             _Pragma("GCC unroll 8") for (int g = 0; g < HEADS_PER_PASS; g++)                   \
                 acc[g][0] = acc[g][1] = _mm256_setzero_ps();                                   \
             for (int64_t t = 0; t < len; t++) {                                                \
-                const T *v = values + row_at(table, t, block_size, dim) + 8 * c0;              \
+                const T *v = values + row_offset(table, t, block_size, dim) + 8 * c0;              \
                 if (c0 == 0 && t + PREFETCH_TOKENS < len)                                      \
                     for (int64_t d = 0; d < dim; d += 64 / (int64_t)sizeof(T))                 \
                         _mm_prefetch((const char *)(values + d +                               \
-                                                    row_at(table, t + PREFETCH_TOKENS,         \
+                                                    row_offset(table, t + PREFETCH_TOKENS,         \
                                                            block_size, dim)),                  \
                                      _MM_HINT_T0);                                             \
                 const __m256 r0 = LOAD8(v), r1 = LOAD8(v + 8);                                 \

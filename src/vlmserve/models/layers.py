@@ -196,6 +196,22 @@ class PackedLinear(nn.Module):
         return out[:rows].view(*x.shape[:-1], self.out_features)
 
 
+def cpu_linears(
+    model: nn.Module, dtype: torch.dtype, keep: Callable[[nn.Linear], bool] = lambda _: True
+) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute name, layer) of every plain `nn.Linear` of `model` on the CPU with
+    `dtype` weights that `keep` accepts: the layers a replacement may take."""
+    return [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear
+        and child.weight.dtype == dtype
+        and child.weight.device.type == "cpu"
+        and keep(child)
+    ]
+
+
 def prepack_linears(model: nn.Module) -> int:
     """Replace the bf16 `nn.Linear`s of `model` by `PackedLinear`s where that gives exactly
     the same outputs (checked on a random input per layer); a weight shared with another
@@ -206,15 +222,7 @@ def prepack_linears(model: nn.Module) -> int:
     uses: dict[int, int] = {}
     for _, parameter in model.named_parameters(remove_duplicate=False):
         uses[parameter.data_ptr()] = uses.get(parameter.data_ptr(), 0) + 1
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child) is nn.Linear
-        and child.weight.dtype == torch.bfloat16
-        and child.weight.device.type == "cpu"
-        and uses[child.weight.data_ptr()] == 1
-    ]
+    targets = cpu_linears(model, torch.bfloat16, lambda child: uses[child.weight.data_ptr()] == 1)
     packed = 0
     for parent, name, linear in targets:
         try:

@@ -49,7 +49,9 @@ SOURCES = tuple(
     for name in ("paged_attention.c", "attention_avx2.c", "int8_rows.c")
 )
 # Included by the sources: part of the hash.
-HEADERS = tuple(Path(__file__).with_name(name) for name in ("bf16.h", "attention_avx2.h"))
+HEADERS = tuple(
+    Path(__file__).with_name(name) for name in ("bf16.h", "attention_avx2.h", "kv_rows.h")
+)
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"]
 if platform.machine() in ("x86_64", "AMD64"):
     # Compilers default to 256-bit vectors on x86 even where 512-bit ones exist: without

@@ -13,6 +13,7 @@
 
 #include "attention_avx2.h"
 #include "bf16.h"
+#include "kv_rows.h"
 
 /* exp(x) for x <= 0 (scores minus their maximum): Cody-Waite reduction to [-ln2/2, ln2/2],
    a degree-6 polynomial, and 2^n put into the exponent bits. Written out, not libm's expf,
@@ -32,19 +33,6 @@ static inline float exp_nonpositive(float x) {
     union { uint32_t u; float f; } scale;
     scale.u = (uint32_t)((int32_t)n + 127) << 23;
     return p * scale.f;
-}
-
-/* Where cached token t of a sequence lies, in elements from the start of its KV head's
-   blocks: block table[t / block_size], row t % block_size. Every row of every item asks
-   (and every prefetch), so a power-of-two block size (16, the default) divides by
-   shifting: a 64-bit division per row was ~1/4 of the kernel's time in cache (perf). */
-static inline int64_t row_offset(const int64_t *table, int64_t t, int64_t block_size,
-                                 int64_t head_dim) {
-    if ((block_size & (block_size - 1)) == 0) {
-        const int shift = __builtin_ctzll((unsigned long long)block_size);
-        return (table[t >> shift] * block_size + (t & (block_size - 1))) * head_dim;
-    }
-    return (table[t / block_size] * block_size + t % block_size) * head_dim;
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmserve.models.layers import cpu_linears
+
 ROW_MULTIPLE = 4
 
 
@@ -39,14 +41,7 @@ class RowAlignedLinear(nn.Module):
 def align_linear_rows(model: nn.Module) -> int:
     """Replace the float32 CPU `nn.Linear`s of `model` by `RowAlignedLinear`s; returns how
     many were replaced."""
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child) is nn.Linear
-        and child.weight.dtype == torch.float32
-        and child.weight.device.type == "cpu"
-    ]
+    targets = cpu_linears(model, torch.float32)
     for parent, name, linear in targets:
         setattr(parent, name, RowAlignedLinear(linear))
     return len(targets)
