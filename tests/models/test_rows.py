@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlmserve.models.rows import RowAlignedLinear, align_linear_rows
+from vlmserve.models.rows import RowAlignedLinear, align_linear_rows, rows_vary
 
 
 def test_a_rows_bits_do_not_depend_on_the_row_count() -> None:
@@ -25,10 +25,21 @@ def test_a_rows_bits_do_not_depend_on_the_row_count() -> None:
             assert torch.equal(aligned(x[:6].view(2, 3, -1)), full[:6].view(2, 3, -1))
 
 
-def test_only_float32_cpu_linears_are_aligned_and_weights_stay_shared() -> None:
-    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10), nn.Linear(8, 4).bfloat16())
+def test_aligned_models_give_batch_invariant_rows_and_keep_their_weights() -> None:
+    """Whatever the probe decides here, a model's rows do not vary afterwards: padded where
+    the GEMM varies (the EPYC), left alone where it does not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 128), nn.Linear(128, 10), nn.Linear(128, 384))
+    model.append(nn.Linear(8, 4).bfloat16())
     model[1].weight = model[0].weight  # tied, as an LM head to its embedding
     names = list(model.state_dict())
-    assert align_linear_rows(model) == 1
-    assert isinstance(model[1], RowAlignedLinear) and type(model[2]) is nn.Linear
+    varied = [rows_vary(model[1]), rows_vary(model[2])]
+    assert align_linear_rows(model) == sum(varied)
+    assert [isinstance(model[i], RowAlignedLinear) for i in (1, 2)] == varied
+    assert type(model[3]) is nn.Linear  # bf16: not float32's GEMM
     assert model[1].weight is model[0].weight and list(model.state_dict()) == names
+    x = torch.randn(24, 128)
+    with torch.inference_mode():
+        for layer in (model[1], model[2]):
+            full = layer(x)
+            assert all(torch.equal(layer(x[:rows]), full[:rows]) for rows in range(1, 14))
