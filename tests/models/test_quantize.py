@@ -20,6 +20,7 @@ from vlmserve.models.quantize import (
     Int8Linear,
     check_quantization,
     int8_available,
+    int8_sums,
     quantize_linears,
     quantize_rows,
 )
@@ -159,10 +160,9 @@ def test_the_int8_probe_checks_the_sums_of_this_machine() -> None:
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_prepack")):
         assert not int8_available()
         return
-    sums = torch.ops.onednn.qlinear_pointwise(
-        x, 1.0, 0, torch.ops.onednn.qlinear_prepack(w, None), torch.ones(32),
-        torch.zeros(32, dtype=torch.int64), None, 1.0, 0, torch.float32, "none", [None], "",
-    )  # fmt: skip
+    sums = int8_sums(
+        x, torch.ops.onednn.qlinear_prepack(w, None), torch.ones(32), torch.zeros(32).long()
+    )
     assert int8_available() == torch.equal(sums, x.float() @ w.float().T)
 
 

@@ -70,10 +70,9 @@ def int8_available() -> bool:
     x = torch.randint(-127, 128, (4, 64), generator=generator, dtype=torch.int8)
     w = torch.randint(-127, 128, (8, 64), generator=generator, dtype=torch.int8)
     try:
-        sums = torch.ops.onednn.qlinear_pointwise(
-            x, 1.0, 0, torch.ops.onednn.qlinear_prepack(w, None), torch.ones(8),
-            torch.zeros(8, dtype=torch.int64), None, 1.0, 0, torch.float32, "none", [None], "",
-        )  # fmt: skip
+        sums = int8_sums(
+            x, torch.ops.onednn.qlinear_prepack(w, None), torch.ones(8), torch.zeros(8).long()
+        )
     except RuntimeError:
         return False
     # Sums of 64 products of at most 127^2 are exact in float32 (< 2^24).
@@ -85,6 +84,30 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     values = x.float()  # x itself when it is float32: divided out of place below
     scales = values.abs().amax(dim=-1, keepdim=True).clamp_min(_MIN_SCALE) / INT8_MAX
     return (values / scales).round_().to(torch.int8), scales
+
+
+def int8_sums(
+    x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor
+) -> torch.Tensor:
+    """float32 [M, N]: each int8 row of `x` [M, K] dotted with the int8 weights packed by
+    `qlinear_prepack` (exact int32 sums where `int8_available()`), times the weights'
+    per-output-channel `scales` [N] (`zero_points` [N]: int64 zeros, the scheme is
+    symmetric)."""
+    return torch.ops.onednn.qlinear_pointwise(
+        x,
+        1.0,  # the per-row scales are the caller's: oneDNN takes one per tensor
+        0,
+        packed,
+        scales,
+        zero_points,
+        None,
+        1.0,
+        0,
+        torch.float32,
+        "none",
+        [None],
+        "",
+    )
 
 
 class Int8Linear(nn.Module):
@@ -123,7 +146,7 @@ class Int8Linear(nn.Module):
         if (padded := bucket(rows)) != rows:
             flat = F.pad(flat, (0, 0, 0, padded - rows))
         quantized, row_scales = quantize_rows(flat)
-        out = self._sums(quantized)
+        out = int8_sums(quantized, self.weight, self.weight_scale, self.weight_zero_point)
         out = out[:rows].mul_(row_scales[:rows])
         if self.bias is not None:
             out = out.add_(self.bias)
@@ -141,31 +164,13 @@ class Int8Linear(nn.Module):
         quantize(
             flat.data_ptr(), rows, self.in_features, quantized.data_ptr(), row_scales.data_ptr()
         )
-        sums = self._sums(quantized)
+        sums = int8_sums(quantized, self.weight, self.weight_scale, self.weight_zero_point)
         out = torch.empty(rows, self.out_features, dtype=flat.dtype)
         bias = self.bias.data_ptr() if self.bias is not None else None
         finish(
             sums.data_ptr(), rows, self.out_features, row_scales.data_ptr(), bias, out.data_ptr()
         )
         return out
-
-    def _sums(self, quantized: torch.Tensor) -> torch.Tensor:
-        """Each row's int32 dot products with the int8 weights, times the weight scales."""
-        return torch.ops.onednn.qlinear_pointwise(
-            quantized,
-            1.0,  # the per-row scales are the caller's: oneDNN takes one per tensor
-            0,
-            self.weight,
-            self.weight_scale,
-            self.weight_zero_point,
-            None,
-            1.0,
-            0,
-            torch.float32,
-            "none",
-            [None],
-            "",
-        )
 
 
 def quantize_linears(model: nn.Module, quantization: str) -> int:
