@@ -16,6 +16,7 @@ from vlmserve.cli import main
 from vlmserve.cli.errors import flag_names, in_flag_words
 from vlmserve.cli.main import _parsers
 from vlmserve.engine.loading import cpu_has_native_bf16
+from vlmserve.models import quantize
 from vlmserve.models.tiny import make_tiny_model
 
 
@@ -75,6 +76,16 @@ def test_max_model_len_too_big_for_the_cache(
     tokens = 2032 if cpu_has_native_bf16() else 1008
     assert f"--max-model-len 30000 does not fit in the KV cache of {tokens} tokens" in line
     assert "lower --max-model-len or give the cache more memory (--kv-cache-memory-bytes" in line
+
+
+def test_int8_where_its_sums_are_not_exact_names_the_flag(
+    tiny_qwen2_vl: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU without VNNI (the probe says no) the refusal speaks the flag as typed."""
+    monkeypatch.setattr(quantize, "int8_available", lambda: False)
+    line = one_line_error(["serve", str(tiny_qwen2_vl), "--quantization", "int8"], capsys)
+    assert "--quantization int8 needs int8 GEMMs with exact int32 sums" in line
+    assert "quantization=" not in line and "'int8'" not in line
 
 
 def test_weightless_7b_folder_names_the_flag(

@@ -48,12 +48,12 @@ def check_quantization(quantization: str, device: torch.device) -> None:
         return
     if device.type != "cpu":
         raise ValueError(
-            f"quantization {quantization!r} runs on CPU only (oneDNN int8 GEMMs); "
+            f"quantization={quantization!r} runs on CPU only (oneDNN int8 GEMMs); "
             f"this model is on {device}"
         )
     if not int8_available():
         raise ValueError(
-            f"quantization {quantization!r} needs int8 GEMMs with exact int32 sums (torch's "
+            f"quantization={quantization!r} needs int8 GEMMs with exact int32 sums (torch's "
             "oneDNN qlinear on a CPU with AVX-512 VNNI, AVX-VNNI or AMX); this torch build "
             "or CPU does not give them"
         )
