@@ -212,6 +212,15 @@ def cpu_linears(
     ]
 
 
+def weight_uses(model: nn.Module) -> dict[int, int]:
+    """How many of `model`'s parameters use each storage (by data pointer): more than one
+    for a weight tied to another (an LM head to its embedding)."""
+    uses: dict[int, int] = {}
+    for _, parameter in model.named_parameters(remove_duplicate=False):
+        uses[parameter.data_ptr()] = uses.get(parameter.data_ptr(), 0) + 1
+    return uses
+
+
 def prepack_linears(model: nn.Module) -> int:
     """Replace the bf16 `nn.Linear`s of `model` by `PackedLinear`s where that gives exactly
     the same outputs (checked on a random input per layer); a weight shared with another
@@ -219,9 +228,7 @@ def prepack_linears(model: nn.Module) -> int:
     many were packed (0 where torch has no oneDNN)."""
     if not torch.backends.mkldnn.is_available():
         return 0
-    uses: dict[int, int] = {}
-    for _, parameter in model.named_parameters(remove_duplicate=False):
-        uses[parameter.data_ptr()] = uses.get(parameter.data_ptr(), 0) + 1
+    uses = weight_uses(model)
     targets = cpu_linears(model, torch.bfloat16, lambda child: uses[child.weight.data_ptr()] == 1)
     packed = 0
     for parent, name, linear in targets:

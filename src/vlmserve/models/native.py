@@ -1,6 +1,6 @@
 """Our C kernels on CPU: built from source on first use, cached, called through ctypes.
 
-Three sources, one library (sharing `bf16.h`):
+Four sources, one library (sharing `bf16.h`):
 - `paged_attention.c`: causal attention of every new token (decodes, forced tokens, prompt
   chunks, whole prompts) that reads its sequence's keys and values where they lie in the
   paged cache, instead of gathering the blocks into a batch tensor for two `bmm`s (the
@@ -9,7 +9,9 @@ Three sources, one library (sharing `bf16.h`):
 - `attention_avx2.c`: its items on CPUs with AVX2 but no AVX-512 BF16 (AMD EPYC before
   Zen 4 among them), where the portable loops are slow;
 - `int8_rows.c`: the per-token quantize and finish steps of an int8 linear layer
-  (models/quantize.py).
+  (models/quantize.py);
+- `linear_avx2.c`: float32 linear layers whose rows keep their bits whatever the row count,
+  where torch's GEMM does not keep them (models/rows.py).
 
 The library is compiled with the machine's C compiler (`$CC`, else `cc`) for the CPU it runs
 on (`-march=native`), into `<cache>/kernels/` under a name that hashes the sources and
@@ -46,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 SOURCES = tuple(
     Path(__file__).with_name(name)
-    for name in ("paged_attention.c", "attention_avx2.c", "int8_rows.c")
+    for name in ("paged_attention.c", "attention_avx2.c", "int8_rows.c", "linear_avx2.c")
 )
 # Included by the sources: part of the hash.
 HEADERS = tuple(
@@ -61,6 +63,9 @@ ENV_SWITCH = "VLMSERVE_NATIVE_KERNELS"
 # A thread gets at least this many (token, KV head) items: fewer would not pay for the
 # hand-off to the pool (a few microseconds).
 MIN_ITEMS_PER_THREAD = 8
+# A linear layer's call is split across threads only where each gets this many multiply-adds
+# (~0.1 ms of one core's work at a few rows).
+MIN_MACS_PER_THREAD = 1 << 21
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -86,6 +91,11 @@ class Kernels:
             finish = getattr(library, f"int8_finish_rows_{suffix}")
             finish.restype, finish.argtypes = None, [_P, _I, _I, _P, _P, _P]
             self.int8_rows[dtype] = (quantize, finish)
+        self.linear = library.invariant_linear
+        self.linear.restype = ctypes.c_int
+        self.linear.argtypes = [_P, _I, _I, _P, ctypes.c_int, _P, _P, _I, _I, _I]
+        # -1 for no rows: this build has no AVX2 and FMA, and no such layers.
+        self.has_linear = self.linear(None, 0, 0, None, 0, None, None, 0, 0, 0) == 0
         self.pool: ThreadPoolExecutor | None = None
         self.pool_size = 0
 
@@ -234,6 +244,39 @@ def paged_attention(
     return out
 
 
+def invariant_linear(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    """x [rows, in] float32 (contiguous) times a weight packed by models/rows.py (panels of
+    16 outputs, [panels, in, 16], bf16 or float32), plus `bias` (padded to whole panels):
+    [rows, out_features]. Each output is summed in one fixed order (linear_avx2.c), so a
+    row's bits do not depend on the other rows or the thread count. Only where `load()`
+    gave kernels with `has_linear`."""
+    kernels = load()
+    assert kernels is not None and kernels.has_linear, "invariant_linear without its kernel"
+    rows, in_features = x.shape
+    panels = packed.shape[0]
+    out = torch.empty(rows, out_features)
+    fixed = (
+        x.data_ptr(), rows, in_features, packed.data_ptr(), int(packed.dtype == torch.bfloat16),
+        None if bias is None else bias.data_ptr(), out.data_ptr(), out_features,
+    )  # fmt: skip
+    work = rows * in_features * out_features
+    threads = min(torch.get_num_threads(), max(1, work // MIN_MACS_PER_THREAD), panels)
+    if threads == 1:
+        kernels.linear(*fixed, 0, panels)
+        return out
+    bounds = [panels * i // threads for i in range(threads + 1)]
+    futures = [
+        _pool(kernels, threads - 1).submit(kernels.linear, *fixed, bounds[i], bounds[i + 1])
+        for i in range(1, threads)
+    ]
+    kernels.linear(*fixed, bounds[0], bounds[1])  # contiguous ranges: each thread streams
+    for future in futures:
+        future.result()
+    return out
+
+
 _HUGE_PAGE = 1 << 21
 _MADV_HUGEPAGE = 14
 
@@ -260,6 +303,6 @@ def _pool(kernels: Kernels, size: int) -> ThreadPoolExecutor:
         if kernels.pool is None or kernels.pool_size < size:
             # The smaller pool is dropped, not shut down: another engine thread of this
             # process may be submitting to it right now. Its idle threads end with it.
-            kernels.pool = ThreadPoolExecutor(size, thread_name_prefix="vlmserve-attention")
+            kernels.pool = ThreadPoolExecutor(size, thread_name_prefix="vlmserve-kernels")
             kernels.pool_size = size
         return kernels.pool
