@@ -8,9 +8,9 @@ outputs changed with batching (the engine promises they do not). So each layer i
 first; where its rows vary:
 - `InvariantLinear`: our kernel (`linear_avx2.c`), which sums every output in one fixed
   order, with the weight packed once, in bf16 where that holds it exactly (a bf16
-  checkpoint loaded in float32). A `small` decode step's linears on the EPYC, one thread,
-  weights streamed from memory: 41 -> 12 ms at 4 rows, 86 -> 56 ms at 32, 618 -> 577 ms at
-  360 (a prompt);
+  checkpoint loaded in float32). The 84 linears of a `small` decode step on the EPYC, one
+  thread, weights read from memory (benchmarks/linear_kernel.py): 42 -> 14 ms at 1 row,
+  87 -> 58 ms at 32, 670 -> 628 ms at 360 (a prompt);
 - `RowAlignedLinear` where that kernel is missing (no compiler, no AVX2, switched off) or
   the weight is shared (a tied LM head: packing would store it twice): the input padded
   with zero rows to a multiple of 4, which gave every row the same bits (checked up to
@@ -104,7 +104,10 @@ def align_linear_rows(model: nn.Module) -> int:
         return 0
     kernels = native.load()
     uses = weight_uses(model)
-    for parent, name, linear in targets:
+    replaced = len(targets)
+    while targets:  # popped: each float32 weight is freed once its packed copy is in place
+        parent, name, linear = targets.pop()
         own = kernels is not None and kernels.has_linear and uses[linear.weight.data_ptr()] == 1
         setattr(parent, name, InvariantLinear(linear) if own else RowAlignedLinear(linear))
-    return len(targets)
+        del linear
+    return replaced
