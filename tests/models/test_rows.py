@@ -3,6 +3,8 @@ on how many rows share the call, and the layer keeps its parameters' names."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -79,7 +81,9 @@ def test_a_weight_that_bf16_holds_exactly_is_packed_in_bf16_for_the_same_bits() 
         native.invariant_linear(x.double(), kernel.weight, kernel.bias, 40)  # not misread
 
 
-def test_aligned_models_give_batch_invariant_rows_and_keep_their_weights() -> None:
+def test_aligned_models_give_batch_invariant_rows_and_keep_their_weights(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Whatever the probe decides here, a model's rows do not vary afterwards: our kernel
     where the GEMM varies (the EPYC), padding for a tied weight, nothing where it does not
     vary."""
@@ -87,11 +91,19 @@ def test_aligned_models_give_batch_invariant_rows_and_keep_their_weights() -> No
     model = nn.Sequential(nn.Embedding(10, 128), nn.Linear(128, 10), nn.Linear(128, 384))
     model.append(nn.Linear(8, 4).bfloat16())
     model[1].weight = model[0].weight  # tied, as an LM head to its embedding
+    model[2].weight.data = model[2].weight.data.bfloat16().float()  # a bf16 checkpoint's
     names = list(model.state_dict())
     varied = [rows_vary(model[1]), rows_vary(model[2])]
     kernels = native.load()
     own = kernels is not None and kernels.has_linear
-    assert align_linear_rows(model) == sum(varied)
+    with caplog.at_level(logging.INFO, logger="vlmserve.models.rows"):
+        assert align_linear_rows(model) == sum(varied)
+    on_kernel = int(own and varied[1])
+    if any(varied):  # said: how many on the kernel, how many of those in bf16, padded
+        assert (
+            f"{on_kernel} on our kernel ({on_kernel} of them in bf16 panels, exact), "
+            f"{sum(varied) - on_kernel} padded to 4 rows"
+        ) in caplog.text
     assert isinstance(model[1], RowAlignedLinear) == varied[0]  # tied: never packed
     assert isinstance(model[2], InvariantLinear if own else RowAlignedLinear) == varied[1]
     assert type(model[3]) is nn.Linear  # bf16: not float32's GEMM
@@ -103,8 +115,12 @@ def test_aligned_models_give_batch_invariant_rows_and_keep_their_weights() -> No
             assert all(torch.equal(layer(x[:rows]), full[:rows]) for rows in range(1, 14))
 
 
-def test_without_the_kernel_varying_rows_are_padded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_kernel_varying_rows_are_padded_and_that_is_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(native, "load", lambda: None)  # no compiler, or switched off
     monkeypatch.setattr(rows_module, "rows_vary", lambda linear: True)
     model = nn.Sequential(nn.Linear(16, 8))
-    assert align_linear_rows(model) == 1 and isinstance(model[0], RowAlignedLinear)
+    with caplog.at_level(logging.INFO, logger="vlmserve.models.rows"):
+        assert align_linear_rows(model) == 1 and isinstance(model[0], RowAlignedLinear)
+    assert "0 on our kernel (0 of them in bf16 panels, exact), 1 padded to 4 rows" in caplog.text

@@ -159,7 +159,10 @@ def load() -> Kernels | None:
         enabled = _enabled()  # a bad value raises on every call, not only the first
         _tried = True
         if not enabled:
-            logger.info("native kernels off (%s=0): attention uses the torch paths", ENV_SWITCH)
+            logger.info(
+                "native kernels off (%s=0): attention and float32 linears use the torch paths",
+                ENV_SWITCH,
+            )
             return None
         compiler = os.environ.get("CC") or "cc"
         try:
@@ -168,8 +171,8 @@ def load() -> Kernels | None:
             logger.info("native attention kernel ready: %s", path)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             logger.warning(
-                "could not build the native attention kernel with %r (%s); attention uses "
-                "the slower torch paths",
+                "could not build the native attention kernel with %r (%s); attention and "
+                "float32 linears use the slower torch paths",
                 compiler,
                 str(exc).splitlines()[-1] if str(exc) else type(exc).__name__,
             )

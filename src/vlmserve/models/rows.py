@@ -20,6 +20,8 @@ Where the GEMM is invariant (AVX-512 CPUs) nothing changes.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,8 @@ from vlmserve.models.layers import cpu_linears, weight_uses
 
 ROW_MULTIPLE = 4
 PANEL = 16  # outputs per panel of a packed weight (linear_avx2.c)
+
+logger = logging.getLogger(__name__)
 # Row counts a probe compares with a 16-row call: where sums differed (1-3 rows, and with 2
 # threads 5-7 and 9-11); its weight is the layer's first outputs (reading a whole 152k LM
 # head nine times would cost seconds at start-up).
@@ -104,10 +108,20 @@ def align_linear_rows(model: nn.Module) -> int:
         return 0
     kernels = native.load()
     uses = weight_uses(model)
-    replaced = len(targets)
+    replaced, kernel, narrow = len(targets), 0, 0
     while targets:  # popped: each float32 weight is freed once its packed copy is in place
         parent, name, linear = targets.pop()
         own = kernels is not None and kernels.has_linear and uses[linear.weight.data_ptr()] == 1
-        setattr(parent, name, InvariantLinear(linear) if own else RowAlignedLinear(linear))
+        layer = InvariantLinear(linear) if own else RowAlignedLinear(linear)
+        setattr(parent, name, layer)
+        kernel += own
+        narrow += own and layer.weight.dtype == torch.bfloat16
         del linear
+    logger.info(
+        "float32 linears whose rows vary with the row count on this CPU: %d on our kernel "
+        "(%d of them in bf16 panels, exact), %d padded to 4 rows",
+        kernel,
+        narrow,
+        replaced - kernel,
+    )
     return replaced
