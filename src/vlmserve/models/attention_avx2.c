@@ -21,11 +21,6 @@
 
 static inline __m256 load8_f32(const float *src) { return _mm256_loadu_ps(src); }
 
-static inline __m256 load8_bf16(const bf16 *src) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(
-        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)src)), 16));
-}
-
 static inline void store8_f32(float *dst, __m256 v) { _mm256_storeu_ps(dst, v); }
 
 static inline void store8_bf16(bf16 *dst, __m256 v) {

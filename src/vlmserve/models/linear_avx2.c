@@ -24,11 +24,6 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
-static inline __m256 lo8_bf16(const bf16 *src) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(
-        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)src)), 16));
-}
-
 static inline void store_outputs(float *dst, __m256 a, __m256 b, const float *bias,
                                  int64_t count) {
     if (bias) {
@@ -72,7 +67,7 @@ static inline __attribute__((always_inline)) void NAME(                         
 }
 
 #define LOAD_PAIR_F32(src, w0, w1) (w0 = _mm256_loadu_ps(src), w1 = _mm256_loadu_ps((src) + 8))
-#define LOAD_PAIR_BF16(src, w0, w1) (w0 = lo8_bf16(src), w1 = lo8_bf16((src) + 8))
+#define LOAD_PAIR_BF16(src, w0, w1) (w0 = load8_bf16(src), w1 = load8_bf16((src) + 8))
 
 DEFINE_BLOCK(block_f32, float, LOAD_PAIR_F32)
 DEFINE_BLOCK(block_bf16, bf16, LOAD_PAIR_BF16)
