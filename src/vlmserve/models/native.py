@@ -39,12 +39,14 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from vlmserve.config import cache_dir
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SOURCES = tuple(
     Path(__file__).with_name(name)
@@ -233,11 +235,7 @@ def paged_attention(
         # early ones, and every thread should get some of each.
         return int(function(*fixed, first, items, threads))
 
-    if threads == 1:
-        status = share(0)
-    else:
-        futures = [_pool(kernels, threads - 1).submit(share, i) for i in range(1, threads)]
-        status = min([share(0), *(future.result() for future in futures)])
+    status = min(_in_parts(kernels, threads, share))
     if status == -1:
         return None  # a head layout the kernel does not take
     if status == -3:
@@ -268,17 +266,9 @@ def invariant_linear(
     )  # fmt: skip
     work = rows * in_features * out_features
     threads = min(torch.get_num_threads(), max(1, work // MIN_MACS_PER_THREAD), panels)
-    if threads == 1:
-        kernels.linear(*fixed, 0, panels)
-        return out
     bounds = [panels * i // threads for i in range(threads + 1)]
-    futures = [
-        _pool(kernels, threads - 1).submit(kernels.linear, *fixed, bounds[i], bounds[i + 1])
-        for i in range(1, threads)
-    ]
-    kernels.linear(*fixed, bounds[0], bounds[1])  # contiguous ranges: each thread streams
-    for future in futures:
-        future.result()
+    # Contiguous ranges of panels: each thread streams its own part of the weight.
+    _in_parts(kernels, threads, lambda i: kernels.linear(*fixed, bounds[i], bounds[i + 1]))
     return out
 
 
@@ -301,6 +291,13 @@ def allocate_huge(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         if end > start:
             libc.madvise(start, end - start, _MADV_HUGEPAGE)
     return tensor.zero_()
+
+
+def _in_parts(kernels: Kernels, parts: int, part: Callable[[int], T]) -> list[T]:
+    """[part(0), ..., part(parts - 1)]: part 0 on the calling thread, the others on the
+    kernels' pool at the same time (ctypes releases the GIL); no pool for one part."""
+    futures = [_pool(kernels, parts - 1).submit(part, i) for i in range(1, parts)]
+    return [part(0), *(future.result() for future in futures)]
 
 
 def _pool(kernels: Kernels, size: int) -> ThreadPoolExecutor:
