@@ -79,6 +79,8 @@ def test_a_weight_that_bf16_holds_exactly_is_packed_in_bf16_for_the_same_bits() 
     assert torch.allclose(wide, linear(x), atol=1e-5, rtol=1e-5)
     with pytest.raises(TypeError, match=r"contiguous float32 input, got torch\.float64"):
         native.invariant_linear(x.double(), kernel.weight, kernel.bias, 40)  # not misread
+    with pytest.raises(TypeError, match=r"got torch\.float32 \(not contiguous\)"):
+        native.invariant_linear(x.t().contiguous().t(), kernel.weight, kernel.bias, 40)
 
 
 def test_aligned_models_give_batch_invariant_rows_and_keep_their_weights(

@@ -256,7 +256,8 @@ def invariant_linear(
     kernels = load()
     assert kernels is not None and kernels.has_linear, "invariant_linear without its kernel"
     if x.dtype != torch.float32 or not x.is_contiguous():
-        raise TypeError(f"invariant_linear takes a contiguous float32 input, got {x.dtype}")
+        layout = "" if x.is_contiguous() else " (not contiguous)"
+        raise TypeError(f"invariant_linear takes a contiguous float32 input, got {x.dtype}{layout}")
     rows, in_features = x.shape
     panels = packed.shape[0]
     out = torch.empty(rows, out_features)

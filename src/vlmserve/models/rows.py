@@ -29,10 +29,10 @@ from torch import nn
 from vlmserve.models import native
 from vlmserve.models.layers import cpu_linears, weight_uses
 
+logger = logging.getLogger(__name__)
+
 ROW_MULTIPLE = 4
 PANEL = 16  # outputs per panel of a packed weight (linear_avx2.c)
-
-logger = logging.getLogger(__name__)
 # Row counts a probe compares with a 16-row call: where sums differed (1-3 rows, and with 2
 # threads 5-7 and 9-11); its weight is the layer's first outputs (reading a whole 152k LM
 # head nine times would cost seconds at start-up).
