@@ -114,6 +114,34 @@ def test_steer_swaps_a_token_that_leaves_no_room(backend: StructuredBackend) -> 
     assert grammar.steer(brace) == grammar.closing_tokens()[0] != brace
 
 
+def test_a_close_is_spelled_only_when_the_budget_needs_its_tokens(
+    backend: StructuredBackend,
+) -> None:
+    """Spelling a close in model tokens costs a matcher check per token: while the close's
+    byte count fits the budget (n bytes are at most n tokens), it is not spelled."""
+    compiled = backend.compile(StructuredOutputsParams(json=CONTENT_SAFETY))
+    letter = backend.tokens.vocab[b"a"]
+    for budget, spells in ((200, False), (backend.min_output_tokens(compiled) + 12, True)):
+        grammar = backend.new_request(compiled, budget)
+        spelled: list[bytes] = []
+        spell = grammar.tokens_for
+
+        def counted(data: bytes, after: list[int] | None = None, spell=spell, spelled=spelled):
+            spelled.append(data)
+            return spell(data, after)
+
+        grammar.tokens_for = counted  # type: ignore[method-assign]
+        _feed(backend, grammar, b'{"best_class":"alcohol","explanation":"')
+        for _ in range(10):
+            token = grammar.steer(letter)
+            assert grammar.accept_token(token)
+        assert bool(spelled) == spells
+        # Spelled or not, the close's tokens are the same, and they fit what is left.
+        assert 0 < grammar.min_tokens_to_finish() <= grammar.remaining
+        closing = grammar.closing_tokens()
+        assert b"".join(backend.tokens.token_bytes[t] for t in closing).endswith(b'""}')
+
+
 def test_apply_token_bitmask_matches_a_reference_loop() -> None:
     generator = torch.Generator().manual_seed(0)
     vocab = 1000

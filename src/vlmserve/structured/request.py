@@ -57,8 +57,13 @@ class TokenView:
 
 @dataclass
 class _Closing:
+    """A valid completion from one state: its bytes, and their model tokens once someone
+    needs them. Spelling a close costs more than finding one (a matcher check per token),
+    and most closes are replaced a token later without ever being spelled: a close of n
+    bytes has at most n tokens, so while n fits the budget, its tokens do not matter."""
+
     data: bytes
-    tokens: list[int]
+    tokens: list[int] | None = None
 
 
 class RequestGrammar:
@@ -128,9 +133,15 @@ class RequestGrammar:
             return False
         if memo is not None and memo[0] == token_id:
             self._closing = memo[1]
-        elif closing is not None and closing.tokens[:1] == [token_id]:
+        elif closing is not None and self._leads(closing, token_id):
+            # The close went on past this token's bytes: the rest of it is the close from
+            # here (what a search seeded with it would find first). Its spelling from here
+            # is the old one minus its first token where that was this token: the split is
+            # longest-match, position by position.
+            after = closing.data[len(self._tokens.token_bytes[token_id]) :]
+            tokens = closing.tokens
             self._closing = _Closing(
-                closing.data[len(self._last_bytes(token_id)) :], closing.tokens[1:]
+                after, tokens[1:] if tokens is not None and tokens[:1] == [token_id] else None
             )
         elif closing is not None:
             self._hint = closing.data
@@ -179,7 +190,10 @@ class RequestGrammar:
             return []
         if self._matcher.validate_tokens(forced) != len(forced):
             return []
-        after = self.tokens_for(closing.data[len(data) :], after=forced)
+        rest = closing.data[len(data) :]
+        if len(forced) + len(rest) <= self._remaining:
+            return forced  # the rest's tokens fit, however it is spelled
+        after = self.tokens_for(rest, after=forced)
         return forced if len(forced) + len(after) <= self._remaining else []
 
     def steer(self, token_id: int) -> int:
@@ -191,17 +205,18 @@ class RequestGrammar:
         if self._remaining is None:
             return token_id
         closing = self._closing_for_state()
-        if closing.tokens[:1] == [token_id]:
+        if self._leads(closing, token_id) and self._spelled(closing)[:1] == [token_id]:
             return token_id
-        fallback = closing.tokens[0] if closing.tokens else min(self._tokens.eos_token_ids)
-        if self._remaining <= len(closing.tokens) or not self._accepts(token_id):
-            return fallback
+        if self._is_tight() or not self._accepts(token_id):
+            tokens = self._spelled(closing)
+            return tokens[0] if tokens else min(self._tokens.eos_token_ids)
         self._memo = None
         after = self._closing_after(token_id, closing.data)
-        if after is not None and len(after.tokens) <= self._remaining - 1:
+        if after is not None and self._fits(after, self._remaining - 1, after=[token_id]):
             self._memo = (token_id, after)
             return token_id
-        return fallback
+        tokens = self._spelled(closing)
+        return tokens[0] if tokens else min(self._tokens.eos_token_ids)
 
     def surely_allows(self, token_id: int) -> bool:
         """True only if `fill_bitmask` would allow `token_id`, found without computing the
@@ -245,11 +260,11 @@ class RequestGrammar:
 
     def min_tokens_to_finish(self) -> int:
         """Tokens in the shortest valid completion found from here (0 when complete)."""
-        return len(self._closing_for_state().tokens)
+        return len(self._spelled(self._closing_for_state()))
 
     def closing_tokens(self) -> list[int]:
         """One short valid completion from here, as model tokens."""
-        return list(self._closing_for_state().tokens)
+        return list(self._spelled(self._closing_for_state()))
 
     def tokens_for(self, data: bytes, after: list[int] | None = None) -> list[int]:
         """Model tokens spelling `data` from the current state (or from the state after the
@@ -260,7 +275,36 @@ class RequestGrammar:
         return tokens
 
     def _is_tight(self) -> bool:
-        return self._remaining is not None and self._remaining <= self.min_tokens_to_finish()
+        return self._remaining is not None and not self._fits(
+            self._closing_for_state(), self._remaining - 1
+        )
+
+    def _fits(self, closing: _Closing, budget: int, after: list[int] | None = None) -> bool:
+        """Whether `closing` (a close from this state, or from the state after the tokens
+        `after`) is at most `budget` tokens; spelled only when its byte count leaves doubt."""
+        if len(closing.data) <= budget:
+            return True
+        if after is None:
+            return len(self._spelled(closing)) <= budget
+        if closing.tokens is None:
+            closing.tokens = self.tokens_for(closing.data, after=after)
+        return len(closing.tokens) <= budget
+
+    def _spelled(self, closing: _Closing) -> list[int]:
+        """The tokens of `closing`, a close from the current state."""
+        if closing.tokens is None:
+            closing.tokens = self.tokens_for(closing.data)
+        return closing.tokens
+
+    def _leads(self, closing: _Closing, token_id: int) -> bool:
+        """Whether `token_id` is an ordinary token whose bytes start `closing`: then the rest
+        of the close completes after it (the byte matcher accepted the whole close)."""
+        data = (
+            self._tokens.token_bytes[token_id]
+            if 0 <= token_id < len(self._tokens.token_bytes)
+            else b""
+        )
+        return bool(data) and closing.data.startswith(data)
 
     def _last_bytes(self, token_id: int) -> bytes:
         return b"" if token_id in self._tokens.eos_token_ids else self._tokens.token_bytes[token_id]
@@ -305,7 +349,7 @@ class RequestGrammar:
         if data is None and max_nodes >= SEARCH_NODES:
             self._rebuild_byte_matcher()
             data = shortest_completion(self._bytes, self._nesting, max_nodes)
-        return None if data is None else _Closing(data, self.tokens_for(data))
+        return None if data is None else _Closing(data)
 
     def _closing_after(self, token_id: int, hint: bytes) -> _Closing | None:
         """What `_find_closing(hint, STEER_SEARCH_NODES)` finds once `token_id` (which the
@@ -315,6 +359,8 @@ class RequestGrammar:
             return _Closing(b"", [])  # after EOS the grammar is complete
         data = self._tokens.token_bytes[token_id]
         after = list(data)
+        if hint.startswith(data):
+            return _Closing(hint[len(data) :])  # the hint completes, with these bytes first
         found = next((c for c in (hint[len(data) :], hint) if self._completes(c, after)), None)
         if found is None:
 
@@ -331,9 +377,7 @@ class RequestGrammar:
 
             nesting = self._nesting.scan(data)
             found = self._search(probe, self._byte_log + after, nesting, STEER_SEARCH_NODES)
-        if found is None:
-            return None
-        return _Closing(found, self.tokens_for(found, after=[token_id]))
+        return None if found is None else _Closing(found)
 
     def _search(
         self,
