@@ -31,7 +31,7 @@ from vlmserve.models.tiny import make_tiny_model
 from vlmserve.offline import LLM
 from vlmserve.safety.policy import load_policy
 from vlmserve.structured import StructuredBackend, allocate_bitmask, apply_token_bitmask
-from vlmserve.structured.memo import SEARCHES
+from vlmserve.structured.memo import MASKS, SEARCHES
 from vlmserve.structured.testing import adversarial_logits
 from vlmserve.types import RequestOutput, SamplingParams, StructuredOutputsParams
 
@@ -199,9 +199,10 @@ def bench_e2e(
         requests = prompts[: min(count, max(8, 4 * batch))]  # a few rounds, at most `count`
         best_c = best_u = cpu_c = cpu_u = float("inf")
         for _ in range(repeats):  # alternated, best of each: load from neighbours hits both
-            # Each run starts with the closer's memo empty: the runs repeat the same requests,
+            # Each run starts with the memos (closes, masks) empty: the runs repeat the same requests,
             # and a memo the previous run filled would flatter every run after the first.
             SEARCHES.clear()
+            MASKS.clear()
             seconds, cpu, outs = _timed(llm, requests, [constrained] * len(requests), batch)
             best_c, cpu_c = min(best_c, seconds), min(cpu_c, cpu)
             lengths = [len(o.outputs[0].token_ids) for o in outs]

@@ -46,7 +46,7 @@ class FixedMasks:
     def surely_allows(self, row: int, token_id: int) -> bool:
         return self.check and bool((int(self.bitmask[row, token_id // 32]) >> (token_id % 32)) & 1)
 
-    def can_vouch(self, row: int) -> bool:
+    def worth_walking(self, row: int) -> bool:
         return self.check
 
     def surely_forbids(self, row: int, token_id: int) -> bool:

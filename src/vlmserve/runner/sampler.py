@@ -62,7 +62,7 @@ class RowMasks(Protocol):
 
     def surely_allows(self, row: int, token_id: int) -> bool: ...
 
-    def can_vouch(self, row: int) -> bool: ...
+    def worth_walking(self, row: int) -> bool: ...
 
     def surely_forbids(self, row: int, token_id: int) -> bool: ...
 
@@ -249,8 +249,8 @@ def _walk(
     # The runner's logits are inference tensors: edited in place only in inference mode.
     with torch.inference_mode():
         for i in which:
-            if not masks.can_vouch(i):
-                continue  # the walk would end at its mask, after argmaxes for nothing
+            if not masks.worth_walking(i):
+                continue  # the walk would end at its mask, or the mask costs a copy
             token = _walk_row(edited[i] if i in edited else scores[i], i, masks)
             if token is not None:
                 found[i] = token

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import threading
 import time
@@ -135,6 +136,9 @@ class StructuredBackend:
             max_token_bytes=max(len(b) for b in token_bytes),
             allowed_words=words,
             eos_token_ids=frozenset(self.eos_token_ids),
+            fingerprint=hashlib.sha256(
+                f"{self.vocab_size}:{tokenizer.to_str()}".encode()
+            ).hexdigest(),
         )
 
     def cached(self, params: StructuredOutputsParams) -> CompiledGrammar | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import llguidance
 import torch
@@ -38,18 +38,31 @@ def fill_bitmasks(grammars: Sequence[RequestGrammar], bitmask: torch.Tensor) -> 
     if words.shape[0] != len(grammars) or not words.flags["C_CONTIGUOUS"]:
         raise ValueError("bitmask must be contiguous with one row per grammar")
     jobs: list[tuple[llguidance.LLMatcher, int]] = []
+    first: dict[Hashable, int] = {}  # a mask key -> the row that computes it
+    copies: list[tuple[int, int]] = []  # (row, the row whose mask it takes)
     for i, grammar in enumerate(grammars):
         matcher = grammar.mask_matcher()
         if matcher is None:
-            grammar.fill_bitmask(words[i])
-        else:
-            jobs.append((matcher, i))
-    if not jobs:
-        return
-    row_bytes = words.shape[1] * words.itemsize
-    _executor().unsafe_compute_mask_ptr(jobs, words.ctypes.data, row_bytes, words.shape[0])
+            grammar.fill_bitmask(words[i])  # tight, or known: no matcher needed
+            continue
+        # Requests in lock step (one schema, admitted together) reach the same state in
+        # the same step: one computes the mask, the others copy it.
+        key = grammar.mask_key()
+        if key is not None and key in first:
+            copies.append((i, first[key]))
+            continue
+        if key is not None:
+            first[key] = i
+        jobs.append((matcher, i))
+    if jobs:
+        row_bytes = words.shape[1] * words.itemsize
+        _executor().unsafe_compute_mask_ptr(jobs, words.ctypes.data, row_bytes, words.shape[0])
     for _, i in jobs:
         words[i] &= grammars[i].allowed_words[: words.shape[1]]
+        grammars[i].remember_mask(words[i])
+    for i, source in copies:
+        words[i] = words[source]
+        grammars[i].remember_mask(words[i])
 
 
 class GrammarMasks:
@@ -67,9 +80,12 @@ class GrammarMasks:
         """True only if row's mask allows the token (False: fill the mask to know)."""
         return self._grammars[row].surely_allows(token_id)
 
-    def can_vouch(self, row: int) -> bool:
-        """False when `surely_allows` would say False of every token of row."""
-        return self._grammars[row].can_vouch()
+    def worth_walking(self, row: int) -> bool:
+        """Whether a greedy walk past forbidden winners may settle `row` for less than its
+        mask: not where `surely_allows` would say False of every token, nor where the mask
+        is remembered already (memo.MASKS: then it costs a copy)."""
+        grammar = self._grammars[row]
+        return grammar.can_vouch() and grammar.known_mask() is None
 
     def surely_forbids(self, row: int, token_id: int) -> bool:
         """True only if row's mask forbids the token (False: it may allow it)."""

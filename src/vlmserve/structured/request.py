@@ -30,7 +30,7 @@ from vlmserve.structured.closer import (
     shortest_completion,
     split_into_tokens,
 )
-from vlmserve.structured.memo import SEARCHES, output_key
+from vlmserve.structured.memo import MASKS, MAX_MASK_KEY_TOKENS, SEARCHES, output_key
 
 # Limits (matcher states visited, ~5 us each) for the closer's search. From the current state
 # (compile, after a rollback) a failure is an error, so it may search long (~1 s); when
@@ -49,6 +49,7 @@ class TokenView:
     max_token_bytes: int
     allowed_words: np.ndarray  # int32 bitmask words: ordinary tokens and EOS ids
     eos_token_ids: frozenset[int]
+    fingerprint: str  # the tokenizer and the logits width: what else keys a mask (memo.MASKS)
 
     @functools.cached_property
     def spelling(self) -> Spelling:
@@ -64,6 +65,12 @@ class _Closing:
 
     data: bytes
     tokens: list[int] | None = None
+
+
+def _allows(words: np.ndarray, token_id: int) -> bool:
+    return 0 <= token_id < 32 * words.shape[0] and bool(
+        (int(words[token_id // 32]) >> (token_id % 32)) & 1
+    )
 
 
 class RequestGrammar:
@@ -89,6 +96,9 @@ class RequestGrammar:
         self._closing = None if shortest is None else _Closing(shortest[0], list(shortest[1]))
         self._hint: bytes | None = None  # previous close, tried before searching again
         self._memo: tuple[int, _Closing] | None = None  # steer()'s look at one token
+        self._token_log: list[int] = []  # the tokens accepted: with the grammar, a mask's key
+        self._known: np.ndarray | None = None  # this state's remembered mask
+        self._looked_up = False  # whether _known was looked up in this state
 
     @property
     def remaining(self) -> int | None:
@@ -110,14 +120,43 @@ class RequestGrammar:
             for token in tokens:
                 bits[token // 32] |= np.uint32(1 << (token % 32))
             return
+        known = self.known_mask()
+        if known is not None and known.shape == words.shape:
+            words[:] = known
+            return
         self._matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
         words &= self._tokens.allowed_words[: words.shape[0]]
+        self.remember_mask(words)
+
+    def known_mask(self) -> np.ndarray | None:
+        """The mask `fill_bitmask` writes here, if a request filled it in this state before
+        (memo.MASKS: the same grammar, vocabulary and tokens make the same mask). Never for
+        a tight budget: that mask is the close's next token, cheap and budget-dependent."""
+        if not self._looked_up:
+            key = self.mask_key()
+            self._known = None if key is None else MASKS.get(key)
+            self._looked_up = True
+        return self._known
+
+    def remember_mask(self, words: np.ndarray) -> None:
+        """Keep `words`, this state's mask as `fill_bitmask` writes it, for later requests."""
+        key = self.mask_key()
+        if key is not None:
+            self._known, self._looked_up = words.copy(), True
+            MASKS.put(key, self._known)
+
+    def mask_key(self) -> tuple[str, str, tuple[int, ...]] | None:
+        """What decides this state's mask (memo.MASKS); None where it is not remembered."""
+        if self._is_tight() or len(self._token_log) > MAX_MASK_KEY_TOKENS:
+            return None
+        return (self._tokens.fingerprint, self._grammar, tuple(self._token_log))
 
     def mask_matcher(self) -> llguidance.LLMatcher | None:
         """The matcher whose mask `fill_bitmask` writes before ANDing `allowed_words` (so that
-        many rows can be filled at once, see `batch.fill_bitmasks`); None when the budget is
-        tight and the mask is the close's next token."""
-        return None if self._is_tight() else self._matcher
+        many rows can be filled at once, see `batch.fill_bitmasks`, which then calls
+        `remember_mask`); None when `fill_bitmask` needs no matcher: the budget is tight and
+        the mask is the close's next token, or the mask is known."""
+        return None if self._is_tight() or self.known_mask() is not None else self._matcher
 
     @property
     def allowed_words(self) -> np.ndarray:
@@ -167,9 +206,11 @@ class RequestGrammar:
         self._bytes.rollback(undone_bytes)
         del self._byte_log[len(self._byte_log) - undone_bytes :]
         self._nesting = undone[0][1]
+        del self._token_log[-num_tokens:]
         if self._remaining is not None:
             self._remaining += num_tokens
         self._closing = self._hint = self._memo = None
+        self._known, self._looked_up = None, False
 
     def forced_tokens(self) -> list[int]:
         """Tokens to append without sampling. Jump-ahead: llguidance's fast-forward tokens,
@@ -226,6 +267,9 @@ class RequestGrammar:
         accepts) and for EOS."""
         if self._is_tight():
             return token_id in (self.closing_tokens()[:1] or self._tokens.eos_token_ids)
+        known = self.known_mask()
+        if known is not None:
+            return _allows(known, token_id)
         if token_id in self._tokens.eos_token_ids or self._matcher.compute_ff_bytes():
             return False
         return self._accepts(token_id)
@@ -233,7 +277,11 @@ class RequestGrammar:
     def can_vouch(self) -> bool:
         """False where `surely_allows` is False for every token (the next bytes are forced): a
         sampler's walk cannot settle this row, only its mask can."""
-        return self._is_tight() or not self._matcher.compute_ff_bytes()
+        return (
+            self._is_tight()
+            or self.known_mask() is not None
+            or not self._matcher.compute_ff_bytes()
+        )
 
     def surely_forbids(self, token_id: int) -> bool:
         """True only if `fill_bitmask` would forbid `token_id`: the mask never allows a token
@@ -245,6 +293,9 @@ class RequestGrammar:
             return False
         if self._is_tight():
             return token_id not in self.closing_tokens()[:1]
+        known = self.known_mask()
+        if known is not None:
+            return not _allows(known, token_id)
         return not self._accepts(token_id)
 
     def _accepts(self, token_id: int) -> bool:
@@ -253,10 +304,7 @@ class RequestGrammar:
 
     def _in_vocabulary(self, token_id: int) -> bool:
         """An ordinary token or an EOS id (never a special token or logits padding)."""
-        word = self._tokens.allowed_words
-        return 0 <= token_id < 32 * word.shape[0] and bool(
-            (int(word[token_id // 32]) >> (token_id % 32)) & 1
-        )
+        return _allows(self._tokens.allowed_words, token_id)
 
     def min_tokens_to_finish(self) -> int:
         """Tokens in the shortest valid completion found from here (0 when complete)."""
@@ -324,10 +372,12 @@ class RequestGrammar:
         if not self._bytes.consume_tokens(consumed):
             self._rebuild_byte_matcher()
         self._history.append((len(consumed), self._nesting))
+        self._token_log.append(token_id)
         self._nesting = self._nesting.scan(data)
         if self._remaining is not None:
             self._remaining -= 1
         self._closing = self._hint = self._memo = None
+        self._known, self._looked_up = None, False
         return True
 
     def _closing_for_state(self) -> _Closing:
