@@ -13,7 +13,7 @@ import tokenizers
 import torch
 
 from tests.structured.schemas import SCHEMAS
-from vlmserve.structured import StructuredBackend, allocate_bitmask, batch, request
+from vlmserve.structured import StructuredBackend, allocate_bitmask, batch, closing, request
 from vlmserve.structured.batch import GrammarMasks, fill_bitmasks
 from vlmserve.structured.memo import MASKS, MAX_KEY_BYTES, SEARCHES, Memo, output_key
 from vlmserve.structured.testing import adversarial_logits, decode
@@ -25,13 +25,13 @@ def searches(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """Counts the closer's real searches; the memo starts and ends empty."""
     SEARCHES.clear()
     counted: list[int] = []
-    search = request.shortest_completion
+    search = closing.shortest_completion
 
     def counting(*args: object, **kwargs: object) -> bytes | None:
         counted.append(1)
         return search(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(request, "shortest_completion", counting)
+    monkeypatch.setattr(closing, "shortest_completion", counting)
     yield counted
     SEARCHES.clear()
 
@@ -65,11 +65,13 @@ def test_different_grammars_with_the_same_output_do_not_share(
         for pattern in (r"ab(c|de)f{3}", r"ab(c|dde)f{4}")
     ]
     found = [
-        g._search(lambda g=g: g._bytes, [], g._nesting, request.SEARCH_NODES) for g in grammars
+        g._track._search(lambda g=g: g._track._bytes, [], g._track.nesting, closing.SEARCH_NODES)
+        for g in grammars
     ]
     assert found == [b"abcfff", b"abcffff"] and len(searches) == 2
     again = [
-        g._search(lambda g=g: g._bytes, [], g._nesting, request.SEARCH_NODES) for g in grammars
+        g._track._search(lambda g=g: g._track._bytes, [], g._track.nesting, closing.SEARCH_NODES)
+        for g in grammars
     ]
     assert again == found and len(searches) == 2  # both remembered, each under its own key
 

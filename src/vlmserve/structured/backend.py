@@ -32,9 +32,10 @@ from vlmserve.structured.closer import (
     new_byte_matcher,
     shortest_completion,
 )
+from vlmserve.structured.closing import SEARCH_NODES
 from vlmserve.structured.compiler import build_grammar
 from vlmserve.structured.errors import StructuredOutputError
-from vlmserve.structured.request import SEARCH_NODES, RequestGrammar, TokenView
+from vlmserve.structured.request import RequestGrammar, TokenView
 from vlmserve.structured.schema import check_bounds
 from vlmserve.structured.tools import PARAM as TOOLS_PARAM
 from vlmserve.structured.tools import check_tool_bounds, tool_calls_grammar

@@ -15,29 +15,15 @@ budget equals the closing length, `forced_tokens` returns the whole close.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import llguidance
 import numpy as np
 import torch
 
-from vlmserve.structured.closer import (
-    BYTE_EOS,
-    Nesting,
-    Spelling,
-    new_byte_matcher,
-    shortest_completion,
-    split_into_tokens,
-)
-from vlmserve.structured.memo import MASKS, MAX_MASK_KEY_TOKENS, SEARCHES, output_key
-
-# Limits (matcher states visited, ~5 us each) for the closer's search. From the current state
-# (compile, after a rollback) a failure is an error, so it may search long (~1 s); when
-# vetting a sampled token in steer() a failure only means "take the known close instead", so
-# it must be quick (~10 ms).
-SEARCH_NODES = 200_000
-STEER_SEARCH_NODES = 2_000
+from vlmserve.structured.closer import Spelling, split_into_tokens
+from vlmserve.structured.closing import ByteTrack
+from vlmserve.structured.memo import MASKS, MAX_MASK_KEY_TOKENS
 
 
 @dataclass(frozen=True)
@@ -86,13 +72,10 @@ class RequestGrammar:
         """`shortest`: the close from the initial state if known (the compile found it, and
         a search from here would find it again: the search is deterministic)."""
         self._matcher = matcher
-        self._bytes = byte_matcher
+        self._track = ByteTrack(byte_matcher, grammar)
         self._grammar = grammar
-        self._byte_log: list[int] = []  # what the byte matcher consumed, to rebuild it
         self._tokens = tokens
         self._remaining = max_tokens
-        self._nesting = Nesting()
-        self._history: list[tuple[int, Nesting]] = []  # per token: bytes consumed, nesting before
         self._closing = None if shortest is None else _Closing(shortest[0], list(shortest[1]))
         self._hint: bytes | None = None  # previous close, tried before searching again
         self._memo: tuple[int, _Closing] | None = None  # steer()'s look at one token
@@ -195,17 +178,12 @@ class RequestGrammar:
         """Undo the last `num_tokens` accepted tokens (speculative decoding, stop strings)."""
         if num_tokens <= 0:
             return
-        if num_tokens > len(self._history):
+        if num_tokens > len(self._token_log):
             raise ValueError(
-                f"cannot roll back {num_tokens} tokens, only {len(self._history)} accepted"
+                f"cannot roll back {num_tokens} tokens, only {len(self._token_log)} accepted"
             )
         self._matcher.rollback(num_tokens)
-        undone = self._history[-num_tokens:]
-        del self._history[-num_tokens:]
-        undone_bytes = sum(count for count, _ in undone)
-        self._bytes.rollback(undone_bytes)
-        del self._byte_log[len(self._byte_log) - undone_bytes :]
-        self._nesting = undone[0][1]
+        self._track.rollback(num_tokens)
         del self._token_log[-num_tokens:]
         if self._remaining is not None:
             self._remaining += num_tokens
@@ -354,9 +332,6 @@ class RequestGrammar:
         )
         return bool(data) and closing.data.startswith(data)
 
-    def _last_bytes(self, token_id: int) -> bytes:
-        return b"" if token_id in self._tokens.eos_token_ids else self._tokens.token_bytes[token_id]
-
     def _advance(self, token_id: int) -> bool:
         if not self._in_vocabulary(token_id):
             return False
@@ -366,14 +341,9 @@ class RequestGrammar:
                 # no longer be guaranteed, so the request must fail rather than go on.
                 raise RuntimeError(f"grammar matcher failed: {self._matcher.get_error()[:200]}")
             return False
-        data = self._last_bytes(token_id)
-        consumed = list(data) if token_id not in self._tokens.eos_token_ids else [BYTE_EOS]
-        self._byte_log += consumed
-        if not self._bytes.consume_tokens(consumed):
-            self._rebuild_byte_matcher()
-        self._history.append((len(consumed), self._nesting))
+        eos = token_id in self._tokens.eos_token_ids
+        self._track.advance(b"" if eos else self._tokens.token_bytes[token_id], eos)
         self._token_log.append(token_id)
-        self._nesting = self._nesting.scan(data)
         if self._remaining is not None:
             self._remaining -= 1
         self._closing = self._hint = self._memo = None
@@ -382,85 +352,16 @@ class RequestGrammar:
 
     def _closing_for_state(self) -> _Closing:
         if self._closing is None:
-            self._closing = self._find_closing(self._hint, SEARCH_NODES)
+            data = self._track.find(self._hint)
+            self._closing = None if data is None else _Closing(data)
         if self._closing is None:
             raise RuntimeError("budget-aware closing found no completion from this state")
         return self._closing
 
-    def _find_closing(self, hint: bytes | None, max_nodes: int) -> _Closing | None:
-        # The previous close usually still works: after free text (a string goes on) as is,
-        # after a token that replaced its first bytes (a date's digits) minus those bytes.
-        candidates = []
-        if hint is not None and self._history:
-            candidates = [hint[self._history[-1][0] :], hint]
-        data = next((c for c in candidates if self._completes(c)), None)
-        if data is None:
-            data = self._search(lambda: self._bytes, self._byte_log, self._nesting, max_nodes)
-        if data is None and max_nodes >= SEARCH_NODES:
-            self._rebuild_byte_matcher()
-            data = shortest_completion(self._bytes, self._nesting, max_nodes)
-        return None if data is None else _Closing(data)
-
     def _closing_after(self, token_id: int, hint: bytes) -> _Closing | None:
-        """What `_find_closing(hint, STEER_SEARCH_NODES)` finds once `token_id` (which the
-        grammar allows) is accepted, without accepting it: the same candidates in the same
-        order, checked with `validate_tokens` instead of commit and rollback."""
+        """The close `steer` would find from the state after `token_id` (which the grammar
+        allows), without accepting it (closing.ByteTrack.after)."""
         if token_id in self._tokens.eos_token_ids:
             return _Closing(b"", [])  # after EOS the grammar is complete
-        data = self._tokens.token_bytes[token_id]
-        after = list(data)
-        if hint.startswith(data):
-            return _Closing(hint[len(data) :])  # the hint completes, with these bytes first
-        found = next((c for c in (hint[len(data) :], hint) if self._completes(c, after)), None)
-        if found is None:
-
-            def probe() -> llguidance.LLMatcher:
-                matcher = self._bytes.deep_copy()
-                if not matcher.consume_tokens(after):
-                    # The shared lexer cache ran out (see _rebuild_byte_matcher): as
-                    # accepting the token would, continue on a private byte matcher.
-                    self._rebuild_byte_matcher()
-                    matcher = self._bytes.deep_copy()
-                    if not matcher.consume_tokens(after):
-                        raise RuntimeError(f"byte matcher diverged: {matcher.get_error()[:200]}")
-                return matcher
-
-            nesting = self._nesting.scan(data)
-            found = self._search(probe, self._byte_log + after, nesting, STEER_SEARCH_NODES)
+        found = self._track.after(self._tokens.token_bytes[token_id], hint)
         return None if found is None else _Closing(found)
-
-    def _search(
-        self,
-        matcher: Callable[[], llguidance.LLMatcher],
-        log: list[int],
-        nesting: Nesting,
-        max_nodes: int,
-    ) -> bytes | None:
-        """shortest_completion from the byte matcher `matcher()` makes, in this grammar's
-        state after the bytes `log`: remembered across requests (structured/memo.py), and
-        the matcher made only when the search runs."""
-        output = output_key(log)
-        key = None if output is None else (self._grammar, output, nesting, max_nodes)
-        found = None if key is None else SEARCHES.get(key)
-        if found is None:
-            found = shortest_completion(matcher(), nesting, max_nodes)
-            if found is not None and key is not None:
-                SEARCHES.put(key, found)
-        return found
-
-    def _rebuild_byte_matcher(self) -> None:
-        """A private byte matcher replaying this request's bytes.
-
-        Deep copies share llguidance's lexer cache and its size limit; the closer's searches
-        can exhaust it ("too many expressions"), after which valid bytes fail. A new matcher
-        has a cache of its own.
-        """
-        self._bytes = new_byte_matcher(self._grammar)
-        if not self._bytes.consume_tokens(self._byte_log):
-            raise RuntimeError(f"byte matcher diverged: {self._bytes.get_error()[:200]}")
-
-    def _completes(self, data: bytes, after: list[int] | None = None) -> bool:
-        """Whether `data` (after the bytes `after`) takes the byte matcher to an accepting
-        state: EOS is accepted exactly where the grammar may end."""
-        probe = (after or []) + list(data) + [BYTE_EOS]
-        return bool(self._bytes.validate_tokens(probe) == len(probe))
