@@ -142,6 +142,33 @@ def test_a_close_is_spelled_only_when_the_budget_needs_its_tokens(
         assert b"".join(backend.tokens.token_bytes[t] for t in closing).endswith(b'""}')
 
 
+def test_the_sampler_probe_and_steer_check_a_token_once(backend: StructuredBackend) -> None:
+    """`surely_allows` (the sampler) and `steer` ask about the same token in the same state:
+    the matcher is asked once; a new state asks again."""
+    grammar = backend.new_request(
+        backend.compile(StructuredOutputsParams(json=CONTENT_SAFETY)), 200
+    )
+    _feed(backend, grammar, b'{"best_class":"alcohol","explanation":"')
+    asked: list[list[int]] = []
+    matcher = grammar._matcher
+
+    class Counting:
+        def __getattr__(self, name: str):
+            return getattr(matcher, name)
+
+        def validate_tokens(self, tokens: list[int]) -> int:
+            asked.append(list(tokens))
+            return matcher.validate_tokens(tokens)
+
+    grammar._matcher = Counting()
+    letter = backend.tokens.vocab[b"a"]
+    for _ in range(3):
+        assert grammar.surely_allows(letter)
+        assert grammar.steer(letter) == letter
+        assert grammar.accept_token(letter)
+    assert asked.count([letter]) == 3
+
+
 def test_apply_token_bitmask_matches_a_reference_loop() -> None:
     generator = torch.Generator().manual_seed(0)
     vocab = 1000

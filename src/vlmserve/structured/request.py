@@ -82,6 +82,9 @@ class RequestGrammar:
         self._token_log: list[int] = []  # the tokens accepted: with the grammar, a mask's key
         self._known: np.ndarray | None = None  # this state's remembered mask
         self._looked_up = False  # whether _known was looked up in this state
+        # The last token `_accepts` checked in this state and its answer: the sampler's
+        # probe and `steer` ask about the same token.
+        self._checked: tuple[int, bool] | None = None
 
     @property
     def remaining(self) -> int | None:
@@ -188,7 +191,7 @@ class RequestGrammar:
         if self._remaining is not None:
             self._remaining += num_tokens
         self._closing = self._hint = self._memo = None
-        self._known, self._looked_up = None, False
+        self._known, self._looked_up, self._checked = None, False, None
 
     def forced_tokens(self) -> list[int]:
         """Tokens to append without sampling. Jump-ahead: llguidance's fast-forward tokens,
@@ -278,7 +281,12 @@ class RequestGrammar:
 
     def _accepts(self, token_id: int) -> bool:
         """Whether accepting `token_id` would succeed, without changing state."""
-        return self._in_vocabulary(token_id) and self._matcher.validate_tokens([token_id]) == 1
+        if self._checked is None or self._checked[0] != token_id:
+            accepted = self._in_vocabulary(token_id) and (
+                self._matcher.validate_tokens([token_id]) == 1
+            )
+            self._checked = (token_id, accepted)
+        return self._checked[1]
 
     def _in_vocabulary(self, token_id: int) -> bool:
         """An ordinary token or an EOS id (never a special token or logits padding)."""
@@ -347,7 +355,7 @@ class RequestGrammar:
         if self._remaining is not None:
             self._remaining -= 1
         self._closing = self._hint = self._memo = None
-        self._known, self._looked_up = None, False
+        self._known, self._looked_up, self._checked = None, False, None
         return True
 
     def _closing_for_state(self) -> _Closing:
