@@ -193,22 +193,28 @@ def bench_e2e(
     llm.generate(prompts[:1], constrained)  # first compile, outside the timings
     print(
         f"{'batch':>5} {'tokens':>6} {'forced':>7} {'valid':>6} {'constrained tok/s':>18} "
-        f"{'unconstrained tok/s':>20} {'ratio':>6} {'CPU-time ratio':>15}"
+        f"{'unconstrained tok/s':>20} {'ratio':>6} {'CPU-time ratio':>15} "
+        f"{'paired ratios: median (min-max)':>32}"
     )
     for batch in batches:
         requests = prompts[: min(count, max(8, 4 * batch))]  # a few rounds, at most `count`
         best_c = best_u = cpu_c = cpu_u = float("inf")
+        # Each alternation's own ratio too: on a shared machine the best of each mode can
+        # come from different minutes; the spread of the pairs shows how far to trust it.
+        pairs = []
         for _ in range(repeats):  # alternated, best of each: load from neighbours hits both
-            # Each run starts with the memos (closes, masks) empty: the runs repeat the same requests,
-            # and a memo the previous run filled would flatter every run after the first.
+            # Each run starts with the memos (closes, masks) empty: the runs repeat the same
+            # requests, and a memo the previous run filled would flatter every later run.
             SEARCHES.clear()
             MASKS.clear()
             seconds, cpu, outs = _timed(llm, requests, [constrained] * len(requests), batch)
             best_c, cpu_c = min(best_c, seconds), min(cpu_c, cpu)
+            constrained_seconds = seconds
             lengths = [len(o.outputs[0].token_ids) for o in outs]
             free = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in lengths]
             seconds, cpu, free_outs = _timed(llm, requests, free, batch)
             best_u, cpu_u = min(best_u, seconds), min(cpu_u, cpu)
+            pairs.append(seconds / constrained_seconds)
             assert [len(o.outputs[0].token_ids) for o in free_outs] == lengths
         tokens = sum(lengths)
         forced = sum(o.outputs[0].num_forced_tokens for o in outs)
@@ -216,7 +222,8 @@ def bench_e2e(
         print(
             f"{batch:>5} {tokens:>6} {forced / tokens:>7.0%} {valid:>3}/{len(outs):<2} "
             f"{tokens / best_c:>18.0f} {tokens / best_u:>20.0f} {best_u / best_c:>5.2f}x "
-            f"{cpu_u / cpu_c:>14.2f}x   (load {os.getloadavg()[0]:.2f})"
+            f"{cpu_u / cpu_c:>14.2f}x {statistics.median(pairs):>15.2f}x "
+            f"({min(pairs):.2f}-{max(pairs):.2f})   (load {os.getloadavg()[0]:.2f})"
         )
 
 
