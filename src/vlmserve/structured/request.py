@@ -243,9 +243,9 @@ class RequestGrammar:
     def surely_allows(self, token_id: int) -> bool:
         """True only if `fill_bitmask` would allow `token_id`, found without computing the
         mask: a sampler can keep an unmasked winner that passes and mask only the rows that
-        fail. False where it cannot tell cheaply: where the next bytes are forced
-        (llguidance's mask then allows only their canonical tokens, fewer than the grammar
-        accepts) and for EOS."""
+        fail. Exact where the mask is known (`known_mask`); else False where it cannot tell
+        cheaply: where the next bytes are forced (llguidance's mask then allows only their
+        canonical tokens, fewer than the grammar accepts) and for EOS."""
         if self._is_tight():
             return token_id in (self.closing_tokens()[:1] or self._tokens.eos_token_ids)
         known = self.known_mask()
@@ -256,8 +256,8 @@ class RequestGrammar:
         return self._accepts(token_id)
 
     def can_vouch(self) -> bool:
-        """False where `surely_allows` is False for every token (the next bytes are forced): a
-        sampler's walk cannot settle this row, only its mask can."""
+        """False where `surely_allows` is False for every token (the next bytes are forced and
+        the mask is not known): a sampler's walk cannot settle this row, only its mask can."""
         return (
             self._is_tight()
             or self.known_mask() is not None
