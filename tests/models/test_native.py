@@ -1,4 +1,4 @@
-"""Our attention kernel (models/native.py): right, the same bits for a token whichever step,
+"""Our C kernels (models/native.py): attention right, the same bits for a token whichever step,
 chunk or batch it comes in, and a clean fall-back to the torch paths where it cannot build."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from tests.models.kernel import require_kernel
 from tests.models.test_attention import reference
 from vlmserve.models import attention, native
 from vlmserve.models.attention import AttentionMetadata, paged_attention
+from vlmserve.models.layers import RMSNorm
 
 BLOCK = 4
 
@@ -244,3 +245,39 @@ def test_a_kv_cache_is_advised_onto_huge_pages_and_zeroed(
     calls.clear()
     native.allocate_huge((4, 1024), torch.bfloat16)  # 8 KiB: no whole huge page to advise
     assert calls == []
+
+
+@pytest.mark.parametrize("dim", [8, 37, 1536])
+def test_rms_norm_in_one_call_matches_torch_and_keeps_a_rows_bits(dim: int) -> None:
+    """norm.c: right to float32 rounding, and a row's bits the same alone or among others
+    (each row is summed on its own); the module takes it only where nothing asks for grads."""
+    require_kernel()
+    torch.manual_seed(dim)
+    norm = RMSNorm(dim, 1e-6)
+    norm.weight.data = torch.randn(dim)
+    x = torch.randn(2, 11, dim) * 3
+    reference = norm.weight * torch.nn.functional.rms_norm(x, (dim,), eps=1e-6)
+    with torch.no_grad():
+        out = norm(x)
+        alone = [norm(x[b, i : i + 1]) for b in range(2) for i in range(11)]
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, reference, rtol=1e-6, atol=1e-6)
+    assert torch.equal(torch.cat(alone).view_as(out), out)
+    direct = native.rms_norm(x, norm.weight.detach(), 1e-6)
+    assert direct is not None and torch.equal(direct, out)
+    # Not for what the kernel does not take: torch's path serves them.
+    assert native.rms_norm(x.to(torch.bfloat16), norm.weight.detach(), 1e-6) is None
+    assert native.rms_norm(x.transpose(0, 1), norm.weight.detach(), 1e-6) is None
+    assert native.rms_norm(x[..., :-1], norm.weight.detach(), 1e-6) is None
+    grads = norm(x)
+    grads.sum().backward()  # with grads on, torch's differentiable path
+    assert norm.weight.grad is not None
+
+
+def test_rms_norm_without_kernels_is_torchs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    native.reset()
+    norm = RMSNorm(16, 1e-5)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        assert torch.equal(norm(x), norm.weight * torch.nn.functional.rms_norm(x, (16,), eps=1e-5))

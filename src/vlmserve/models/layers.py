@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmserve.models import native
 from vlmserve.models.buckets import bucket
 
 
@@ -25,6 +26,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            # float32 on the CPU: one native call where torch makes several (norm.c).
+            out = native.rms_norm(x, self.weight, self.eps)
+            if out is not None:
+                return out
         # torch's fused kernel on the float32 input: the same bits as writing out
         # x * rsqrt(mean(x^2) + eps), in one op instead of four (measured).
         normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)

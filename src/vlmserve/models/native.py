@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 SOURCES = tuple(
     Path(__file__).with_name(name)
-    for name in ("paged_attention.c", "attention_avx2.c", "int8_rows.c", "linear_avx2.c")
+    for name in ("paged_attention.c", "attention_avx2.c", "int8_rows.c", "linear_avx2.c", "norm.c")
 )
 # Included by the sources: part of the hash.
 HEADERS = tuple(
@@ -98,6 +98,8 @@ class Kernels:
         self.linear.argtypes = [_P, _I, _I, _P, ctypes.c_int, _P, _P, _I, _I, _I]
         # -1 for no rows: this build has no AVX2 and FMA, and no such layers.
         self.has_linear = self.linear(None, 0, 0, None, 0, None, None, 0, 0, 0) == 0
+        self.rms_norm = library.rms_norm_f32
+        self.rms_norm.restype, self.rms_norm.argtypes = None, [_P, _P, _P, _I, _I, ctypes.c_float]
         self.pool: ThreadPoolExecutor | None = None
         self.pool_size = 0
 
@@ -270,6 +272,26 @@ def invariant_linear(
     bounds = [panels * i // threads for i in range(threads + 1)]
     # Contiguous ranges of panels: each thread streams its own part of the weight.
     _in_parts(kernels, threads, lambda i: kernels.linear(*fixed, bounds[i], bounds[i + 1]))
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """weight * x / sqrt(mean(x^2) + eps) over the last dimension of a contiguous float32 CPU
+    `x`, in one call (norm.c); None where the kernels are not loaded or the tensors are
+    not of that kind (the caller then uses torch)."""
+    kernels = load()
+    if (
+        kernels is None
+        or x.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or x.device.type != "cpu"
+        or not x.is_contiguous()
+        or weight.shape != x.shape[-1:]
+    ):
+        return None
+    out = torch.empty_like(x)
+    dim = x.shape[-1]
+    kernels.rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.numel() // dim, dim, eps)
     return out
 
 
