@@ -279,15 +279,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
     """weight * x / sqrt(mean(x^2) + eps) over the last dimension of a contiguous float32 CPU
     `x`, in one call (norm.c); None where the kernels are not loaded or the tensors are
     not of that kind (the caller then uses torch)."""
-    kernels = load()
     if (
-        kernels is None
-        or x.dtype != torch.float32
+        x.dtype != torch.float32
         or weight.dtype != torch.float32
         or x.device.type != "cpu"
         or not x.is_contiguous()
         or weight.shape != x.shape[-1:]
     ):
+        return None  # checked first: a GPU model never builds the CPU kernels for this
+    kernels = load()
+    if kernels is None:
         return None
     out = torch.empty_like(x)
     dim = x.shape[-1]
