@@ -25,16 +25,17 @@ MAX_EXAMPLES = 50
 
 def _aim(case: schemathesis.Case, negative: bool) -> None:
     body = case.body
+    if negative:
+        # Any field may be the invalid part (the budget: a null where the mutated schema
+        # wants none, a number past the limit; `model`: a boolean): setting it would make
+        # the case valid, which schemathesis then fails as "schema-violating request
+        # accepted" (seen in CI, for both). An invalid body is refused before it generates
+        # anything, so it is sent as generated.
+        return
     if isinstance(body, dict) and "model" in body:
         # Half the time aim at the served model, so generation runs too, not only the 404.
         if hash(repr(body)) % 2:
             body["model"] = MODEL
-        if negative:
-            # The budget may be the invalid part (a null where the mutated schema wants
-            # none, a number past the limit): setting or capping it would make the case
-            # valid, which schemathesis then fails as "schema-violating request accepted"
-            # (seen in CI). An invalid body is refused before it generates anything.
-            return
         # Keep generation short: the point is input handling, not long outputs. A body
         # without a budget would generate until the context is full (~1000 tokens here),
         # longer than the 10 s read timeout on a loaded 2-core machine.
