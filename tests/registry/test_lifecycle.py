@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from vlmserve.registry import (
     ModelSpec,
     ModelState,
     ModelUnavailable,
+    RegistryStore,
     SpecConflict,
 )
 from vlmserve.types import SamplingParams
@@ -450,6 +452,20 @@ async def test_readiness_waits_for_the_start_up_models(close_after: list[ModelRe
     assert registry.problems() == []  # "lazy" loads on demand: not awaited
     assert registry.status("main").pinned and not registry.status("lazy").pinned
     assert registry.store.get("main") is not None  # the command line's model is stored
+
+
+async def test_the_command_line_models_are_listed_before_those_of_earlier_runs(
+    close_after: list[ModelRegistry], tmp_path: Path
+) -> None:
+    earlier = RegistryStore(tmp_path / "registry.db")
+    for alias in ("left-by-an-earlier-run", "second"):
+        earlier.register(ModelSpec(alias, f"/models/{alias}"))
+    earlier.close()
+    registry = ModelRegistry(host=FakeHost(), store=RegistryStore(tmp_path / "registry.db"))
+    close_after.append(registry)
+    await registry.start([ModelSpec("main", "/models/main"), ModelSpec("second", "/models/2")])
+    # A client taking data[0] of /v1/models gets what this server was started with.
+    assert [s.alias for s in registry.list()] == ["main", "second", "left-by-an-earlier-run"]
 
 
 async def test_close_waits_for_loads_and_unloads_everything(

@@ -54,6 +54,7 @@ class ModelRegistry(Lifecycle):
         self._admin = asyncio.Lock()  # administrative changes, one at a time (never requests)
         self._housekeeper: asyncio.Task[None] | None = None
         self._startup: list[LoadAttempt] = []  # the first loads of the command line's models
+        self._command_line: list[str] = []  # their aliases, in the command line's order
         self._unstored: set[str] = set()  # served through `add`, never in the store
         self._last_tick = time.monotonic()
         for stored in self.store.models():
@@ -103,7 +104,8 @@ class ModelRegistry(Lifecycle):
                 entry.startup = True
                 if entry.state is ModelState.REGISTERED:
                     self._start_load(entry)
-        names = {spec.alias for spec in startup}
+        self._command_line = [spec.alias for spec in startup]
+        names = set(self._command_line)
         self._startup = [
             e.attempt for e in self._entries.values() if e.attempt and e.alias in names
         ]
@@ -302,7 +304,18 @@ class ModelRegistry(Lifecycle):
         return self._entry(alias).status()
 
     def list(self) -> list[ModelStatus]:
-        return [entry.status() for entry in self._entries.values()]
+        """Every model: the command line's first (in its order), then the engines `add`ed,
+        then the rest as registered. A persistent registry keeps what earlier runs
+        registered; a client that takes the first id it is shown should get the model
+        this server was started with."""
+        order = {alias: i for i, alias in enumerate(self._command_line)}
+
+        def rank(entry: Entry) -> tuple[int, int]:
+            if entry.alias in order:
+                return 0, order[entry.alias]
+            return (1 if entry.alias in self._unstored else 2), 0
+
+        return [entry.status() for entry in sorted(self._entries.values(), key=rank)]
 
     @property
     def closed(self) -> bool:
