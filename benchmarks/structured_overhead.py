@@ -194,7 +194,7 @@ def bench_e2e(
     print(
         f"{'batch':>5} {'tokens':>6} {'forced':>7} {'valid':>6} {'constrained tok/s':>18} "
         f"{'unconstrained tok/s':>20} {'ratio':>6} {'CPU-time ratio':>15} "
-        f"{'paired ratios: median (min-max)':>32}"
+        f"{'paired ratios: median (quartiles; min-max), pairs >= 1':>56}"
     )
     for batch in batches:
         requests = prompts[: min(count, max(8, 4 * batch))]  # a few rounds, at most `count`
@@ -223,8 +223,16 @@ def bench_e2e(
             f"{batch:>5} {tokens:>6} {forced / tokens:>7.0%} {valid:>3}/{len(outs):<2} "
             f"{tokens / best_c:>18.0f} {tokens / best_u:>20.0f} {best_u / best_c:>5.2f}x "
             f"{cpu_u / cpu_c:>14.2f}x {statistics.median(pairs):>15.2f}x "
-            f"({min(pairs):.2f}-{max(pairs):.2f})   (load {os.getloadavg()[0]:.2f})"
+            f"({_quartiles(pairs)}; {min(pairs):.2f}-{max(pairs):.2f}), "
+            f"{sum(p >= 1 for p in pairs)}/{len(pairs)}   (load {os.getloadavg()[0]:.2f})"
         )
+
+
+def _quartiles(values: list[float]) -> str:
+    if len(values) < 2:
+        return "-"
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return f"{low:.2f}-{high:.2f}"
 
 
 def _valid(text: str) -> bool:
