@@ -116,6 +116,20 @@ def test_bad_media_settings(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--allowed-media-ports must be in 1..65535" in line
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--served-model-name", " qwen"], "--served-model-name: ' qwen' may not contain"),
+        (["--tokenizer", ""], "--tokenizer: must name a tokenizer folder or hub id"),
+    ],
+)
+def test_a_bad_registration_of_the_served_model_names_the_flag(
+    tiny_qwen2_vl: Path, capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    line = one_line_error(["serve", str(tiny_qwen2_vl), *flags], capsys)
+    assert expected in line and "'alias'" not in line and "'tokenizer'" not in line
+
+
 def test_hub_id_without_the_hub_is_one_line_with_status_2(tmp_path: Path) -> None:
     """A real process: the exit status and stderr the user sees. Offline mode stands in for
     "no network" (the same error path, and tests never leave loopback)."""

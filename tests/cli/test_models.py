@@ -103,13 +103,19 @@ def test_refusals_are_one_line_with_status_1(
     assert status == 1 and "the model 'nope' does not exist" in err and "(HTTP 404)" in err
     status, _, err = run(capsys, "register", "x", "/m", "--max-model-len", "0", *url,
                          "--admin-key", "adm")  # fmt: skip
-    assert status == 1 and "'max_model_len'" in err and "(HTTP 400)" in err
+    assert status == 1 and "(HTTP 400)" in err  # named as typed, not as the API's field
+    assert "error: --max-model-len: Input should be greater than or equal to 1" in err
     media = ["--media", '{"max_image_pixels": 1000}', "--json"]
     status, out, _ = run(capsys, "register", "m", "/m", *media, *url, "--admin-key", "adm")
     assert status == 0 and json.loads(out)["registration"]["media"] == {"max_image_pixels": 1000}
     wider = ["--media", '{"allow_private_media_addresses": true}']
     status, _, err = run(capsys, "register", "w", "/m", *wider, *url, "--admin-key", "adm")
-    assert status == 1 and "'media.allow_private_media_addresses'" in err and "(HTTP 400)" in err
+    assert status == 1 and "--media 'allow_private_media_addresses'" in err and "(HTTP 400)" in err
+    status, _, err = run(capsys, "register", "k", "/m", "--keep-alive", "soon", *url,
+                         "--admin-key", "adm")  # fmt: skip
+    assert "error: --keep-alive: 'soon' is not a keep-alive: give seconds" in err
+    status, _, err = run(capsys, "register", "t", " ", *url, "--admin-key", "adm")
+    assert status == 1 and "error: MODEL: must name a model folder or hub id" in err
     run(capsys, "register", "broken", "/m", *url, "--admin-key", "adm")
     status, _, err = run(capsys, "load", "broken", "--wait", *url, "--admin-key", "adm")
     assert status == 1 and "its last load failed" in err and "(HTTP 503)" in err

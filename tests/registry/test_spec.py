@@ -44,6 +44,7 @@ def test_keep_alive_refuses_anything_else_naming_the_field(value: object) -> Non
         ({"alias": "tab\there"}, "alias"),
         ({"alias": "x" * 257}, "alias"),
         ({"model_name": " "}, "model_name"),
+        ({"tokenizer": ""}, "tokenizer"),
         ({"max_model_len": 0}, "max_model_len"),
         ({"max_num_seqs": -1}, "max_num_seqs"),
         ({"kv_cache_memory_bytes": True}, "kv_cache_memory_bytes"),

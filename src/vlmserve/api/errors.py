@@ -159,7 +159,10 @@ def _describe(err: Mapping[str, Any]) -> tuple[str, str | None]:
         return f"'{param}.type' {tag!r} is not known (expected one of {expected})", f"{param}.type"
     if kind == "union_tag_not_found":
         return f"'{param}' must be an object with a 'type' field", param
-    return f"'{param}': {err.get('msg', 'is invalid')}", param
+    message = str(err.get("msg", "is invalid"))
+    if kind == "value_error":  # a validator's own words, without pydantic's preamble
+        message = message.removeprefix("Value error, ")
+    return f"'{param}': {message}", param
 
 
 def validation_error(errors: Sequence[Mapping[str, Any]]) -> APIError:

@@ -128,7 +128,27 @@ def build_configs(
         data_dir=args.data_dir,
         **operations_config(args),
     )
+    _check_registration(engine_config, server_config, name)
     return engine_config, server_config, media_config(args)
+
+
+def _check_registration(engine_config: EngineConfig, server_config: Any, name: str | None) -> None:
+    """The command line's model is registered like any other (`startup_spec`): its refusals
+    name the flags typed, not the registry's fields (`alias` is --served-model-name)."""
+    from vlmserve.api.server import startup_spec
+    from vlmserve.registry import SpecError
+
+    try:
+        startup_spec(engine_config, server_config)
+    except SpecError as exc:
+        flags = {
+            "alias": "--served-model-name" if name else "MODEL",
+            "model_name": "MODEL",
+            "max_model_len": "--max-model-len",
+            "chat_template": "--chat-template",
+            "tokenizer": "--tokenizer",
+        }
+        raise ValueError(f"{flags.get(exc.field, exc.field)}: {exc.reason}") from None
 
 
 def registry_config(args: argparse.Namespace) -> RegistryConfig:

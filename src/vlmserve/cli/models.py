@@ -126,6 +126,23 @@ _SETTINGS = (
 )
 
 
+# The registration's fields as the user typed them here: the server names its own fields.
+_TYPED = {name: "--" + name.replace("_", "-") for name in (*_SETTINGS, "chat_template", "pinned")}
+_TYPED.update(alias="ALIAS", model_name="MODEL")
+
+
+def as_typed(message: str, param: str | None) -> str:
+    """A refusal of `register` naming what the user typed: `'max_model_len': ...` becomes
+    `--max-model-len: ...`, `'media.bogus' ...` becomes `--media 'bogus' ...`."""
+    if not param:
+        return message
+    field, dot, rest = param.partition(".")
+    typed = _TYPED.get(field)
+    if typed is None or f"'{param}'" not in message:
+        return message
+    return message.replace(f"'{param}'", f"{typed} '{rest}'" if dot else typed, 1)
+
+
 def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
     """The HTTP method, path and JSON body of the action."""
     alias = getattr(args, "alias", "")
@@ -168,7 +185,10 @@ def run_models(args: argparse.Namespace) -> int:
     except ValueError:
         answer = {"error": {"message": response.text.strip() or response.reason_phrase}}
     if response.is_error:
-        message = answer.get("error", {}).get("message", response.text)
+        error = answer.get("error", {})
+        message = error.get("message", response.text)
+        if args.action == "register":
+            message = as_typed(message, error.get("param"))
         print(f"vlmserve models: error: {message} (HTTP {response.status_code})", file=sys.stderr)
         return EXIT_REFUSED
     if args.json:

@@ -138,6 +138,8 @@ def _check(spec: ModelSpec) -> None:
         raise SpecError("model_name", "must name a model folder or hub id")
     if not spec.model_name.isprintable():
         raise SpecError("model_name", "may not contain control characters")
+    if spec.tokenizer is not None and not spec.tokenizer.strip():
+        raise SpecError("tokenizer", "must name a tokenizer folder or hub id (or be left out)")
     for name in ("max_model_len", "max_num_seqs", "kv_cache_memory_bytes", "max_waiting"):
         _positive_int(spec, name)
     if spec.dtype is not None and spec.dtype not in DTYPES:
