@@ -60,3 +60,26 @@ def test_a_ray_config_mapping_sets_the_cluster_and_per_model_settings() -> None:
     assert (other.num_gpus, other.min_replicas) == (0, 0)
     # A downscale never cuts a request within its time: shutdown outlasts the request timeout.
     assert other.graceful_shutdown_timeout_s == 30 + 15
+
+
+def test_the_command_line_model_is_stored_and_listed_first(
+    tiny_qwen2_vl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--ray` stores the model before Serve starts; the ingress is told to list it first
+    (a registry file keeps what earlier runs registered)."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("needs the ray extra")
+    from vlmserve.cli import main
+    from vlmserve.cluster import launch
+    from vlmserve.registry import RegistryStore
+
+    launched = []
+    monkeypatch.setattr(launch, "run", launched.append)  # no Ray cluster: the options only
+    registry = tmp_path / "registry.db"
+    argv = ["serve", str(tiny_qwen2_vl), "--ray", "--served-model-name", "q"]
+    assert main([*argv, "--registry", str(registry)]) == 0
+    [options] = launched
+    assert options.command_line == ("q",)
+    store = RegistryStore(registry)
+    assert [m.spec.alias for m in store.models()] == ["q"]
+    store.close()

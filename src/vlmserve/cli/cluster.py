@@ -5,6 +5,7 @@ flags. Ray is imported only once `--ray` is given (it is an optional extra)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib.util
 from typing import Any
@@ -66,8 +67,9 @@ def run_on_ray(args: argparse.Namespace, engine: Any, server: Any, media: Any) -
     options = cluster_options(args, engine, server, media)
     from vlmserve.cluster.launch import run
 
-    register(options.registry_path, startup_spec(engine, server))
-    run(options)
+    spec = startup_spec(engine, server)
+    register(options.registry_path, spec)
+    run(dataclasses.replace(options, command_line=(spec.alias,)))
     return 0
 
 
@@ -90,7 +92,9 @@ def build(args: dict[str, Any]) -> Any:
     engine, server, media = build_configs(parsed, model, parsed.served_model_name, None)
     options = cluster_options(parsed, engine, server, media)
     if parsed.model is not None:
-        register(options.registry_path, startup_spec(engine, server))
+        spec = startup_spec(engine, server)
+        register(options.registry_path, spec)
+        options = dataclasses.replace(options, command_line=(spec.alias,))
     return application(options)
 
 

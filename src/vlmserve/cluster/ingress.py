@@ -41,6 +41,8 @@ class Options:
     engine_defaults: EngineConfig  # what a registration leaves out
     cluster: ClusterConfig
     registry_path: str
+    # The command line's model, stored before Serve starts: listed first in /v1/models.
+    command_line: tuple[str, ...] = ()
     # Apps' routes mounted beside the API's (the safety app's /v1/moderations): built in each
     # ingress replica, since routers do not travel between processes but their recipe does.
     extra_routers: Callable[[], Sequence[Any]] = tuple
@@ -69,6 +71,7 @@ class Ingress:
             reconcile=self._reconcile,
             refresh_interval=cluster.reconcile_interval,
         )
+        self.models.list_first(options.command_line)
         await self.models.start()
         freeze_long_lived()  # the imports and the registry live as long as the ingress
 

@@ -14,7 +14,7 @@ import builtins
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from vlmserve.config import RegistryConfig
 from vlmserve.engine.stats import EngineStats
@@ -316,6 +316,11 @@ class ModelRegistry(Lifecycle):
             return (1 if entry.alias in self._unstored else 2), 0
 
         return [entry.status() for entry in sorted(self._entries.values(), key=rank)]
+
+    def list_first(self, aliases: Sequence[str]) -> None:
+        """List `aliases` first, in this order: the command line's models where they were
+        stored before this registry started (the cluster's ingress), as `start` does."""
+        self._command_line = list(aliases)
 
     @property
     def closed(self) -> bool:
