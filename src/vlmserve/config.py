@@ -41,6 +41,18 @@ class EngineConfig:
     def mm_limits(self) -> dict[str, int]:
         return {**DEFAULT_LIMIT_MM_PER_PROMPT, **self.limit_mm_per_prompt}
 
+    def __post_init__(self) -> None:
+        for modality, limit in self.limit_mm_per_prompt.items():
+            if modality not in DEFAULT_LIMIT_MM_PER_PROMPT:
+                known = ", ".join(DEFAULT_LIMIT_MM_PER_PROMPT)
+                raise ValueError(
+                    f"limit_mm_per_prompt: {modality!r} is not a modality (known: {known})"
+                )
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ValueError(
+                    f"limit_mm_per_prompt: {modality!r} must be a whole number >= 0, got {limit!r}"
+                )
+
     chat_template: str | None = None  # a Jinja template overriding the tokenizer's
     # Structured outputs (docs/structured.md): a constraint whose grammar takes longer to
     # compile is refused (None: no deadline); compiles run on their own threads, at most

@@ -130,6 +130,27 @@ def test_a_bad_registration_of_the_served_model_names_the_flag(
     assert expected in line and "'alias'" not in line and "'tokenizer'" not in line
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--limit-mm-per-prompt", '{"image": -1}'],
+            "--limit-mm-per-prompt: 'image' must be a whole number >= 0, got -1",
+        ),
+        (
+            ["--limit-mm-per-prompt", '{"audio": 1}'],
+            "--limit-mm-per-prompt: 'audio' is not a modality (known: image, video)",
+        ),
+        (["--api-keys-file", "/nope/keys.yaml"], "--api-keys-file /nope/keys.yaml: No such file"),
+    ],
+)
+def test_settings_the_server_cannot_use_are_refused_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    line = one_line_error(["serve", "/m", *flags], capsys)
+    assert expected in line and "Errno" not in line, line
+
+
 def test_hub_id_without_the_hub_is_one_line_with_status_2(tmp_path: Path) -> None:
     """A real process: the exit status and stderr the user sees. Offline mode stands in for
     "no network" (the same error path, and tests never leave loopback)."""

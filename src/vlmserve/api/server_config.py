@@ -80,7 +80,12 @@ class ServerConfig:
             if key is not None and (not key or not key.isascii()):
                 raise ValueError(f"{name} must be a non-empty ASCII string")
         if self.api_keys_file is not None:
-            load_keys_file(self.api_keys_file)  # a bad file stops the start with its reason
+            try:
+                load_keys_file(self.api_keys_file)  # a bad file stops the start with its reason
+            except OSError as exc:
+                raise ValueError(
+                    f"api_keys_file {self.api_keys_file}: {exc.strerror or exc}"
+                ) from None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
