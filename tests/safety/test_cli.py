@@ -53,6 +53,20 @@ def test_classify_with_nothing_to_read(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 2 and "nope: no such file or folder" in capsys.readouterr().err
 
 
+def test_a_missing_dataset_and_an_unreachable_server_are_one_line_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["eval", "--dataset", str(tmp_path / "nope.jsonl"), "--base-url", "u"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--dataset {tmp_path / 'nope.jsonl'}: no such file" in err
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not read: the server is asked first")
+    code = main(["classify", str(image), "--base-url", "http://127.0.0.1:9/v1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: cannot reach --base-url http://127.0.0.1:9: " in err, err
+    assert "ConnectError(" not in err
+
+
 def test_serve_moderation_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = parse_args(["serve"])
     assert (args.moderation_policy, args.moderation_max_images) == (None, 1)

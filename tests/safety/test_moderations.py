@@ -347,15 +347,15 @@ async def test_bad_requests_name_the_field(
 
 
 async def test_a_request_without_model_uses_the_pinned_model(safety_engine: AsyncEngine) -> None:
-    """The registration listed first (an unpinned model loaded on demand, here one that
-    cannot load) is not the default: the command line's pinned model is."""
+    """A registration stored before (an unpinned model loaded on demand, here one that
+    cannot load) is not the default: the command line's pinned model is, listed first."""
     store = RegistryStore()
     store.register(ModelSpec("listed-first", "/nonexistent/model"))
     models = ModelRegistry(
         [ModelHandle(ModelInfo.from_engine(safety_engine.engine, MODEL), safety_engine)],
         store=store,
     )
-    assert [s.alias for s in models.list()] == ["listed-first", MODEL]
+    assert [s.alias for s in models.list()] == [MODEL, "listed-first"]
     app = create_app(
         models,
         media_resolver=offline_resolver,

@@ -200,7 +200,10 @@ def add_parsers(sub: Any, default_model: Callable[[], Path]) -> None:
     make_set.set_defaults(func=_make_set)
 
 
-def _fail(command: str, message: str) -> int:
+def _fail(command: str, message: str | Exception) -> int:
+    if isinstance(message, OSError) and message.filename is not None:
+        # One line, the file and the reason, without "[Errno 2]".
+        message = f"{message.filename}: {message.strerror or message}"
     print(f"vlmserve {command}: error: {message}", file=sys.stderr)
     return 2
 
@@ -247,6 +250,12 @@ def _eval(args: argparse.Namespace) -> int:
     from vlmserve.safety.evaluation.runner import EvalSettings
     from vlmserve.safety.policy import load_policy
 
+    if not Path(args.dataset).is_file():
+        return _fail(
+            "eval",
+            f"--dataset {args.dataset}: no such file (a labelled set, one JSON object per "
+            "line: vlmserve make-safety-set writes one)",
+        )
     settings = EvalSettings(
         model=args.model or "",  # filled in once the backend is open
         trials=args.trials,
@@ -269,7 +278,7 @@ def _eval(args: argparse.Namespace) -> int:
             )
         )
     except (OSError, ValueError, RuntimeError) as exc:
-        return _fail("eval", str(exc))
+        return _fail("eval", exc)
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -287,7 +296,7 @@ def _classify(args: argparse.Namespace) -> int:
             )
         )
     except (OSError, ValueError, RuntimeError) as exc:
-        return _fail("classify", str(exc))
+        return _fail("classify", exc)
 
 
 def _make_set(args: argparse.Namespace) -> int:

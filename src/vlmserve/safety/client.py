@@ -163,7 +163,8 @@ async def first_model(client: httpx.AsyncClient) -> str:
     try:
         response = await client.get("/v1/models")
     except httpx.HTTPError as exc:
-        raise RuntimeError(f"GET /v1/models: {exc!r}") from None
+        reason = str(exc) or type(exc).__name__
+        raise RuntimeError(f"cannot reach --base-url {client.base_url}: {reason}") from None
     if response.status_code != 200:
         raise RuntimeError(f"GET /v1/models: {_http_error(response)}")
     models = response.json().get("data") or []
