@@ -36,6 +36,13 @@ class EngineConfig:
     mm_cache_bytes: int = 256 * 1024 * 1024  # vision-embedding cache (LRU by bytes)
     # Items per prompt by modality; a modality left out keeps its default (as in vLLM).
     limit_mm_per_prompt: dict[str, int] = field(default_factory=dict)
+    chat_template: str | None = None  # a Jinja template overriding the tokenizer's
+    # Structured outputs (docs/structured.md): a constraint whose grammar takes longer to
+    # compile is refused (None: no deadline); compiles run on their own threads, at most
+    # max_pending_grammar_compiles queued or running (more are refused with a 429).
+    grammar_compile_timeout: float | None = 5.0
+    grammar_compile_workers: int = 2
+    max_pending_grammar_compiles: int = 8
 
     @property
     def mm_limits(self) -> dict[str, int]:
@@ -52,14 +59,6 @@ class EngineConfig:
                 raise ValueError(
                     f"limit_mm_per_prompt: {modality!r} must be a whole number >= 0, got {limit!r}"
                 )
-
-    chat_template: str | None = None  # a Jinja template overriding the tokenizer's
-    # Structured outputs (docs/structured.md): a constraint whose grammar takes longer to
-    # compile is refused (None: no deadline); compiles run on their own threads, at most
-    # max_pending_grammar_compiles queued or running (more are refused with a 429).
-    grammar_compile_timeout: float | None = 5.0
-    grammar_compile_workers: int = 2
-    max_pending_grammar_compiles: int = 8
 
 
 @dataclass(frozen=True)
