@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_LIMIT_MM_PER_PROMPT = {"image": 16, "video": 2}
+MODALITIES = tuple(DEFAULT_LIMIT_MM_PER_PROMPT)  # the media a prompt may carry
 # "int8": the decoder's linear layers in int8, weights and activations (CPU only;
 # docs/engine.md, "Quantization").
 QUANTIZATIONS = ("none", "int8")
@@ -50,8 +51,8 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         for modality, limit in self.limit_mm_per_prompt.items():
-            if modality not in DEFAULT_LIMIT_MM_PER_PROMPT:
-                known = ", ".join(DEFAULT_LIMIT_MM_PER_PROMPT)
+            if modality not in MODALITIES:
+                known = ", ".join(MODALITIES)
                 raise ValueError(
                     f"limit_mm_per_prompt: {modality!r} is not a modality (known: {known})"
                 )

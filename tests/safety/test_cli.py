@@ -65,6 +65,11 @@ def test_a_missing_dataset_and_an_unreachable_server_are_one_line_naming_the_fla
     err = capsys.readouterr().err
     assert code == 2 and "error: cannot reach --base-url http://127.0.0.1:9: " in err, err
     assert "ConnectError(" not in err
+    out = tmp_path / "bench"
+    code = main(["bench", "--model", "m", "--base-url", "http://127.0.0.1:9", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: cannot reach --base-url http://127.0.0.1:9: " in err, err
+    assert not out.exists()  # stopped before the levels, not a report of failures
 
 
 def test_serve_moderation_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vlmserve.config import MODALITIES
 from vlmserve.engine.mm_cache import MultiModalCache, cache_key
 from vlmserve.engine.sequence import MultiModalItem
 from vlmserve.models.config import ModelConfig
@@ -35,7 +36,6 @@ from vlmserve.multimodal.processor import (
 from vlmserve.structured import CompiledGrammar
 from vlmserve.types import MediaInput, Prompt
 
-MODALITIES = ("image", "video")
 # A text prompt longer than max_model_len x this many characters is refused before it is
 # tokenized: tokenizing costs ~1-4 s per MiB here, and such a prompt would be refused for
 # its token count anyway. Text averages 3-5 characters per token (English ~4, code ~3.4 with

@@ -17,13 +17,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vlmserve.config import QUANTIZATIONS, EngineConfig
+from vlmserve.config import MODALITIES, QUANTIZATIONS, EngineConfig
 from vlmserve.multimodal.policy import NO_OVERRIDES, MediaOverrides
 from vlmserve.registry.errors import SpecError
 
 NEVER = -1.0  # keep_alive: never unload for idleness
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-MODALITIES = ("image", "video")
 MAX_ALIAS_CHARS = 256
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")

@@ -240,9 +240,12 @@ def _bench(args: argparse.Namespace) -> int:
         burst_concurrency=args.burst_concurrency,
         slo_ms=args.slo_ms,
     )
-    return asyncio.run(
-        run_bench(args.base_url, args.api_key, args.timeout, policy, config, Path(args.out))
-    )
+    try:
+        return asyncio.run(
+            run_bench(args.base_url, args.api_key, args.timeout, policy, config, Path(args.out))
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        return _fail("bench", exc)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -53,7 +53,8 @@ def versions() -> str:
 
 
 async def server_facts(client: httpx.AsyncClient) -> str:
-    """The server's `/version` answer and `Server` header, as far as it gives them."""
+    """The server's `/version` answer and `Server` header, as far as it gives them; a
+    RuntimeError where no server answers at all (a run would only collect failures)."""
     facts = []
     try:
         response = await client.get("/version")
@@ -61,6 +62,9 @@ async def server_facts(client: httpx.AsyncClient) -> str:
             facts.append(f"/version {response.text.strip()[:100]}")
         if "server" in response.headers:
             facts.append(f"Server: {response.headers['server']}")
+    except httpx.ConnectError as exc:
+        reason = str(exc) or type(exc).__name__
+        raise RuntimeError(f"cannot reach --base-url {client.base_url}: {reason}") from None
     except httpx.HTTPError as exc:
         facts.append(f"/version unreachable ({exc!r})")
     return ", ".join(facts) or "no /version"
