@@ -466,6 +466,9 @@ async def test_the_command_line_models_are_listed_before_those_of_earlier_runs(
     await registry.start([ModelSpec("main", "/models/main"), ModelSpec("second", "/models/2")])
     # A client taking data[0] of /v1/models gets what this server was started with.
     assert [s.alias for s in registry.list()] == ["main", "second", "left-by-an-earlier-run"]
+    # A wrong model name is answered with the same list, in the same order.
+    with pytest.raises(ModelNotFound, match=r"serves 'main', 'second', 'left-by-an-earlier-run'$"):
+        registry.status("mian")
     # The cluster's ingress stores the command line's model before its registry starts.
     registry.list_first(["left-by-an-earlier-run"])
     assert registry.list()[0].alias == "left-by-an-earlier-run"

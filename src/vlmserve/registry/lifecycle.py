@@ -29,7 +29,7 @@ class Lifecycle(Residency):
     def _entry(self, alias: str) -> Entry:
         entry = self._entries.get(alias)
         if entry is None:
-            raise ModelNotFound(alias, list(self._entries))
+            raise ModelNotFound(alias, [e.alias for e in self._in_order()])
         return entry
 
     async def _admit(self, alias: str) -> tuple[Entry, Version]:
@@ -46,7 +46,7 @@ class Lifecycle(Residency):
                 if self._closed:
                     raise ModelUnavailable(alias, entry.state, "the server is shutting down")
                 if entry.removed:
-                    raise ModelNotFound(alias, list(self._entries))
+                    raise ModelNotFound(alias, [e.alias for e in self._in_order()])
                 if entry.state is ModelState.READY and entry.current is not None:
                     version = entry.current
                     version.in_flight += 1

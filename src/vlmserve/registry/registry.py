@@ -54,8 +54,6 @@ class ModelRegistry(Lifecycle):
         self._admin = asyncio.Lock()  # administrative changes, one at a time (never requests)
         self._housekeeper: asyncio.Task[None] | None = None
         self._startup: list[LoadAttempt] = []  # the first loads of the command line's models
-        self._command_line: list[str] = []  # their aliases, in the command line's order
-        self._unstored: set[str] = set()  # served through `add`, never in the store
         self._last_tick = time.monotonic()
         for stored in self.store.models():
             self._entries[stored.spec.alias] = Entry(stored, self.config.keep_alive, False)
@@ -304,18 +302,8 @@ class ModelRegistry(Lifecycle):
         return self._entry(alias).status()
 
     def list(self) -> list[ModelStatus]:
-        """Every model: the command line's first (in its order), then the engines `add`ed,
-        then the rest as registered. A persistent registry keeps what earlier runs
-        registered; a client that takes the first id it is shown should get the model
-        this server was started with."""
-        order = {alias: i for i, alias in enumerate(self._command_line)}
-
-        def rank(entry: Entry) -> tuple[int, int]:
-            if entry.alias in order:
-                return 0, order[entry.alias]
-            return (1 if entry.alias in self._unstored else 2), 0
-
-        return [entry.status() for entry in sorted(self._entries.values(), key=rank)]
+        """Every model, the command line's first (`_in_order`)."""
+        return [entry.status() for entry in self._in_order()]
 
     def list_first(self, aliases: Sequence[str]) -> None:
         """List `aliases` first, in this order: the command line's models where they were

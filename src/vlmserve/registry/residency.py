@@ -43,11 +43,27 @@ class Residency:
         self.store = store
         self.config = config
         self._entries: dict[str, Entry] = {}
+        self._command_line: list[str] = []  # the command line's aliases, in its order
+        self._unstored: set[str] = set()  # served through `add`, never in the store
         self._leaving: set[Entry] = set()  # removed, still unloading (counts in budgets)
         self._changed = Signal()  # any model changed: loads waiting for room look again
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.events = Listeners()  # loads, failures, unloads, evictions (metrics count them)
+
+    def _in_order(self) -> list[Entry]:
+        """Every model: the command line's first (in its order), then the engines `add`ed,
+        then the rest as registered. A persistent registry keeps what earlier runs
+        registered; a client that takes the first id it is shown should get the model
+        this server was started with."""
+        order = {alias: i for i, alias in enumerate(self._command_line)}
+
+        def rank(entry: Entry) -> tuple[int, int]:
+            if entry.alias in order:
+                return 0, order[entry.alias]
+            return (1 if entry.alias in self._unstored else 2), 0
+
+        return sorted(self._entries.values(), key=rank)
 
     # -- the host and the store ----------------------------------------------------------
     async def _host_load(self, spec: ModelSpec) -> Loaded:
