@@ -29,8 +29,11 @@ class Lifecycle(Residency):
     def _entry(self, alias: str) -> Entry:
         entry = self._entries.get(alias)
         if entry is None:
-            raise ModelNotFound(alias, [e.alias for e in self._in_order()])
+            raise self._not_found(alias)
         return entry
+
+    def _not_found(self, alias: str) -> ModelNotFound:
+        return ModelNotFound(alias, [entry.alias for entry in self._in_order()])
 
     async def _admit(self, alias: str) -> tuple[Entry, Version]:
         """The ready version of `alias`, counted in flight; loads it first if needed (one
@@ -46,7 +49,7 @@ class Lifecycle(Residency):
                 if self._closed:
                     raise ModelUnavailable(alias, entry.state, "the server is shutting down")
                 if entry.removed:
-                    raise ModelNotFound(alias, [e.alias for e in self._in_order()])
+                    raise self._not_found(alias)
                 if entry.state is ModelState.READY and entry.current is not None:
                     version = entry.current
                     version.in_flight += 1
